@@ -1,0 +1,3 @@
+from glasses.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""The `glasses` command line; each command builds the config and calls the library (or flow)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from glasses.config import PRESETS, build_config
+from glasses.errors import GlassesError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train and ship a CNN ensemble that tells faces with glasses from faces without.")
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def synth(out: Path = typer.Option(..., "--out", help="Directory to write the dataset into."),
+          n: int = typer.Option(1500, "--n", help="Labelled images."),
+          resolution: int = typer.Option(128, "--resolution", help="Image side in px."),
+          seed: int = typer.Option(1337, "--seed")) -> None:
+    """Write the built-in dataset in the Kaggle download's layout."""
+    from glasses.synth import synthesize
+
+    try:
+        result = synthesize(out, n=n, resolution=resolution, seed=seed)
+    except (GlassesError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"{out}: {result.train} labelled + {result.test} test images at {resolution}px "
+               f"({result.glasses} glasses, {result.no_glasses} no glasses) in {result.seconds:.1f}s")
+
+
+@app.command()
+def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A dataset in the Kaggle layout; "
+                                                "default: synthesize the built-in one into the work dir."),
+        work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Where every output goes [work]."),
+        preset: str = typer.Option("quick", "--preset", help=f"One of {', '.join(PRESETS)}."),
+        config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON overrides."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Tuner workers per search.")) -> None:
+    """Run the whole pipeline as a Prefect flow and print the ensemble's test accuracy."""
+    try:
+        config = build_config(preset, config_file, {"data.data_dir": data_dir, "work_dir": work_dir,
+                                                    "search.workers": workers})
+    except GlassesError as error:
+        _fail(error)
+    from flows.pipeline import pipeline  # imports prefect; only this command needs it
+    from glasses.report import summary_markdown
+    from glasses.workdir import WorkDir
+
+    try:
+        pipeline(config)
+    except GlassesError as error:
+        _fail(error)
+    summary = WorkDir(config.work_dir).summary
+    typer.echo(summary_markdown(summary))
+    result = json.loads(summary.read_text())["ensemble"]
+    typer.echo(f"ensemble test accuracy: {result['test_accuracy']:.4f}  ({summary})")
+
+
+@app.command("config")
+def show_config(preset: str = typer.Option("quick", "--preset"),
+                config_file: Optional[Path] = typer.Option(None, "--config")) -> None:
+    """Print the full config a preset (and file) gives, as JSON."""
+    try:
+        typer.echo(build_config(preset, config_file).model_dump_json(indent=2))
+    except GlassesError as error:
+        _fail(error)
+
+
+@app.command()
+def download(out: Path = typer.Option(Path("data/glasses"), "--out")) -> None:
+    """Fetch the real Kaggle dataset (needs `pip install glasses[download]` and Kaggle access)."""
+    try:
+        import kagglehub
+    except ImportError:
+        _fail(GlassesError("kagglehub is not installed: pip install 'glasses[download]'"))
+    try:
+        path = kagglehub.dataset_download("jeffheaton/glasses-or-no-glasses")
+    except Exception as error:  # offline, no credentials, ...: one line, not a traceback
+        _fail(GlassesError(f"cannot download jeffheaton/glasses-or-no-glasses: "
+                           f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        out.symlink_to(Path(path).resolve(), target_is_directory=True)
+    typer.echo(f"downloaded to {path}; use --data-dir {out}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,17 @@
+"""The errors glasses raises on purpose: each message names the file, row or value at fault."""
+
+
+class GlassesError(Exception):
+    """Base of every error raised on purpose by glasses."""
+
+
+class ConfigError(GlassesError):
+    """A config value, preset or file that cannot be used."""
+
+
+class DatasetError(GlassesError):
+    """Bad input data: a missing file, a bad column, row, id, label or image."""
+
+
+class SearchError(GlassesError):
+    """A search that cannot start or could not finish all its trials."""

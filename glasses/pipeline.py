@@ -1,0 +1,101 @@
+"""The tf.data input pipeline: decode, resize, rescale once per image size, cache on disk.
+
+Each subset is decoded from the split folders (any size, PNG or JPEG, grey, RGB or RGBA),
+resized with nearest interpolation (as the report, and as the ensemble's own Resizing layer,
+so training and serving see the same pixels), rescaled to [0, 1] and saved with
+`tf.data.Dataset.save` into a directory keyed by the size. Readers (the tuner workers, in
+other processes or on other hosts) load it with `tf.data.Dataset.load`, which needs no
+upstream pipeline and no lock, unlike an in-process `Dataset.cache(file)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from glasses.dataset import SUBSETS, read_manifest
+from glasses.files import atomic_dir, read_json, write_json
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decodes any PNG/JPEG (grey, palette, RGBA, 16-bit) to an RGB uint8 array."""
+    with Image.open(path) as image:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            image = image.point(lambda v: v / 256).convert("L")
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def resize(images, size: int):
+    """Nearest-neighbour resize to size x size and rescale to [0, 1] (the serving transform)."""
+    import tensorflow as tf
+
+    resized = tf.image.resize(images, (size, size), method="nearest")
+    return tf.cast(resized, tf.float32) / 255.0
+
+
+def _decoded(paths: list[str], labels: list[int], size: int):
+    import tensorflow as tf
+
+    def load(path):
+        return read_rgb(path.decode() if isinstance(path, bytes) else path)
+
+    def decode(path, label):
+        image = tf.numpy_function(load, [path], tf.uint8)
+        image.set_shape([None, None, 3])
+        return resize(image, size), tf.cast(label, tf.float32)[None]
+
+    data = tf.data.Dataset.from_tensor_slices((paths, labels))
+    return data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def cache_dir_for(cache_root: Path, size: int) -> Path:
+    return Path(cache_root) / f"{size}px"
+
+
+def build_cache(split_dir: Path, cache_root: Path, size: int) -> Path:
+    """Decodes, resizes and rescales every subset once and saves it on disk.
+
+    Returns the cache directory; a complete cache of the same split is reused as is.
+    """
+    target = cache_dir_for(cache_root, size)
+    key = read_json(Path(split_dir) / "split.json")["key"]
+    marker = target / "cache.json"
+    if marker.is_file() and read_json(marker).get("key") == key:
+        return target
+    with atomic_dir(target) as tmp:
+        counts = {}
+        for subset in SUBSETS:
+            paths, labels = read_manifest(split_dir, subset)
+            _decoded(paths, labels, size).save(str(tmp / subset))
+            counts[subset] = len(paths)
+        write_json(tmp / "cache.json", {"key": key, "size": size, "counts": counts})
+    return target
+
+
+def load_subset(cache_dir: Path, subset: str, batch_size: int, shuffle_seed: int | None = None):
+    """Loads a cached subset as batches: shuffled each epoch when a seed is given, prefetched.
+
+    Args:
+        cache_dir: A directory made by `build_cache`.
+        subset: "train", "val" or "test".
+        batch_size: Global batch size.
+        shuffle_seed: Shuffle with this seed (reshuffled every epoch); None keeps file order.
+    """
+    import tensorflow as tf
+
+    data = tf.data.Dataset.load(str(Path(cache_dir) / subset))
+    if shuffle_seed is not None:
+        count = read_json(Path(cache_dir) / "cache.json")["counts"][subset]
+        data = data.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def subset_arrays(cache_dir: Path, subset: str) -> tuple[np.ndarray, np.ndarray]:
+    """A cached subset as (images, labels) arrays in file order, for evaluation."""
+    images, labels = [], []
+    for x, y in load_subset(cache_dir, subset, batch_size=256):
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels).reshape(-1).astype(int)

@@ -1,0 +1,44 @@
+"""Figures as PNG files (matplotlib's Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_by(table: pd.DataFrame, column: str, path: Path, title: str) -> Path:
+    """Val accuracy of each trial (dots) and the mean (bar) per value of `column`."""
+    plt = _pyplot()
+    done = table[table["status"] == "COMPLETED"]
+    groups = sorted(done[column].unique(), key=lambda v: (str(type(v)), v))
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+    means = [done.loc[done[column] == g, "val_accuracy"].mean() for g in groups]
+    positions = range(len(groups))
+    ax.bar(positions, means, color="#9ecae1", label="mean")
+    for pos, group in zip(positions, groups):
+        values = done.loc[done[column] == group, "val_accuracy"]
+        ax.scatter([pos] * len(values), values, color="#08519c", s=14, zorder=3)
+        ax.annotate(f"{means[pos]:.3f}", (pos, means[pos]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(positions), [str(g) for g in groups])
+    ax.set_xlabel(column)
+    ax.set_ylabel("val accuracy")
+    lowest = min(done["val_accuracy"].min(), min(means)) if len(done) else 0
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

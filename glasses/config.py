@@ -6,6 +6,7 @@ Prefect validates flow parameters, and so that its UI can edit a run's settings.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -47,6 +48,8 @@ class StageConfig(_Section):
     max_trials: int = Field(ge=1, description="Per image size in stage 1, in total otherwise.")
     epochs: int = Field(ge=1)
     patience: int = Field(ge=1)
+    warmup_epochs: int = Field(0, ge=0, description="Epochs before early stopping may stop a trial "
+                               "(BatchNorm statistics settle first on small data).")
     fixed: dict[str, int | str] = Field(default_factory=dict, description="Hyperparameters held fixed.")
     keep: int | None = Field(None, ge=1, description="Keep only the checkpoints of the K best trials.")
 
@@ -167,7 +170,7 @@ def build_config(preset: str = "quick", file: Path | None = None, overrides: dic
     name = layer.get("preset", preset)
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    tree = _merge({"preset": name, **PRESETS[name]}, layer)
+    tree = _merge(copy.deepcopy({"preset": name, **PRESETS[name]}), layer)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)

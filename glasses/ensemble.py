@@ -55,8 +55,8 @@ def load_member(candidate: Candidate, name: str):
     """Rebuilds a trial's model from its hyperparameters and loads its best-epoch weights."""
     from glasses.model import build_model
 
-    model = build_model(spec_from_values(candidate.values, candidate.image_size), name=name)
-    model.load_weights(str(candidate.checkpoint))
+    model = build_model(spec_from_values(candidate.values, candidate.image_size), name=name, compile=False)
+    model.load_weights(str(candidate.checkpoint), skip_mismatch=False)
     return model
 
 

@@ -49,7 +49,7 @@ def _pool(kind: Pooling, global_: bool = False):
     return keras.layers.MaxPooling2D(2, padding="same") if kind == "max" else keras.layers.AveragePooling2D(2, padding="same")
 
 
-def build_model(spec: ModelSpec, name: str = "cnn"):
+def build_model(spec: ModelSpec, name: str = "cnn", compile: bool = True):
     """Builds and compiles the report's CNN for images of `spec.image_size` in [0, 1].
 
     Blocks of Conv2D(3x3, same) -> pooling -> BatchNorm -> ReLU, then global pooling,
@@ -68,5 +68,6 @@ def build_model(spec: ModelSpec, name: str = "cnn"):
     x = keras.layers.Dense(spec.dense_units, activation="relu")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="p_glasses")(x)
     model = keras.Model(inputs, outputs, name=name)
-    model.compile(optimizer=spec.optimizer, loss="binary_crossentropy", metrics=["accuracy"])
+    if compile:
+        model.compile(optimizer=spec.optimizer, loss="binary_crossentropy", metrics=["accuracy"])
     return model

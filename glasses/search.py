@@ -56,6 +56,7 @@ class SearchSpec(BaseModel):
     max_trials: int
     epochs: int
     patience: int
+    warmup_epochs: int = 0
     fixed: dict[str, int | str] = {}
     seed: int = 1337
     host: str = "127.0.0.1"
@@ -303,6 +304,9 @@ def _strategy():
 
 def run_worker(spec: SearchSpec, tuner_id: str) -> int:
     """Runs trials handed out by the chief until it says the search is over."""
+    if is_complete(spec):
+        print(f"{tuner_id}: search {spec.project_dir} already complete", flush=True)
+        return 0
     _set_role_env(spec, tuner_id)
     _limit_threads()
     import keras
@@ -312,7 +316,7 @@ def run_worker(spec: SearchSpec, tuner_id: str) -> int:
     from keras_tuner.src.distribute import oracle_client
 
     # A chief that is gone should fail this worker's calls soon (the task retries), not in an hour.
-    oracle_client.TIMEOUT = max(60.0, spec.worker_timeout_s)
+    oracle_client.TIMEOUT = max(10.0, spec.worker_timeout_s)
     strategy, replicas = _strategy()
     _wait_for_chief(spec)
     tuner = _tuner(spec, strategy)
@@ -321,7 +325,7 @@ def run_worker(spec: SearchSpec, tuner_id: str) -> int:
     train = load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed)
     val = load_subset(spec.cache_dir, "val", batch)
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=spec.patience,
-                                         restore_best_weights=True)
+                                         restore_best_weights=True, start_from_epoch=spec.warmup_epochs)
     print(f"{tuner_id}: {replicas} replica(s), batch {batch}, {os.environ.get('GLASSES_THREADS')} threads",
           flush=True)
     tuner.search(train, validation_data=val, epochs=spec.epochs, callbacks=[stop], verbose=2)

@@ -25,7 +25,8 @@ def model_spec(hp, image_size: int, fixed: Mapping[str, Any] | None = None) -> M
 
     def choose(name: str, declare):
         if name in fixed:
-            return hp.Fixed(name, fixed[name])
+            hp.Fixed(name, fixed[name])
+            return fixed[name]  # whatever value `hp` held before, a fixed one wins
         return declare()
 
     conv_layers = choose("conv_layers", lambda: hp.Int("conv_layers", 1, MAX_CONV_LAYERS, default=5))

@@ -37,7 +37,8 @@ def plan_search(config: Config, stage: str, image_size: int, fixed: dict[str, An
     spec = SearchSpec(
         directory=directory.resolve(), project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(),
         image_size=image_size, batch_size=stage_config.batch_size, max_trials=stage_config.max_trials,
-        epochs=stage_config.epochs, patience=stage_config.patience, fixed=fixed, seed=config.search.seed,
+        epochs=stage_config.epochs, patience=stage_config.patience,
+        warmup_epochs=stage_config.warmup_epochs, fixed=fixed, seed=config.search.seed,
         host=config.search.oracle_host,
         port=config.search.oracle_port or free_port(config.search.oracle_host),
         workers=config.search.workers, worker_timeout_s=config.search.worker_timeout_s,

@@ -1,0 +1,727 @@
+"""A built-in synthetic stand-in for Kaggle's "Glasses or No Glasses" dataset.
+
+The real dataset holds GAN faces, each generated from a 512-d latent vector that `train.csv`
+lists beside its label. This module imitates that: every sample has a latent z ~ N(0, I_512);
+the face drawn is a deterministic function of z (face, hair, eyes, background, pose, glasses
+style) and the label is a linear rule on z, `z @ w > t`, like a GAN attribute direction. As in
+the report, some labels are wrong: about 4% of the faces are drawn against their label, so an
+image classifier tops out below 100% while a classifier on the latents does not.
+
+The output has exactly the layout of a Kaggle download, so one code path serves both:
+
+    <out>/train.csv   id,v1..v512,glasses
+    <out>/test.csv    id,v1..v512
+    <out>/faces-spring-2020/faces-spring-2020/face-<id>.png
+    <out>/synth.json  the parameters (and counts) that made it
+
+Nothing runs at import time.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from glasses.errors import DatasetError
+
+LATENT_DIM = 512
+GLASSES_FRACTION = 1.74 / 2.74  # the real data's 1.74 'glasses' per 'no glasses'
+MISLABEL_RATE = 0.04
+IMAGE_SUBDIR = Path("faces-spring-2020") / "faces-spring-2020"
+MANIFEST = "synth.json"
+FORMAT_VERSION = 1  # bump when the drawing changes, so old outputs are not mistaken for new
+_LABEL_AXIS_SEED = 20200415  # fixed: the "glasses direction" is the same for every dataset seed
+_SUPERSAMPLE = 2
+_CHUNK = 32
+
+
+class SynthError(DatasetError, ValueError):
+    """The synthetic dataset cannot be written where or how it was asked."""
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """What `synthesize` wrote (or found already written).
+
+    Attributes:
+        out_dir: The dataset root, in the Kaggle layout.
+        train: Labelled images (rows of train.csv).
+        test: Unlabelled images (rows of test.csv).
+        glasses: Rows of train.csv labelled 1.
+        no_glasses: Rows of train.csv labelled 0.
+        mislabelled: Rows of train.csv whose image contradicts their label.
+        seconds: Wall time of this call.
+    """
+
+    out_dir: Path
+    train: int
+    test: int
+    glasses: int
+    no_glasses: int
+    mislabelled: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SynthPlan:
+    """Everything about a dataset except its pixels: ids, latents, labels, what gets drawn."""
+
+    ids: np.ndarray  # int, 1-based; the first `train` are labelled
+    latents: np.ndarray  # float (count, 512), rounded to the 6 digits the CSVs hold
+    labels: np.ndarray  # int 0/1, from the latents alone
+    drawn: np.ndarray  # bool, glasses drawn on the image; != labels where mislabelled
+    train: int
+
+    @property
+    def mislabelled(self) -> np.ndarray:
+        """Bool mask of the samples whose image contradicts their label."""
+        return self.drawn != self.labels.astype(bool)
+
+
+# --------------------------------------------------------------------------- labels and latents
+
+
+def unlabelled_count(n: int) -> int:
+    """Unlabelled (test.csv) images made alongside `n` labelled ones."""
+    return max(1, n // 10)
+
+
+def label_axis() -> np.ndarray:
+    """The fixed unit vector w of the labelling rule `z @ w > t` (independent of any seed)."""
+    w = np.random.default_rng(_LABEL_AXIS_SEED).standard_normal(LATENT_DIM)
+    return w / np.linalg.norm(w)
+
+
+def label_threshold() -> float:
+    """The t that makes P(z @ w > t) = GLASSES_FRACTION for z ~ N(0, I)."""
+    return NormalDist().inv_cdf(1.0 - GLASSES_FRACTION)
+
+
+def label_latents(z: np.ndarray) -> np.ndarray:
+    """Labels (1 = glasses) of latents `z` of shape (count, 512) or (512,)."""
+    return (np.asarray(z, dtype=np.float64) @ label_axis() > label_threshold()).astype(np.int64)
+
+
+def sample_latents(count: int, seed: int) -> np.ndarray:
+    """Latents z ~ N(0, I_512), rounded to 6 significant digits exactly as the CSVs store them.
+
+    Rounding first makes labels and images functions of the numbers in the CSV themselves.
+    """
+    z = np.random.default_rng(seed).standard_normal((count, LATENT_DIM))
+    return np.array([float(f"{v:.6g}") for v in z.ravel().tolist()]).reshape(z.shape)
+
+
+def mislabel_mask(count: int, seed: int, rate: float = MISLABEL_RATE, stream: int = 0) -> np.ndarray:
+    """Bool mask choosing round(rate * count) samples to draw against their label.
+
+    `stream` tells apart the masks of one seed's splits (0 train, 1 test).
+    """
+    rng = np.random.default_rng([seed, 0x6C61, stream])  # a stream of its own, apart from the latents
+    mask = np.zeros(count, dtype=bool)
+    mask[rng.choice(count, size=round(rate * count), replace=False)] = True
+    return mask
+
+
+def plan(n: int, seed: int) -> SynthPlan:
+    """Draws the latents, labels and mislabelling of `n` labelled + `unlabelled_count(n)` test samples."""
+    count = n + unlabelled_count(n)
+    latents = sample_latents(count, seed)
+    labels = label_latents(latents)
+    flip = np.concatenate([mislabel_mask(n, seed), mislabel_mask(count - n, seed, stream=1)])
+    drawn = labels.astype(bool) ^ flip
+    return SynthPlan(np.arange(1, count + 1), latents, labels, drawn, n)
+
+
+# --------------------------------------------------------------------------- appearance parameters
+
+
+RGB = tuple[int, int, int]
+_SKIN = np.array([(58, 36, 24), (95, 60, 38), (141, 85, 36), (198, 134, 66), (224, 172, 105),
+                  (241, 194, 125), (255, 219, 172), (255, 232, 212)], dtype=np.float64)
+_HAIR = [(22, 18, 16), (58, 38, 24), (105, 72, 44), (140, 62, 30), (222, 190, 120), (150, 148, 145),
+         (232, 230, 224)]
+_HAIR_WEIGHTS = [0.28, 0.22, 0.16, 0.08, 0.12, 0.06, 0.03]  # natural colours; 6% are dyed (see _hair)
+_IRIS = [(70, 45, 25), (110, 75, 40), (60, 110, 170), (80, 130, 90), (120, 120, 130)]
+_DARK_FRAMES = [(14, 14, 14), (50, 30, 20), (22, 28, 64), (58, 58, 60), (84, 20, 24)]
+_LIGHT_FRAMES = [(212, 175, 55), (205, 205, 212), (246, 246, 246), (205, 40, 40), (176, 104, 42),
+                 (40, 120, 225)]
+_SHAPES = ("round", "rect", "oval", "aviator")
+
+
+class _Dims:
+    """Hands out the latent's dimensions in order, as uniforms in (0, 1) via the normal CDF."""
+
+    def __init__(self, uniforms: np.ndarray, start: int) -> None:
+        self._u = uniforms
+        self._i = start
+
+    def unit(self) -> float:
+        value = float(self._u[self._i])
+        self._i += 1
+        return value
+
+    def span(self, low: float, high: float) -> float:
+        return low + (high - low) * self.unit()
+
+    def pick(self, options: list | tuple, weights: list[float] | None = None):
+        cumulative = np.cumsum(weights if weights is not None else [1.0] * len(options))
+        index = int(np.searchsorted(cumulative / cumulative[-1], self.unit(), side="right"))
+        return options[min(index, len(options) - 1)]
+
+    def colour(self, sat: tuple[float, float], val: tuple[float, float]) -> RGB:
+        h, s, v = self.unit(), self.span(*sat), self.span(*val)
+        return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v))
+
+
+def _uniforms(z: np.ndarray) -> np.ndarray:
+    return np.array([0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) for v in np.asarray(z).tolist()])
+
+
+@dataclass(frozen=True)
+class _Scene:
+    bg_a: RGB
+    bg_b: RGB
+    bg_angle: float
+    blobs: tuple[tuple[float, float, float, RGB], ...]
+    cloth: RGB
+    light_angle: float
+    light: float
+    brightness: float
+    contrast: float
+
+
+@dataclass(frozen=True)
+class _Head:
+    cx: float  # centre, as fractions of the image side
+    cy: float
+    fw: float  # face width and height, fractions of the side
+    fh: float
+    angle: float  # degrees, in-plane head tilt
+    yaw: float  # -1..1, shifts the features sideways
+    jaw: float  # 0 round .. 1 square
+    skin: RGB
+    hair: RGB
+    hair_style: str
+    hairline: float  # fraction of fh from the top of the face
+    beard: bool
+
+
+@dataclass(frozen=True)
+class _Features:
+    eye_y: float  # fraction of fh above the face centre
+    eye_sep: float  # fraction of fw from the centre to each eye
+    eye_w: float  # fraction of fw
+    eye_h: float  # fraction of eye_w
+    iris: RGB
+    gaze: float
+    closed: bool
+    brow_gap: float  # fraction of eye height above the eye
+    brow_thick: float  # fraction of fw
+    brow_slant: float
+    nose: float
+    mouth_y: float
+    mouth_w: float
+    smile: float
+    lips: RGB
+
+
+@dataclass(frozen=True)
+class _Glasses:
+    shape: str
+    width: float  # lens width, fraction of fw
+    aspect: float  # lens height / width
+    thick: float  # frame width, fraction of the image side
+    frame: RGB
+    lens: tuple[int, int, int, int] | None  # RGBA tint, None for clear lenses
+    dy: float  # lens centre below the eye, fraction of lens height
+    highlight: bool
+
+
+@dataclass(frozen=True)
+class FaceParams:
+    """Everything that decides how one face looks; a pure function of its latent."""
+
+    scene: _Scene
+    head: _Head
+    features: _Features
+    glasses: _Glasses | None
+
+
+def _sample_scene(d: _Dims) -> _Scene:
+    bg_a = d.colour((0.0, 0.75), (0.2, 1.0))
+    bg_b = d.colour((0.0, 0.75), (0.2, 1.0))
+    angle = d.span(0, 2 * math.pi)
+    blobs = tuple((d.span(0, 1), d.span(0, 1), d.span(0.05, 0.3), d.colour((0, 0.8), (0.2, 1.0)))
+                  for _ in range(3))
+    blobs = blobs[: int(d.span(0, 3.999))]
+    cloth = d.colour((0.0, 0.9), (0.1, 0.95))
+    return _Scene(bg_a, bg_b, angle, blobs, cloth, d.span(0, 2 * math.pi), d.span(0.0, 0.6),
+                  d.span(0.8, 1.15), d.span(0.8, 1.15))
+
+
+def _skin(d: _Dims) -> RGB:
+    position = d.unit() * (len(_SKIN) - 1)
+    low = int(position)
+    high = min(low + 1, len(_SKIN) - 1)
+    base = _SKIN[low] + (_SKIN[high] - _SKIN[low]) * (position - low)
+    jitter = np.array([d.span(-12, 12), d.span(-10, 10), d.span(-10, 10)])
+    return tuple(int(c) for c in np.clip(base + jitter, 0, 255))
+
+
+def _hair(d: _Dims) -> RGB:
+    dyed = d.colour((0.5, 0.9), (0.4, 0.9))
+    if d.unit() < 0.06:
+        return dyed
+    return d.pick(_HAIR, _HAIR_WEIGHTS)
+
+
+def _sample_head(d: _Dims) -> _Head:
+    fh = d.span(0.54, 0.7)
+    fw = fh * d.span(0.7, 0.84)
+    cx, cy = 0.5 + d.span(-0.12, 0.12), 0.45 + d.span(-0.07, 0.07)
+    angle, yaw, jaw = d.span(-16, 16), d.span(-1, 1), d.span(0, 1)
+    skin, hair = _skin(d), _hair(d)
+    style = d.pick(("bald", "short", "long", "curly", "bun", "fringe"), [0.08, 0.3, 0.28, 0.12, 0.08, 0.14])
+    return _Head(cx, cy, fw, fh, angle, yaw, jaw, skin, hair, style, d.span(0.14, 0.3), d.unit() < 0.15)
+
+
+def _sample_features(d: _Dims, skin: RGB) -> _Features:
+    lips = tuple(int(c) for c in np.clip(np.array(skin) * [0.8, 0.55, 0.55] + [30, 0, 0], 0, 255))
+    return _Features(
+        eye_y=d.span(0.0, 0.1), eye_sep=d.span(0.19, 0.235), eye_w=d.span(0.14, 0.19),
+        eye_h=d.span(0.42, 0.65), iris=d.pick(_IRIS), gaze=d.span(-0.25, 0.25), closed=d.unit() < 0.05,
+        brow_gap=d.span(0.9, 1.9), brow_thick=d.span(0.02, 0.055), brow_slant=d.span(-0.15, 0.2),
+        nose=d.span(0.1, 0.2), mouth_y=d.span(0.22, 0.31), mouth_w=d.span(0.24, 0.4),
+        smile=d.span(-0.3, 1.0), lips=lips,
+    )
+
+
+def _luma(colour: RGB) -> float:
+    return 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+
+
+def _frame_colour(d: _Dims, skin: RGB) -> RGB:
+    dark, light = d.pick(_DARK_FRAMES), d.pick(_LIGHT_FRAMES)
+    frame = light if d.unit() < 0.35 else dark
+    # Real frames are meant to be seen; keep every frame clearly off the skin it sits on.
+    if abs(_luma(frame) - _luma(skin)) < 90:
+        frame = dark if _luma(skin) > 128 else (235, 235, 235)
+    return frame
+
+
+def _lens(d: _Dims) -> tuple[int, int, int, int] | None:
+    kind, tint, opacity = d.unit(), d.colour((0.2, 0.8), (0.2, 0.7)), d.unit()
+    if kind < 0.6:
+        return None
+    if kind < 0.85:  # tinted
+        return (*tint, int(70 + 70 * opacity))
+    return (*(int(c * 0.25) for c in tint), int(225 + 25 * opacity))  # sunglasses
+
+
+def _sample_glasses(d: _Dims, skin: RGB) -> _Glasses:
+    shape = d.pick(_SHAPES, [0.3, 0.3, 0.2, 0.2])
+    aspect = {"round": 1.0, "rect": 0.7, "oval": 0.75, "aviator": 0.85}[shape] * d.span(0.9, 1.1)
+    return _Glasses(shape, d.span(0.32, 0.42), aspect, d.span(0.035, 0.058), _frame_colour(d, skin),
+                    _lens(d), d.span(-0.15, 0.3), d.unit() < 0.5)
+
+
+def face_params(z: np.ndarray, glasses: bool) -> FaceParams:
+    """The appearance of the face with latent `z` (512,), with or without glasses.
+
+    Scene and face come from dims 0..~80, glasses from dims 256.. so that drawing glasses
+    or not never changes the rest of the face.
+    """
+    u = _uniforms(z)
+    d = _Dims(u, 0)
+    scene, head = _sample_scene(d), _sample_head(d)
+    features = _sample_features(d, head.skin)
+    spec = _sample_glasses(_Dims(u, 256), head.skin) if glasses else None
+    return FaceParams(scene, head, features, spec)
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def _shade(colour: RGB, factor: float) -> RGB:
+    return tuple(int(min(255, max(0, c * factor))) for c in colour)
+
+
+def _background(scene: _Scene, size: int) -> Image.Image:
+    ramp = np.linspace(-0.5, 0.5, 8)
+    x, y = np.meshgrid(ramp, ramp)
+    t = np.clip(0.5 + x * math.cos(scene.bg_angle) + y * math.sin(scene.bg_angle), 0, 1)[..., None]
+    small = np.array(scene.bg_a) * (1 - t) + np.array(scene.bg_b) * t
+    image = Image.fromarray(small.astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    draw = ImageDraw.Draw(image)
+    for bx, by, radius, colour in scene.blobs:
+        draw.ellipse(_box(bx * size, by * size, radius * size, radius * size), fill=colour)
+    return image
+
+
+def _box(cx: float, cy: float, rx: float, ry: float) -> tuple[float, float, float, float]:
+    return (cx - rx, cy - ry, cx + rx, cy + ry)
+
+
+def _chord(cx: float, cy: float, rx: float, ry: float, start: float, end: float) -> list:
+    """Points of an ellipse's chord from `start` to `end` degrees (clockwise, 0 at 3 o'clock).
+
+    ImageDraw.chord misdraws some float boxes (it can fill a band across the image), so the
+    outline is computed here and drawn as a polygon.
+    """
+    steps = 24
+    angles = [math.radians(start + (end - start) * k / steps) for k in range(steps + 1)]
+    return [(cx + rx * math.cos(t), cy + ry * math.sin(t)) for t in angles]
+
+
+def _body(draw: ImageDraw.ImageDraw, head: _Head, cloth: RGB, size: int) -> None:
+    cx, cy, fw, fh = head.cx * size, head.cy * size, head.fw * size, head.fh * size
+    draw.rectangle((cx - 0.2 * fw, cy, cx + 0.2 * fw, cy + 0.75 * fh), fill=_shade(head.skin, 0.82))
+    draw.ellipse((cx - 1.15 * fw, cy + 0.66 * fh, cx + 1.15 * fw, cy + 1.9 * fh), fill=cloth)
+
+
+def _hair_back(draw: ImageDraw.ImageDraw, head: _Head, g: dict) -> None:
+    if head.hair_style == "long":
+        top = g["cy"] - 0.55 * g["fh"]
+        draw.rounded_rectangle((g["cx"] - 0.62 * g["fw"], top, g["cx"] + 0.62 * g["fw"],
+                                g["cy"] + 0.62 * g["fh"]), radius=0.45 * g["fw"], fill=head.hair)
+    elif head.hair_style == "bun":
+        draw.ellipse(_box(g["cx"], g["cy"] - 0.55 * g["fh"], 0.22 * g["fw"], 0.17 * g["fh"]), fill=head.hair)
+
+
+def _face_shape(draw: ImageDraw.ImageDraw, head: _Head, g: dict) -> None:
+    cx, cy, fw, fh, s = g["cx"], g["cy"], g["fw"], g["fh"], head.skin
+    ear_y, ear_rx, ear_ry = cy - 0.02 * fh, 0.09 * fw, 0.13 * fh
+    for side in (-1, 1):
+        shrink = 1 - 0.35 * max(0.0, side * head.yaw)  # the ear turned away looks smaller
+        draw.ellipse(_box(cx + side * 0.49 * fw, ear_y, ear_rx * shrink, ear_ry), fill=_shade(s, 0.92))
+    draw.ellipse(_box(cx, cy, fw / 2, fh / 2), fill=s)
+    jaw_half = (0.3 + 0.16 * head.jaw) * fw
+    draw.rounded_rectangle((cx - jaw_half, cy, cx + jaw_half, cy + 0.47 * fh), radius=0.22 * fw, fill=s)
+    if head.beard:
+        draw.polygon(_chord(cx, cy + 0.1 * fh, 0.46 * fw, 0.4 * fh, 22, 158), fill=head.hair)
+
+
+def _hair_top(draw: ImageDraw.ImageDraw, head: _Head, g: dict) -> None:
+    if head.hair_style == "bald":
+        return
+    cx, cy, fw, fh = g["cx"], g["cy"], g["fw"], g["fh"]
+    rx, ry = 0.54 * fw, 0.53 * fh
+    lift = min(0.98, (0.5 - head.hairline) * fh / ry)  # chord height, as sin of its angle
+    a = math.degrees(math.asin(lift))
+    draw.polygon(_chord(cx, cy, rx, ry, 180 + a, 360 - a), fill=head.hair)
+    if head.hair_style == "curly":
+        for k in range(9):
+            t = math.pi * (1.05 + 0.9 * k / 8)
+            draw.ellipse(_box(cx + rx * math.cos(t), cy + ry * math.sin(t), 0.12 * fw, 0.12 * fw),
+                         fill=head.hair)
+    elif head.hair_style == "fringe":
+        line_y = cy - lift * ry
+        side = 1 if head.yaw >= 0 else -1
+        draw.polygon([(cx - side * rx * 0.9, line_y), (cx + side * 0.2 * fw, line_y),
+                      (cx - side * rx * 0.85, line_y + 0.16 * fh)], fill=head.hair)
+
+
+def _eye_centres(head: _Head, f: _Features, g: dict) -> list[tuple[float, float]]:
+    shift = head.yaw * 0.06 * g["fw"]
+    y = g["cy"] - f.eye_y * g["fh"]
+    return [(g["cx"] + shift + side * f.eye_sep * g["fw"], y) for side in (-1, 1)]
+
+
+def _eye(draw: ImageDraw.ImageDraw, f: _Features, ex: float, ey: float, ew: float, eh: float) -> None:
+    if f.closed:
+        lid = _chord(ex, ey - eh * 0.5, ew, eh, 20, 160)
+        draw.line(lid, fill=(30, 20, 20), width=max(1, int(eh * 0.3)), joint="curve")
+        return
+    draw.ellipse(_box(ex, ey, ew, eh), fill=(240, 238, 232), outline=(40, 30, 30), width=max(1, int(eh * 0.15)))
+    ix = ex + f.gaze * ew
+    draw.ellipse(_box(ix, ey, eh * 0.8, eh * 0.8), fill=f.iris)
+    draw.ellipse(_box(ix, ey, eh * 0.35, eh * 0.35), fill=(10, 10, 10))
+
+
+def _eyes(draw: ImageDraw.ImageDraw, head: _Head, f: _Features, g: dict) -> None:
+    ew, brow_colour = f.eye_w * g["fw"] / 2, _shade(head.hair, 0.7)
+    eh = ew * f.eye_h
+    for side, (ex, ey) in zip((-1, 1), _eye_centres(head, f, g)):
+        _eye(draw, f, ex, ey, ew, eh)
+        by = ey - eh * (1 + f.brow_gap)
+        thick = max(1, int(f.brow_thick * g["fw"]))
+        tilt = f.brow_slant * ew * side
+        draw.line([(ex - 1.1 * ew, by + tilt), (ex, by - 0.25 * eh), (ex + 1.1 * ew, by - tilt)],
+                  fill=brow_colour, width=thick, joint="curve")
+
+
+def _nose_mouth(draw: ImageDraw.ImageDraw, head: _Head, f: _Features, g: dict) -> None:
+    cx, cy, fw, fh = g["cx"] + head.yaw * 0.08 * g["fw"], g["cy"], g["fw"], g["fh"]
+    line = _shade(head.skin, 0.7)
+    tip = cy + f.nose * fh
+    draw.line([(cx, cy - 0.02 * fh), (cx - 0.05 * fw, tip), (cx + 0.04 * fw, tip)], fill=line,
+              width=max(1, int(0.02 * fw)), joint="curve")
+    my, mw = cy + f.mouth_y * fh, f.mouth_w * fw / 2
+    if f.smile > 0.6:
+        draw.polygon(_chord(cx, my - 0.04 * fh, mw, 0.09 * fh, 0, 180), fill=(120, 30, 35))
+    else:
+        bend = 0.06 * fh * f.smile
+        draw.line([(cx - mw, my - bend), (cx, my + bend), (cx + mw, my - bend)], fill=f.lips,
+                  width=max(2, int(0.035 * fh)), joint="curve")
+
+
+def _lens_outline(shape: str, cx: float, cy: float, rx: float, ry: float, inner: int) -> list:
+    steps = 28
+    points = []
+    for k in range(steps):
+        t = 2 * math.pi * k / steps
+        x, y = math.cos(t), math.sin(t)
+        if shape == "aviator":  # flat top, drooping towards the nose
+            y = y * (1.0 + 0.35 * max(0.0, x * inner)) if y > 0 else y * 0.75
+        points.append((cx + rx * x, cy + ry * y))
+    return points
+
+
+def _draw_lens(draw: ImageDraw.ImageDraw, spec: _Glasses, box: tuple, fill, width: int, inner: int):
+    outline = spec.frame if width else None
+    cx, cy, rx, ry = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+    if spec.shape == "rect":
+        draw.rounded_rectangle(box, radius=0.3 * ry, fill=fill, outline=outline, width=width)
+    elif spec.shape == "aviator":
+        draw.polygon(_lens_outline("aviator", cx, cy, rx, ry, inner), fill=fill, outline=outline, width=width)
+    else:
+        draw.ellipse(box, fill=fill, outline=outline, width=width)
+
+
+def _lens_boxes(head: _Head, f: _Features, spec: _Glasses, g: dict) -> list[tuple]:
+    gap = 0.04 * g["fw"]
+    rx = min(spec.width * g["fw"], 2 * f.eye_sep * g["fw"] - gap) / 2
+    ry = rx * spec.aspect
+    return [_box(ex, ey + spec.dy * ry, rx, ry) for ex, ey in _eye_centres(head, f, g)]
+
+
+def _glasses(layer: Image.Image, head: _Head, f: _Features, spec: _Glasses, g: dict) -> None:
+    boxes = _lens_boxes(head, f, spec, g)
+    if spec.lens is not None or spec.highlight:
+        tint = Image.new("RGBA", layer.size, (0, 0, 0, 0))
+        tint_draw = ImageDraw.Draw(tint)
+        for side, box in zip((1, -1), boxes):
+            _draw_lens(tint_draw, spec, box, spec.lens or (255, 255, 255, 30), 0, side)
+            if spec.highlight:
+                w, h = box[2] - box[0], box[3] - box[1]
+                tint_draw.line([(box[0] + 0.3 * w, box[1] + 0.25 * h), (box[0] + 0.55 * w, box[1] + 0.12 * h)],
+                               fill=(255, 255, 255, 150), width=max(1, int(0.08 * h)))
+        layer.alpha_composite(tint)
+    _frame(ImageDraw.Draw(layer), spec, boxes, g)
+
+
+def _frame(draw: ImageDraw.ImageDraw, spec: _Glasses, boxes: list, g: dict) -> None:
+    width = max(1, int(round(spec.thick * g["size"])))
+    for side, box in zip((1, -1), boxes):
+        _draw_lens(draw, spec, box, None, width, side)
+    (l0, t0, r0, b0), (l1, t1, r1, b1) = boxes
+    bridge_y = t0 + 0.3 * (b0 - t0)
+    arch = bridge_y - 0.1 * (b0 - t0)
+    bridge = [(r0 - width / 2, bridge_y), ((r0 + l1) / 2, arch), (l1 + width / 2, bridge_y)]
+    draw.line(bridge, fill=spec.frame, width=width, joint="curve")
+    temple_y = t0 + 0.3 * (b0 - t0)
+    for x_lens, x_ear in ((l0, g["cx"] - 0.49 * g["fw"]), (r1, g["cx"] + 0.49 * g["fw"])):
+        draw.line([(x_lens, temple_y), (x_ear, temple_y - 0.02 * g["fh"])], fill=spec.frame,
+                  width=max(1, int(width * 0.8)))
+
+
+def _head_layer(p: FaceParams, size: int) -> Image.Image:
+    head = p.head
+    g = {"cx": head.cx * size, "cy": head.cy * size, "fw": head.fw * size, "fh": head.fh * size, "size": size}
+    layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    _hair_back(draw, head, g)
+    _face_shape(draw, head, g)
+    _hair_top(draw, head, g)
+    _eyes(draw, head, p.features, g)
+    _nose_mouth(draw, head, p.features, g)
+    if p.glasses is not None:
+        _glasses(layer, head, p.features, p.glasses, g)
+    pivot = (g["cx"], g["cy"] + 0.5 * g["fh"])  # tilt about the neck
+    return layer.rotate(head.angle, resample=Image.BICUBIC, center=pivot)
+
+
+def _lighting(image: Image.Image, scene: _Scene) -> Image.Image:
+    size = image.size[0]
+    ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
+    x, y = np.meshgrid(ramp, ramp)
+    gain = 1 + scene.light * (x * math.cos(scene.light_angle) + y * math.sin(scene.light_angle))
+    pixels = np.asarray(image, dtype=np.float32) * (gain[..., None] * scene.brightness)
+    pixels = (pixels - 128) * scene.contrast + 128
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+
+
+def render_params(params: FaceParams, resolution: int) -> Image.Image:
+    """Draws `params` as an RGB image of `resolution` x `resolution` pixels."""
+    size = resolution * _SUPERSAMPLE
+    image = _background(params.scene, size)
+    _body(ImageDraw.Draw(image), params.head, params.scene.cloth, size)
+    image = image.convert("RGBA")
+    image.alpha_composite(_head_layer(params, size))
+    image = image.convert("RGB").reduce(_SUPERSAMPLE)
+    return _lighting(image, params.scene)
+
+
+def render_face(z: np.ndarray, glasses: bool, resolution: int) -> Image.Image:
+    """The face of latent `z` (512,), drawn with or without glasses, as an RGB image."""
+    return render_params(face_params(z, glasses), resolution)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def image_path(root: Path, image_id: int) -> Path:
+    """Where the image of `image_id` lies under a dataset root."""
+    return Path(root) / IMAGE_SUBDIR / f"face-{image_id}.png"
+
+
+def _render_chunk(root: Path, ids: np.ndarray, latents: np.ndarray, drawn: np.ndarray, resolution: int) -> int:
+    for image_id, z, glasses in zip(ids.tolist(), latents, drawn.tolist()):
+        render_face(z, glasses, resolution).save(image_path(root, image_id), format="PNG")
+    return len(ids)
+
+
+def _render_all(root: Path, p: SynthPlan, resolution: int, workers: int) -> None:
+    (root / IMAGE_SUBDIR).mkdir(parents=True)
+    starts = range(0, len(p.ids), _CHUNK)
+    jobs = [(root, p.ids[s:s + _CHUNK], p.latents[s:s + _CHUNK], p.drawn[s:s + _CHUNK], resolution)
+            for s in starts]
+    if workers <= 1 or len(jobs) == 1:
+        for job in jobs:
+            _render_chunk(*job)
+        return
+    # Threads, not processes: PIL and NumPy release the GIL for the heavy parts, and no process
+    # is forked from a parent that may already run TensorFlow. Every image is a pure function of
+    # its own latent, so the result does not depend on the schedule.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(lambda job: _render_chunk(*job), jobs):
+            pass
+
+
+def _write_csv(path: Path, ids: np.ndarray, latents: np.ndarray, labels: np.ndarray | None) -> None:
+    header = ["id"] + [f"v{k}" for k in range(1, LATENT_DIM + 1)] + ([] if labels is None else ["glasses"])
+    lines = [",".join(header)]
+    for row, image_id in enumerate(ids.tolist()):
+        fields = [str(image_id)] + [f"{v:.6g}" for v in latents[row].tolist()]
+        lines.append(",".join(fields + ([] if labels is None else [str(int(labels[row]))])))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _parameters(n: int, resolution: int, seed: int) -> dict:
+    return {"generator": "glasses.synth", "format": FORMAT_VERSION, "n": n, "resolution": resolution,
+            "seed": seed}
+
+
+def _manifest(p: SynthPlan, n: int, resolution: int, seed: int) -> dict:
+    labels = p.labels[: p.train]
+    return {**_parameters(n, resolution, seed), "train": p.train, "test": len(p.ids) - p.train,
+            "glasses": int(labels.sum()), "no_glasses": int(p.train - labels.sum()),
+            "mislabelled": int(p.mislabelled[: p.train].sum())}
+
+
+def _complete_manifest(out_dir: Path, parameters: dict) -> dict | None:
+    """The manifest of `out_dir` if it is a complete synth output made with `parameters`."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in parameters.items()):
+        return None
+    count = manifest.get("train", 0) + manifest.get("test", 0)
+    files = [out_dir / "train.csv", out_dir / "test.csv"]
+    files += [image_path(out_dir, i) for i in range(1, count + 1)]
+    return manifest if count and all(f.is_file() for f in files) else None
+
+
+def _result(out_dir: Path, manifest: dict, started: float) -> SynthResult:
+    keys = ("train", "test", "glasses", "no_glasses", "mislabelled")
+    return SynthResult(out_dir, *(int(manifest[k]) for k in keys), time.perf_counter() - started)
+
+
+def _check_target(out_dir: Path, parameters: dict) -> dict | None:
+    """The manifest if `out_dir` already holds this dataset; raises if it holds anything else."""
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        raise SynthError(f"{out_dir} exists and is not a directory; pass a new or empty directory")
+    manifest = _complete_manifest(out_dir, parameters)
+    if manifest is None and any(out_dir.iterdir()):
+        raise SynthError(
+            f"{out_dir} is not empty and is not a complete synthetic dataset with {parameters}; "
+            "pass a new or empty directory, or remove it")
+    return manifest
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    try:
+        if out_dir.is_dir():
+            out_dir.rmdir()  # only an empty directory can be here: _check_target refused the rest
+        os.replace(tmp, out_dir)
+    except OSError as error:
+        raise SynthError(f"could not move the synthetic dataset into {out_dir}: {error}") from error
+
+
+def synthesize(out_dir: Path, n: int = 1500, resolution: int = 128, seed: int = 1337,
+               workers: int | None = None) -> SynthResult:
+    """Writes a synthetic "Glasses or No Glasses" dataset in the Kaggle layout.
+
+    Args:
+        out_dir: Dataset root to create. It must not exist, be empty, or already hold the
+            complete output of the same `n`, `resolution` and `seed` (then nothing is redone).
+        n: Labelled images (train.csv); `unlabelled_count(n)` unlabelled ones follow (test.csv).
+        resolution: Side of the square RGB PNGs, in pixels.
+        seed: Seed of the latents and of which samples are mislabelled.
+        workers: Drawing threads; None uses os.cpu_count(). The bytes written do not depend on it.
+
+    Returns:
+        The counts written (or found) and the time taken.
+
+    Raises:
+        SynthError: `out_dir` holds something else, or a bad `n` or `resolution`.
+    """
+    started = time.perf_counter()
+    if n < 1 or resolution < 8 or seed < 0:
+        raise SynthError(f"need n >= 1, resolution >= 8 and seed >= 0, got n={n}, resolution={resolution}, "
+                         f"seed={seed}")
+    out_dir, parameters = Path(out_dir), _parameters(n, resolution, seed)
+    existing = _check_target(out_dir, parameters)
+    if existing is not None:
+        return _result(out_dir, existing, started)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".synth-tmp", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not
+    try:
+        manifest = _write_dataset(tmp, n, resolution, seed, workers or os.cpu_count() or 1)
+        _move_into_place(tmp, out_dir)
+    except SynthError:
+        # Lost a race with another writer of the same dataset: theirs is as good as ours.
+        done = _complete_manifest(out_dir, parameters)
+        if done is None:
+            raise
+        return _result(out_dir, done, started)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _result(out_dir, manifest, started)
+
+
+def _write_dataset(root: Path, n: int, resolution: int, seed: int, workers: int) -> dict:
+    p = plan(n, seed)
+    _render_all(root, p, resolution, workers)
+    _write_csv(root / "train.csv", p.ids[:n], p.latents[:n], p.labels[:n])
+    _write_csv(root / "test.csv", p.ids[n:], p.latents[n:], None)
+    manifest = _manifest(p, n, resolution, seed)
+    # Written last: its presence (with every listed file) is what marks the output complete.
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest

@@ -1,0 +1,140 @@
+"""The distributed search with real processes on loopback: a chief and two workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from glasses import search
+from glasses.search import SearchSpec, free_port, role_command, run_role, trial_records
+
+pytestmark = pytest.mark.slow
+
+
+def _spec(tmp_path: Path, cache_dir: Path, **overrides) -> Path:
+    values = dict(directory=tmp_path / "kt", project_name="size16", cache_dir=cache_dir, image_size=16,
+                  batch_size=8, max_trials=4, epochs=1, patience=1, seed=1337, port=free_port(), workers=2,
+                  worker_timeout_s=30, chief_timeout_s=300)
+    values.update(overrides)
+    return SearchSpec(**values).save(tmp_path / "spec.json")
+
+
+class Role(threading.Thread):
+    """One role's process, run as `run_role` runs it for a Prefect task, its lines kept."""
+
+    def __init__(self, spec_path: Path, role: str, tuner_id: str | None = None):
+        super().__init__(daemon=True)
+        self.command = role_command(role, spec_path, tuner_id)
+        self.lines: list[str] = []
+        self.code: int | None = None
+        self.tuner_id = tuner_id
+
+    def run(self) -> None:
+        env = {"GLASSES_THREADS": "1", "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.code = run_role(self.command, self.lines.append, timeout_s=280, env=env)
+
+
+def _search(spec_path: Path, workers: int = 2) -> tuple[Role, list[Role]]:
+    chief = Role(spec_path, "chief")
+    chief.start()
+    tuners = [Role(spec_path, "worker", f"tuner{i}") for i in range(workers)]
+    for tuner in tuners:
+        tuner.start()
+    return chief, tuners
+
+
+def _join(*roles: Role) -> None:
+    for role in roles:
+        role.join(300)
+        assert not role.is_alive(), f"{role.command} still running"
+
+
+def _completed(spec_path: Path) -> list[dict]:
+    spec = SearchSpec.load(spec_path)
+    return [r for r in trial_records(spec.project_dir) if r["status"] == "COMPLETED"]
+
+
+def test_chief_and_two_workers_run_each_trial_once(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1])
+    chief, tuners = _search(spec_path)
+    _join(chief, *tuners)
+    assert chief.code == 0, "\n".join(chief.lines[-20:])
+    assert [t.code for t in tuners] == [0, 0]
+    records = trial_records(SearchSpec.load(spec_path).project_dir)
+    assert sorted(r["trial_id"] for r in records) == ["0", "1", "2", "3"]
+    assert all(r["status"] == "COMPLETED" and r["epochs"] == 1 for r in records)
+    assert {r["worker"] for r in records} == {"tuner0", "tuner1"}
+    assert all(Path(r["checkpoint"]).is_file() for r in records)
+    table = search.trials_table(SearchSpec.load(spec_path))
+    assert set(table.columns) >= {"trial_id", "conv_layers", "optimizer", "val_accuracy", "epochs",
+                                  "seconds", "worker", "status"}
+
+    # A re-run of the finished search runs no new trial and rewrites none.
+    stamps = {r["trial_id"]: Path(r["checkpoint"]).stat().st_mtime_ns for r in records}
+    again_chief, again = _search(spec_path)
+    _join(again_chief, *again)
+    assert again_chief.code == 0 and [t.code for t in again] == [0, 0]
+    after = trial_records(SearchSpec.load(spec_path).project_dir)
+    assert {r["trial_id"]: Path(r["checkpoint"]).stat().st_mtime_ns for r in after} == stamps
+
+
+def _kill_when_training(role: Role, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not any("val_accuracy" in line for line in role.lines):
+        assert time.monotonic() < deadline, "worker never trained"
+        time.sleep(0.1)
+    for process in psutil.process_iter(["cmdline"]):
+        if role.tuner_id in (process.info["cmdline"] or []):
+            process.kill()  # SIGKILL, mid-trial
+
+
+def test_a_worker_killed_mid_search_does_not_stop_the_search(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=3, epochs=40, patience=40, worker_timeout_s=8)
+    chief, (tuner0, tuner1) = _search(spec_path)
+    _kill_when_training(tuner1)
+    _join(chief, tuner0, tuner1)
+    assert tuner1.code < 0  # killed by a signal
+    assert chief.code == 0, "\n".join(chief.lines[-20:])
+    assert any("tuner1" in line and "requeued" in line for line in chief.lines)
+    done = _completed(spec_path)
+    assert sorted(r["trial_id"] for r in done) == ["0", "1", "2"]
+    assert all(r["worker"] == "tuner0" for r in done)  # tuner0 finished tuner1's trial too
+
+
+def test_a_worker_back_under_its_id_resumes_its_trial(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=2, epochs=40, patience=40, workers=1,
+                      worker_timeout_s=60)
+    chief, (tuner0,) = _search(spec_path, workers=1)
+    _kill_when_training(tuner0)
+    tuner0.join(60)
+    retry = Role(spec_path, "worker", "tuner0")  # what a Prefect task retry does
+    retry.start()
+    _join(chief, retry)
+    assert chief.code == 0 and retry.code == 0
+    assert sorted(r["trial_id"] for r in _completed(spec_path)) == ["0", "1"]
+
+
+def test_the_chief_ends_when_no_worker_comes(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], worker_timeout_s=3)
+    chief = Role(spec_path, "chief")
+    started = time.monotonic()
+    chief.start()
+    _join(chief)
+    assert chief.code == search.EXIT_INCOMPLETE
+    assert time.monotonic() - started < 60
+    assert any("no worker left" in line for line in chief.lines)
+
+
+def test_the_chief_gives_up_at_its_timeout(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=60, workers=1, worker_timeout_s=10,
+                      chief_timeout_s=20)
+    chief, (tuner0,) = _search(spec_path, workers=1)
+    _join(chief)
+    assert chief.code == search.EXIT_INCOMPLETE
+    assert any("timeout" in line for line in chief.lines)
+    tuner0.join(90)
+    assert tuner0.code != 0  # its chief is gone; the worker fails instead of hanging

@@ -1,0 +1,178 @@
+"""The built-in synthetic dataset: Kaggle layout, labels from latents, determinism, safe writes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from glasses import synth
+from glasses.errors import DatasetError
+from glasses.synth import (
+    GLASSES_FRACTION,
+    IMAGE_SUBDIR,
+    LATENT_DIM,
+    SynthError,
+    label_axis,
+    label_latents,
+    label_threshold,
+    mislabel_mask,
+    plan,
+    render_face,
+    synthesize,
+)
+
+N = 40
+RESOLUTION = 32
+V_COLUMNS = [f"v{k}" for k in range(1, LATENT_DIM + 1)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, synth.SynthResult]:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    return out, synthesize(out, n=N, resolution=RESOLUTION, seed=1, workers=1)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_is_kaggles(tiny):
+    out, result = tiny
+    train, test = pd.read_csv(out / "train.csv"), pd.read_csv(out / "test.csv")
+    assert list(train.columns) == ["id", *V_COLUMNS, "glasses"]
+    assert list(test.columns) == ["id", *V_COLUMNS]
+    assert train["id"].tolist() == list(range(1, N + 1))
+    assert test["id"].tolist() == list(range(N + 1, N + 1 + result.test))
+    assert set(train["glasses"]) <= {0, 1}
+    images = sorted((out / IMAGE_SUBDIR).glob("face-*.png"))
+    assert len(images) == N + result.test == N + N // 10
+    for image_id in range(1, N + result.test + 1):
+        with Image.open(out / IMAGE_SUBDIR / f"face-{image_id}.png") as image:
+            assert image.format == "PNG" and image.mode == "RGB"
+            assert image.size == (RESOLUTION, RESOLUTION)
+
+
+def test_result_counts_match_files(tiny):
+    out, result = tiny
+    labels = pd.read_csv(out / "train.csv")["glasses"]
+    assert (result.out_dir, result.train, result.test) == (out, N, N // 10)
+    assert (result.glasses, result.no_glasses) == (int(labels.sum()), int(N - labels.sum()))
+    assert result.mislabelled == round(0.04 * N)
+    assert result.seconds > 0
+
+
+def test_labels_are_a_linear_rule_on_the_csv_latents(tiny):
+    out, _ = tiny
+    train = pd.read_csv(out / "train.csv")
+    scores = train[V_COLUMNS].to_numpy() @ label_axis()
+    assert np.array_equal((scores > label_threshold()).astype(int), train["glasses"].to_numpy())
+
+
+def test_same_seed_same_bytes_whatever_the_workers(tiny, tmp_path):
+    out, _ = tiny
+    again = tmp_path / "again"
+    synthesize(again, n=N, resolution=RESOLUTION, seed=1, workers=2)
+    assert _files(again) == _files(out)
+
+
+def test_other_seed_other_data(tiny, tmp_path):
+    out, _ = tiny
+    other = tmp_path / "other"
+    synthesize(other, n=N, resolution=RESOLUTION, seed=2, workers=1)
+    assert (other / "train.csv").read_bytes() != (out / "train.csv").read_bytes()
+    face = IMAGE_SUBDIR / "face-1.png"
+    assert (other / face).read_bytes() != (out / face).read_bytes()
+
+
+def test_class_ratio_is_the_real_datas():
+    z = np.random.default_rng(0).standard_normal((20000, LATENT_DIM))
+    assert abs(label_latents(z).mean() - GLASSES_FRACTION) < 0.015
+    small = plan(400, seed=5)
+    assert 0.55 < small.labels[:400].mean() < 0.72
+
+
+def test_label_axis_does_not_depend_on_the_dataset_seed():
+    axis = label_axis()
+    assert axis.shape == (LATENT_DIM,) and np.isclose(np.linalg.norm(axis), 1.0)
+    assert np.array_equal(plan(30, seed=1).labels, label_latents(plan(30, seed=1).latents))
+
+
+def test_about_four_percent_are_drawn_against_their_label():
+    assert mislabel_mask(5000, seed=3).sum() == 200
+    assert not np.array_equal(mislabel_mask(500, seed=3), mislabel_mask(500, seed=4))
+    p = plan(400, seed=3)
+    assert p.mislabelled[:400].sum() == 16
+    assert np.array_equal(p.drawn, p.labels.astype(bool) ^ p.mislabelled)
+
+
+def test_glasses_change_only_part_of_the_face():
+    z = plan(6, seed=9).latents
+    for row in z:
+        bare = np.asarray(render_face(row, False, 64), dtype=int)
+        worn = np.asarray(render_face(row, True, 64), dtype=int)
+        changed = np.any(bare != worn, axis=-1).mean()
+        assert 0.01 < changed < 0.3
+
+
+def test_rerun_with_same_parameters_does_nothing(tiny):
+    out, first = tiny
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    started = time.perf_counter()
+    result = synthesize(out, n=N, resolution=RESOLUTION, seed=1)
+    assert time.perf_counter() - started < 1.0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
+    assert (result.train, result.test, result.glasses, result.mislabelled) == (
+        first.train, first.test, first.glasses, first.mislabelled)
+
+
+def test_refuses_a_foreign_directory(tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SynthError, match=str(out)) as caught:
+        synthesize(out, n=N, resolution=RESOLUTION)
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, DatasetError)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_refuses_a_synth_output_of_other_parameters(tiny):
+    out, _ = tiny
+    with pytest.raises(SynthError, match="not a complete synthetic dataset"):
+        synthesize(out, n=N, resolution=RESOLUTION, seed=2)
+
+
+def test_refuses_an_incomplete_output(tmp_path):
+    out = tmp_path / "data"
+    synthesize(out, n=N, resolution=RESOLUTION, seed=1, workers=1)
+    (out / IMAGE_SUBDIR / "face-3.png").unlink()
+    with pytest.raises(SynthError):
+        synthesize(out, n=N, resolution=RESOLUTION, seed=1)
+
+
+def test_fills_an_empty_directory_and_leaves_no_temporaries(tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    synthesize(out, n=N, resolution=RESOLUTION, seed=1, workers=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+    assert (out / "synth.json").is_file()
+
+
+def test_a_failed_run_leaves_nothing_behind(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(synth, "_render_all", broken)
+    with pytest.raises(OSError, match="disk full"):
+        synthesize(tmp_path / "data", n=N, resolution=RESOLUTION)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs", [{"n": 0}, {"resolution": 4}, {"seed": -1}])
+def test_rejects_bad_sizes(tmp_path, kwargs):
+    with pytest.raises(SynthError, match="need n >= 1"):
+        synthesize(tmp_path / "data", **{"n": N, "resolution": RESOLUTION, **kwargs})

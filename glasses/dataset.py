@@ -86,7 +86,7 @@ def _is_face_file(path: Path) -> bool:
 
 
 def read_header(csv: Path) -> list[str]:
-    with open(csv, newline="") as handle:
+    with open(csv, newline="", encoding="utf-8-sig") as handle:  # -sig: drop a BOM (Excel's CSVs)
         return [name.strip() for name in handle.readline().split(",")]
 
 
@@ -113,8 +113,10 @@ def read_labels(csv: Path) -> pd.DataFrame:
         if column not in header:
             raise DatasetError(f"{csv}: missing column {column!r} (found {', '.join(header[:5])}"
                                f"{', ...' if len(header) > 5 else ''})")
-    frame = dd.read_csv(csv, usecols=["id", "glasses"], dtype=str, keep_default_na=False).compute()
-    frame = frame.reset_index(drop=True)
+    # match names as the check above does, stripped ("id, glasses" names " glasses")
+    frame = dd.read_csv(csv, usecols=lambda name: name.strip() in ("id", "glasses"), dtype=str,
+                        keep_default_na=False, encoding="utf-8-sig").compute()
+    frame = frame.rename(columns=str.strip).reset_index(drop=True)
     frame["row"] = frame.index + 2  # line 1 is the header
     return _validate_labels(csv, frame)
 
@@ -246,8 +248,9 @@ def assign_subsets(count: int, fractions: tuple[float, float, float], seed: int)
     (3599 / 449 / 452 of 4500).
     """
     order = np.random.default_rng(seed).permutation(count)
-    n_train = int(count * fractions[0])
-    n_val = int(count * fractions[1])
+    # the epsilon keeps float error from flooring an exact product down: 90 * 0.7 is 62.99999999999999
+    n_train = int(count * fractions[0] + 1e-9)
+    n_val = int(count * fractions[1] + 1e-9)
     subsets = np.full(count, 2)
     subsets[order[:n_train]] = 0
     subsets[order[n_train:n_train + n_val]] = 1

@@ -1,4 +1,4 @@
-"""The glasses pipeline: organize -> split -> cache -> three search stages -> ensemble -> summary."""
+"""The glasses pipeline: organize -> split -> cache -> three search stages -> ensemble -> analyses -> report."""
 
 from __future__ import annotations
 
@@ -51,8 +51,12 @@ def pipeline(config: Config) -> dict:
 
     shipped = model.ensemble(config, specs3, data.cache(split["dir"], str(work.cache), size), split["dir"])
     clock.lap("ensemble")
+    stage_plots = {"stage1": stage1["plots"], "stage2": stage2["plots"]}
+    drawn = model.draw_figures(config, shipped["evaluation"]["confusion"], stage_plots, size)
+    latent = model.latent_baseline(source, config.data.fractions, config.data.seed)
+    clock.lap("analyses")
     parts = {"dataset": organized, "split": split, "workers": config.search.workers,
              "stages": {"stage1": stage1, "stage2": stage2, "stage3": stage3},
-             **shipped, "durations_s": clock.durations()}
+             **shipped, "figures": drawn, "latent": latent, "durations_s": clock.durations()}
     model.summary(config, parts)
     return parts

@@ -74,6 +74,57 @@ def show_config(preset: str = typer.Option("quick", "--preset"),
         _fail(error)
 
 
+def _load_model(path: Path):
+    if not path.is_file():
+        _fail(GlassesError(f"no model at {path}: run `glasses run` first or pass --model"))
+    import keras
+
+    return keras.models.load_model(path)
+
+
+@app.command()
+def predict(inputs: list[Path] = typer.Argument(..., help="Image files and/or directories (searched recursively)."),
+            model: Path = typer.Option(Path("work/model/ensemble.keras"), "--model"),
+            threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0)) -> None:
+    """Print one line per image: path, P(glasses), label. Unreadable files are skipped with a message."""
+    from glasses.evaluate import image_files, predict_files
+
+    files = image_files(inputs)
+    missing = [f for f in files if not f.exists()]
+    for path in missing:
+        typer.echo(f"skipped {path}: no such file", err=True)
+    network = _load_model(model)
+    results = predict_files(network, [f for f in files if f.exists()],
+                            on_skip=lambda path, why: typer.echo(f"skipped {path}: {why}", err=True))
+    for path, probability in results:
+        label = "glasses" if probability >= threshold else "no_glasses"
+        typer.echo(f"{path}\t{probability:.4f}\t{label}")
+    if not results:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(data_dir: Path = typer.Option(..., "--data-dir", help="Kaggle layout, or glasses/ + no_glasses/ folders."),
+             model: Path = typer.Option(Path("work/model/ensemble.keras"), "--model"),
+             threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0)) -> None:
+    """Score a model on a labelled dataset: accuracy, precision, recall, F1, ROC-AUC, confusion."""
+    from glasses.evaluate import labelled_images, metrics, predict_files
+
+    try:
+        pairs = labelled_images(data_dir)
+    except GlassesError as error:
+        _fail(error)
+    labels = {path: label for path, label in pairs}
+    network = _load_model(model)
+    results = predict_files(network, list(labels),
+                            on_skip=lambda path, why: typer.echo(f"skipped {path}: {why}", err=True))
+    if not results:
+        _fail(GlassesError(f"no readable labelled image in {data_dir}"))
+    scores = metrics([p for _, p in results], [labels[path] for path, _ in results], threshold)
+    scores["skipped"] = len(pairs) - len(results)
+    typer.echo(json.dumps(scores, indent=2))
+
+
 @app.command()
 def download(out: Path = typer.Option(Path("data/glasses"), "--out")) -> None:
     """Fetch the real Kaggle dataset (needs `pip install glasses[download]` and Kaggle access)."""

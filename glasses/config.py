@@ -43,7 +43,8 @@ class DataConfig(_Section):
 class StageConfig(_Section):
     """One random search stage (a row of the report's table)."""
 
-    image_sizes: list[int] = Field(min_length=1)
+    image_sizes: list[int] = Field(default_factory=list, description="Stage 1 only: one search per size; "
+                                   "later stages use stage 1's choice.")
     batch_size: int = Field(ge=1, description="Per replica; multiplied by the GPUs a worker uses.")
     max_trials: int = Field(ge=1, description="Per image size in stage 1, in total otherwise.")
     epochs: int = Field(ge=1)
@@ -71,12 +72,21 @@ class SearchConfig(_Section):
     stage2: StageConfig
     stage3: StageConfig
 
+    @model_validator(mode="after")
+    def _stage1_has_sizes(self) -> SearchConfig:
+        sizes = self.stage1.image_sizes
+        if not sizes or min(sizes) < 8:
+            raise ValueError(f"search.stage1.image_sizes must list sizes of 8 px or more, got {sizes}")
+        return self
+
 
 class EnsembleConfig(_Section):
     """Which kept models join the average ensemble."""
 
     threshold: float = Field(0.89, ge=0, le=1, description="Minimum validation accuracy of a member.")
     fallback: int = Field(3, ge=1, description="Members taken, best first, when none passes.")
+    method: Literal["auto", "average", "greedy", "majority"] = Field(
+        "auto", description="How members combine; auto ships the best on validation (never test).")
 
 
 class Config(_Section):
@@ -93,6 +103,9 @@ def _stage(sizes: list[int], batch: int, trials: int, epochs: int, patience: int
     return dict(image_sizes=sizes, batch_size=batch, max_trials=trials, epochs=epochs, patience=patience, **kw)
 
 
+_LATER = []  # stages 2 and 3 search at stage 1's chosen size (64 in the report)
+
+
 _STAGE3_FIXED = {"conv_layers": 3, "optimizer": "adam"}
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -103,8 +116,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "workers": 2,
             "worker_timeout_s": 600,
             "stage1": _stage([64, 128, 256], 16, 5, 50, 5),
-            "stage2": _stage([64], 64, 100, 50, 10),
-            "stage3": _stage([64], 64, 150, 100, 10, fixed=_STAGE3_FIXED, keep=100),
+            "stage2": _stage(_LATER, 64, 100, 50, 10),
+            "stage3": _stage(_LATER, 64, 150, 100, 10, fixed=_STAGE3_FIXED, keep=100),
         },
         "ensemble": {"threshold": 0.89, "fallback": 3},
     },
@@ -115,9 +128,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "workers": 2,
             "worker_timeout_s": 120,
             "chief_timeout_s": 3600,
-            "stage1": _stage([32, 48], 32, 2, 6, 3),
-            "stage2": _stage([48], 32, 4, 8, 3),
-            "stage3": _stage([48], 32, 6, 14, 4, fixed=_STAGE3_FIXED, keep=4),
+            "stage1": _stage([32, 48, 64], 32, 2, 12, 3, warmup_epochs=5),
+            "stage2": _stage(_LATER, 32, 8, 16, 4, warmup_epochs=5),
+            "stage3": _stage(_LATER, 32, 14, 25, 6, warmup_epochs=6, keep=8),
         },
         "ensemble": {"threshold": 0.9, "fallback": 3},
     },
@@ -130,8 +143,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "worker_timeout_s": 60,
             "chief_timeout_s": 600,
             "stage1": _stage([16, 24], 8, 2, 1, 1),
-            "stage2": _stage([16], 8, 2, 1, 1),
-            "stage3": _stage([16], 8, 2, 1, 1, fixed=_STAGE3_FIXED, keep=2),
+            "stage2": _stage(_LATER, 8, 2, 1, 1),
+            "stage3": _stage(_LATER, 8, 2, 1, 1, fixed=_STAGE3_FIXED, keep=2),
         },
         "ensemble": {"threshold": 0.99, "fallback": 2},
     },

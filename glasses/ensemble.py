@@ -60,20 +60,49 @@ def load_member(candidate: Candidate, name: str):
     return model
 
 
-def average_ensemble(members: list, image_size: int):
+def average_ensemble(members: list, image_size: int, weights: list[int] | None = None):
     """One model taking images of any size with values 0..255 and returning P(glasses).
 
     Resizing (nearest, as the training cache) and rescaling are inside, then the members'
-    outputs are averaged with Keras' Average layer.
+    outputs are averaged with Keras' Average layer (a member of weight k enters k times).
     """
+    import keras
+
+    inputs, x = _serving_input(image_size)
+    outputs = [member(x) for member, w in zip(members, weights or [1] * len(members)) for _ in range(int(w))]
+    return keras.Model(inputs, _mean(outputs, "average"), name="ensemble")
+
+
+def majority_ensemble(members: list, image_size: int):
+    """One model whose output is the share of members voting 'glasses' (ties: the mean decides).
+
+    Built from stock layers only, so plain `keras.models.load_model` loads it: a vote is a
+    hard sigmoid of 1e6 * (p - 0.5), and 0.001 * (mean - 0.5) breaks ties without moving any
+    other share across 0.5 (for up to 100 members).
+    """
+    import keras
+
+    inputs, x = _serving_input(image_size)
+    outputs = [member(x) for member in members]
+    votes = [keras.layers.Activation("hard_sigmoid")(keras.layers.Rescaling(1e6, offset=-5e5)(p)) for p in outputs]
+    share = _mean(votes, "share")
+    nudge = keras.layers.Rescaling(1e-3, offset=-5e-4)(_mean(outputs, "mean"))
+    voted = keras.layers.ReLU(max_value=1.0, name="vote")(keras.layers.Add()([share, nudge]))
+    return keras.Model(inputs, voted, name="ensemble")
+
+
+def _serving_input(image_size: int):
     import keras
 
     inputs = keras.Input((None, None, 3), name="image")
     x = keras.layers.Resizing(image_size, image_size, interpolation="nearest", name="resize")(inputs)
-    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(x)
-    outputs = [member(x) for member in members]
-    averaged = keras.layers.Average(name="average")(outputs) if len(outputs) > 1 else outputs[0]
-    return keras.Model(inputs, averaged, name="ensemble")
+    return inputs, keras.layers.Rescaling(1.0 / 255, name="rescale")(x)
+
+
+def _mean(tensors: list, name: str):
+    import keras
+
+    return keras.layers.Average(name=name)(tensors) if len(tensors) > 1 else tensors[0]
 
 
 def save_model(model, path: Path) -> Path:
@@ -92,3 +121,47 @@ def save_model(model, path: Path) -> Path:
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
     return float(np.mean((np.asarray(probabilities).reshape(-1) >= threshold) == np.asarray(labels).reshape(-1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ways to combine members' predictions (rows: members, columns: images)
+
+
+def average(probabilities: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The (weighted) mean of the members' P(glasses)."""
+    return np.average(np.asarray(probabilities), axis=0, weights=weights)
+
+
+def majority_vote(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The share of members voting 'glasses'; a tie is broken by the mean probability.
+
+    Returned as a score in [0, 1] so that `>= 0.5` is the majority's label (the same
+    arithmetic as `majority_ensemble`).
+    """
+    probabilities = np.asarray(probabilities)
+    share = np.mean(probabilities >= threshold, axis=0)
+    return np.clip(share + 1e-3 * (average(probabilities) - 0.5), 0.0, 1.0)
+
+
+def greedy_selection(probabilities: np.ndarray, labels: np.ndarray, max_size: int = 50) -> np.ndarray:
+    """Forward selection with replacement (Caruana et al., 2004) on validation predictions.
+
+    Starts from the best single member and adds, possibly again, the member that most
+    improves the validation accuracy of the average; stops when none improves it.
+
+    Returns:
+        The weight (times chosen) of each member.
+    """
+    probabilities, labels = np.asarray(probabilities), np.asarray(labels).reshape(-1)
+    counts = np.zeros(len(probabilities))
+    counts[int(np.argmax([accuracy(p, labels) for p in probabilities]))] = 1
+    best = accuracy(average(probabilities, counts), labels)
+    while counts.sum() < max_size:
+        trials = [accuracy(average(probabilities, counts + np.eye(len(counts))[i]), labels)
+                  for i in range(len(counts))]
+        candidate = int(np.argmax(trials))
+        if trials[candidate] <= best:
+            break
+        counts[candidate] += 1
+        best = trials[candidate]
+    return counts

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from glasses.config import Config
-from glasses.files import read_json, write_json
+from glasses.files import read_json, write_json, write_text
 from glasses.workdir import WorkDir
 
 
@@ -46,9 +46,86 @@ def summary_markdown(path: Path) -> str:
         lines.append(f"- {name}: {stage['trials']} trials by {', '.join(stage['workers'])}; "
                      f"chose {stage['chosen'] or '-'}; best val {stage['best_val_accuracy']:.4f}")
     lines += [
-        f"- ensemble of {e['members']} at {e['image_size']}px: val **{e['val_accuracy']:.4f}**, "
+        f"- {e['method']} ensemble of {e['members']} at {e['image_size']}px: val **{e['val_accuracy']:.4f}**, "
         f"test **{e['test_accuracy']:.4f}**",
         f"- best single model (trial {b['trial_id']}): val {b['val_accuracy']:.4f}, test {b['test_accuracy']:.4f}",
-        f"- total time: {s['durations_s']['total']:.0f} s",
+        f"- total time: {s['durations_s']['total']:.0f} s; report: {Path(path).parent / 'report.md'}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _figure(summary: dict, name: str, caption: str) -> list[str]:
+    path = summary.get("figures", {}).get(name)
+    return [f"![{caption}](figures/{Path(path).name})", ""] if path else []
+
+
+def _stage_lines(summary: dict) -> list[str]:
+    lines = ["## Search stages", ""]
+    for name, stage in summary["stages"].items():
+        by_worker = ", ".join(f"{w}: {n}" for w, n in stage["trials_by_worker"].items())
+        lines += [f"### {name}", "",
+                  f"{stage['trials']} trials ({stage['completed']} completed, {stage['failed']} failed; {by_worker}); "
+                  f"best val accuracy {stage['best_val_accuracy']:.4f}; chose {stage['chosen'] or 'nothing (kept '
+                  + str(len(stage['kept'] or [])) + ' models)'}. Table: `stages/{name}/trials.csv`.", ""]
+        for column, means in stage["means"].items():
+            lines += [f"| {column} | " + " | ".join(means) + " |", "|---|" + "---|" * len(means),
+                      "| mean val accuracy | " + " | ".join(f"{v:.4f}" for v in means.values()) + " |", ""]
+            lines += _figure(summary, f"{name}_val_accuracy_by_{column}", f"{name}: val accuracy by {column}")
+    return lines
+
+
+def _ensemble_lines(summary: dict) -> list[str]:
+    table, shipped = summary["ensembles"], summary["ensemble"]
+    lines = ["## Ensembles", "",
+             f"{shipped['members']} members (val accuracy >= {shipped['threshold']}) at {shipped['image_size']} px. "
+             f"Shipped: **{shipped['method']}** (chosen on validation only) as `model/ensemble.keras`.", "",
+             "| model | val accuracy | test accuracy |", "|---|---|---|"]
+    for name in ("best_single", "average", "majority", "greedy"):
+        lines.append(f"| {name.replace('_', ' ')} | {table[name]['val_accuracy']:.4f} | {table[name]['test_accuracy']:.4f} |")
+    if shipped.get("warning"):
+        lines += ["", f"> {shipped['warning']}"]
+    return lines + [""]
+
+
+def _evaluation_lines(summary: dict) -> list[str]:
+    e = summary["evaluation"]
+    auc = f"{e['roc_auc']:.4f}" if e["roc_auc"] is not None else "n/a"
+    return ["## Test evaluation of the shipped model", "",
+            f"On {e['n']} test images: accuracy {e['accuracy']:.4f}, precision {e['precision']:.4f}, "
+            f"recall {e['recall']:.4f}, F1 {e['f1']:.4f}, ROC-AUC {auc}.", "",
+            *_figure(summary, "confusion", "confusion matrix"),
+            "### Misclassified test images", "", *_figure(summary, "misclassified", "misclassified test images")]
+
+
+def _latent_lines(summary: dict) -> list[str]:
+    latent = summary.get("latent") or {}
+    if not latent or latent.get("skipped"):
+        return ["## Latent vectors", "", latent.get("reason") or "Not run.", ""]
+    return ["## Latent vectors", "",
+            f"A Dense 128-16-1 network on the 512-d latents (train {latent['train']}, val {latent['val']}, "
+            f"test {latent['test']}): val accuracy {latent['val_accuracy']:.4f}, "
+            f"test accuracy **{latent['test_accuracy']:.4f}**, against {summary['ensemble']['test_accuracy']:.4f} "
+            "for the image ensemble: the labels follow the latents, the images carry labelling errors.", ""]
+
+
+def render_report(summary: dict) -> str:
+    """The run as a human-readable markdown report; figures are linked relative to the work dir."""
+    d, sp = summary["dataset"], summary["split"]
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["durations_s"].items())
+    lines = ["# glasses: run report", "",
+             f"Preset `{summary['preset']}`, {summary['workers']} tuner workers per search.", "",
+             "## Data", "",
+             f"{d['labelled']} labelled images: {d['glasses']} glasses, {d['no_glasses']} no glasses "
+             f"({d['ratio']:.2f} glasses per no-glasses). Split {sp['train']} / {sp['val']} / {sp['test']} "
+             "(train / val / test, stratified, seeded).", "",
+             "Augmentation during training (flip, translation, rotation, zoom):", "",
+             *_figure(summary, "augmentation", "augmentation samples"),
+             *_stage_lines(summary), *_ensemble_lines(summary), *_evaluation_lines(summary),
+             *_latent_lines(summary), "## Timings", "", timings, ""]
+    return "\n".join(lines)
+
+
+def write_report(config: Config) -> Path:
+    """Writes `<work-dir>/report.md` from `summary.json`."""
+    work = WorkDir(config.work_dir)
+    return write_text(work.report, render_report(read_json(work.summary)))

@@ -3,7 +3,8 @@
 - stage1: one search per image size; choose the smallest size whose mean val accuracy is
   within `size_tolerance` of the best (bigger only if it truly helps).
 - stage2: conv_layers and optimizer at that size; the fewest conv layers within
-  `layers_tolerance` of the best, and the optimizer with the best mean.
+  `layers_tolerance` of the best, and the optimizer with the best mean at that depth (over
+  all trials if one optimizer was never tried there).
 - stage3: with those fixed, the large search that keeps the K best models.
 
 Each search lives in `stages/<stage>/kt-<key>/size<px>`, keyed by everything that defines it,
@@ -76,9 +77,20 @@ def choose(config: Config, stage: str, table: pd.DataFrame) -> dict[str, Any]:
     if stage == "stage1":
         return {"image_size": int(smallest_within(table, "image_size", config.search.size_tolerance))}
     if stage == "stage2":
-        return {"conv_layers": int(smallest_within(table, "conv_layers", config.search.layers_tolerance)),
-                "optimizer": str(best_mean(table, "optimizer"))}
+        layers = int(smallest_within(table, "conv_layers", config.search.layers_tolerance))
+        return {"conv_layers": layers, "optimizer": str(best_mean(_compared_at(table, "conv_layers", layers),
+                                                                  "optimizer"))}
     return {}
+
+
+def _compared_at(table: pd.DataFrame, column: str, value: Any) -> pd.DataFrame:
+    """The trials at `column == value` when every optimizer was tried there, else all trials.
+
+    Comparing optimizers at the chosen depth keeps a few shallow (bad) trials from deciding the
+    optimizer: with few trials, the marginal means mostly measure which optimizer drew them.
+    """
+    at = table[(table[column] == value) & (table["status"] == "COMPLETED")]
+    return at if at["optimizer"].nunique() == table["optimizer"].nunique() else table
 
 
 PLOTS = {"stage1": ["image_size"], "stage2": ["conv_layers", "optimizer"], "stage3": []}

@@ -36,6 +36,14 @@ class WorkDir:
         return self.root / "model" / "ensemble.keras"
 
     @property
+    def predictions(self) -> Path:
+        return self.root / "evaluation" / "test_predictions.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
     def figures(self) -> Path:
         return self.root / "figures"
 

@@ -1,4 +1,4 @@
-"""Model tasks: ship the ensemble, write the summary."""
+"""Model tasks: ship the ensemble, draw the figures, the latent baseline, the summary and report."""
 
 from __future__ import annotations
 
@@ -8,28 +8,53 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from glasses import evaluate, report
+from glasses import dataset, evaluate, figures, latent, report
 from glasses.config import Config
 from glasses.workdir import WorkDir
 
 
 @task(name="ensemble", cache_policy=NONE)
 def ensemble(config: Config, spec_paths: list[str], cache_dir: str, split_dir: str) -> dict:
-    """Average ensemble of the kept models above the threshold, saved and scored."""
+    """Ensembles of the kept models above the threshold compared, the best on val shipped and scored."""
+    work = WorkDir(config.work_dir)
     result = evaluate.ship_ensemble([Path(p) for p in spec_paths], Path(cache_dir), Path(split_dir),
-                                    WorkDir(config.work_dir).model, config.ensemble)
+                                    work.model, config.ensemble, predictions_csv=work.predictions)
     logger = get_run_logger()
     if result["ensemble"]["warning"]:
         logger.warning(result["ensemble"]["warning"])
-    logger.info("ensemble of %d: val %.4f, test %.4f", result["ensemble"]["members"],
-                result["ensemble"]["val_accuracy"], result["ensemble"]["test_accuracy"])
+    shipped = result["ensemble"]
+    logger.info("%s ensemble of %d: val %.4f, test %.4f (best single: val %.4f, test %.4f)",
+                shipped["method"], shipped["members"], shipped["val_accuracy"], shipped["test_accuracy"],
+                result["best_single"]["val_accuracy"], result["best_single"]["test_accuracy"])
     return result
+
+
+@task(name="figures", cache_policy=NONE, retries=1)
+def draw_figures(config: Config, confusion: list[list[int]], stage_plots: dict[str, list[str]],
+                 image_size: int) -> dict[str, str]:
+    """Augmentation samples, misclassified test images, confusion matrix, stage plots (PNG)."""
+    work = WorkDir(config.work_dir)
+    return figures.render_figures(work.figures, work.predictions, confusion, stage_plots, image_size,
+                                  seed=config.search.seed)
+
+
+@task(name="latent-baseline")
+def latent_baseline(data_dir: str, fractions: tuple[float, float, float], seed: int) -> dict:
+    """The report's Dense 128-16-1 on the 512-d latents; skipped with one line without them."""
+    result = latent.latent_baseline(dataset.find_layout(Path(data_dir)).csv, fractions=fractions, seed=seed)
+    logger = get_run_logger()
+    if result.skipped:
+        logger.info(result.reason)
+    else:
+        logger.info("latent baseline: test accuracy %.4f", result.test_accuracy)
+    return result.to_dict()
 
 
 @task(name="summary", cache_policy=NONE)
 def summary(config: Config, parts: dict) -> str:
-    """Writes summary.json and publishes it as a markdown artifact; returns its path."""
+    """Writes summary.json and report.md, and publishes the summary as a markdown artifact."""
     path = report.write_summary(config, parts)
+    report.write_report(config)
     create_markdown_artifact(report.summary_markdown(path), key="glasses-summary",
                              description="glasses run summary")
     return str(path)

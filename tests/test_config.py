@@ -14,8 +14,8 @@ def test_paper_preset_has_the_reports_exact_settings():
     config = build_config("paper")
     s1, s2, s3 = config.search.stage1, config.search.stage2, config.search.stage3
     assert (s1.image_sizes, s1.batch_size, s1.max_trials, s1.epochs, s1.patience) == ([64, 128, 256], 16, 5, 50, 5)
-    assert (s2.image_sizes, s2.batch_size, s2.max_trials, s2.epochs, s2.patience) == ([64], 64, 100, 50, 10)
-    assert (s3.image_sizes, s3.batch_size, s3.max_trials, s3.epochs, s3.patience) == ([64], 64, 150, 100, 10)
+    assert (s2.batch_size, s2.max_trials, s2.epochs, s2.patience) == (64, 100, 50, 10)
+    assert (s3.batch_size, s3.max_trials, s3.epochs, s3.patience) == (64, 150, 100, 10)
     assert s3.fixed == {"conv_layers": 3, "optimizer": "adam"} and s3.keep == 100
     assert config.search.seed == 1337 and config.data.seed == 1337
     assert config.data.fractions == (0.8, 0.1, 0.1)
@@ -49,6 +49,7 @@ def test_json_file_works_too(tmp_path):
 @pytest.mark.parametrize("content, needle", [
     ("search:\n  workers: 0\n", "workers"),
     ("search:\n  stage1:\n    image_sizes: []\n", "image_sizes"),
+    ("search:\n  stage1:\n    image_sizes: [4]\n", "image_sizes"),
     ("data:\n  fractions: [0.5, 0.5, 0.5]\n", "fractions"),
     ("nonsense: 1\n", "nonsense"),
     ("- a list\n", "mapping"),

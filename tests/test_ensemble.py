@@ -57,3 +57,72 @@ def test_with_none_above_the_threshold_the_best_few_are_taken_with_a_warning():
 def test_no_candidates_is_an_error():
     with pytest.raises(ValueError, match="no completed trial"):
         select_members([], 0.5, 2)
+
+
+def test_majority_vote_on_hand_made_predictions():
+    from glasses.ensemble import majority_vote
+
+    members = np.array([[0.9, 0.2, 0.6, 0.7, 0.51],
+                        [0.8, 0.3, 0.4, 0.45, 0.2],
+                        [0.1, 0.9, 0.55, 0.3, 0.2]])
+    votes = majority_vote(members) >= 0.5
+    assert votes.tolist() == [True, False, True, False, False]
+    tie = np.array([[0.9, 0.6], [0.2, 0.1]])  # one vote each; the mean decides
+    assert (majority_vote(tie) >= 0.5).tolist() == [True, False]
+
+
+def test_majority_ensemble_model_votes_like_the_numpy_rule(tmp_path):
+    from glasses.ensemble import majority_ensemble, majority_vote
+
+    members = _members(3)
+    raw = np.random.default_rng(2).integers(0, 256, size=(8, 16, 16, 3)).astype(np.float32)
+    each = np.stack([m.predict(raw / 255.0, verbose=0).reshape(-1) for m in members])
+    model = keras.models.load_model(save_model(majority_ensemble(members, 16), tmp_path / "vote.keras"))
+    got = model.predict(raw, verbose=0).reshape(-1)
+    assert np.allclose(got, majority_vote(each), atol=1e-4)
+
+
+def test_greedy_selection_picks_the_expected_members():
+    from glasses.ensemble import greedy_selection
+
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    members = np.array([
+        [0.9, 0.9, 0.4, 0.1, 0.1, 0.1],   # a: 5/6, wrong on image 2
+        [0.4, 0.9, 0.9, 0.1, 0.1, 0.1],   # b: 5/6, wrong on image 0
+        [0.9, 0.4, 0.9, 0.1, 0.1, 0.1],   # c: 5/6, wrong on image 1
+        [0.2, 0.2, 0.2, 0.9, 0.9, 0.9],   # d: 0/6
+    ])
+    weights = greedy_selection(members, labels)
+    assert weights[3] == 0  # the bad member never joins
+    assert weights[0] >= 1 and weights[:3].sum() >= 2
+    from glasses.ensemble import accuracy, average
+
+    assert accuracy(average(members, weights), labels) == 1.0  # together they fix each other's error
+
+
+def test_greedy_stops_at_the_best_single_when_nothing_helps():
+    from glasses.ensemble import greedy_selection
+
+    labels = np.array([1, 0, 1, 0])
+    members = np.array([[0.9, 0.1, 0.9, 0.1], [0.1, 0.9, 0.1, 0.9]])
+    assert greedy_selection(members, labels).tolist() == [1.0, 0.0]
+
+
+def test_metrics_and_confusion_matrix():
+    from glasses.evaluate import metrics
+
+    result = metrics([0.9, 0.8, 0.3, 0.6, 0.1, 0.2], [1, 1, 1, 0, 0, 0])
+    assert result["confusion"] == [[2, 1], [1, 2]]
+    assert result["accuracy"] == round(4 / 6, 4)
+    assert result["precision"] == round(2 / 3, 4) and result["recall"] == round(2 / 3, 4)
+    assert result["roc_auc"] == round(8 / 9, 4)
+
+
+def test_the_shipped_method_is_chosen_on_validation_only():
+    from glasses.evaluate import choose_method
+
+    table = {"average": {"val_accuracy": 0.90, "test_accuracy": 0.99},
+             "greedy": {"val_accuracy": 0.92, "test_accuracy": 0.80},
+             "majority": {"val_accuracy": 0.92, "test_accuracy": 0.70}}
+    assert choose_method(table) == "greedy"  # best val; greedy before majority on a tie
+    assert choose_method(table, "average") == "average"

@@ -1,0 +1,205 @@
+"""Figures for the report: augmentation samples, misclassified images, the confusion matrix.
+
+Each function writes one PNG atomically (a temporary name beside it, then a rename) and
+returns its path, so a reader never sees half a figure.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from glasses.plots import _pyplot
+
+CLASSES = ("no glasses", "glasses")
+
+
+def _save(fig, path: Path) -> Path:
+    """Saves `fig` as PNG under a temporary name beside `path`, renames it, closes it."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _tiles(count: int, columns: int, tile: tuple[float, float]):
+    """A figure with `count` image axes on a grid of `columns`; unused cells are hidden."""
+    plt = _pyplot()
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(tile[0] * columns, tile[1] * rows),
+                             dpi=110, squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, list(axes.flat)[:count]
+
+
+def augmented_images(image: np.ndarray, size: int, samples: int, seed: int) -> np.ndarray:
+    """The image resized to `size` (nearest) then `samples` seeded augmentations, all in [0, 1].
+
+    Returns:
+        An array of shape (samples + 1, size, size, 3): the original first.
+    """
+    from glasses.model import augmentation
+    from glasses.pipeline import resize
+
+    original = np.asarray(resize(image[None], size), dtype=np.float32)
+    # A fresh, seeded Sequential each call: its seed generators start from the same state,
+    # and each copy in the batch draws its own flip/shift/rotation/zoom.
+    batch = np.repeat(original, samples, axis=0)
+    augmented = np.asarray(augmentation(seed=seed)(batch, training=True), dtype=np.float32)
+    return np.clip(np.concatenate([original, augmented]), 0.0, 1.0)
+
+
+def augmentation_grid(image_path: Path, out: Path, size: int = 96, samples: int = 8,
+                      seed: int = 1337) -> Path:
+    """The image and `samples` outputs of the report's augmentation (training=True), in a grid.
+
+    Args:
+        image_path: any PNG/JPEG the pipeline reads.
+        out: the PNG to write.
+        size: the side the image is resized to (nearest), as the pipeline does.
+        samples: how many augmented versions to show.
+        seed: seeds the augmentation layers, so the figure is the same for the same seed.
+
+    Returns:
+        `out`.
+    """
+    from glasses.pipeline import read_rgb
+
+    images = augmented_images(read_rgb(image_path), size, samples, seed)
+    fig, axes = _tiles(len(images), math.ceil(math.sqrt(len(images))), (1.8, 1.95))
+    for i, (ax, image) in enumerate(zip(axes, images)):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title("original" if i == 0 else f"augmented {i}", fontsize=9)
+    fig.suptitle(f"augmentation (training=True), seed {seed}", fontsize=10)
+    return _save(fig, out)
+
+
+def misclassified(labels: Sequence[int], probabilities: Sequence[float],
+                  threshold: float = 0.5) -> list[int]:
+    """Indices of the wrong predictions (glasses when p >= threshold), most confident first.
+
+    Confidence is how far p lies on the wrong side of the threshold; ties keep input order.
+    """
+    if len(labels) != len(probabilities):
+        raise ValueError(f"{len(labels)} labels but {len(probabilities)} probabilities: "
+                         "pass one probability per labelled image")
+    wrong = [i for i, (y, p) in enumerate(zip(labels, probabilities)) if int(p >= threshold) != int(y)]
+    return sorted(wrong, key=lambda i: -abs(probabilities[i] - threshold))
+
+
+def _empty_figure(text: str):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 1.5), dpi=110)
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
+    return fig
+
+
+def misclassified_gallery(paths: list[str], labels: list[int], probabilities: list[float], out: Path,
+                          threshold: float = 0.5, limit: int = 24, columns: int = 6) -> Path:
+    """The misclassified images, most confident mistakes first, titled true / pred / P(glasses).
+
+    Args:
+        paths: one image per prediction.
+        labels: the true labels, 1 for glasses.
+        probabilities: P(glasses) for each image.
+        out: the PNG to write; says "no misclassified images" when there are none.
+        threshold: glasses is predicted when p >= threshold.
+        limit: at most this many images are shown.
+        columns: images per row.
+
+    Returns:
+        `out`.
+    """
+    from glasses.pipeline import read_rgb
+
+    if len(paths) != len(labels):
+        raise ValueError(f"{len(paths)} paths but {len(labels)} labels: pass one label per image")
+    wrong = misclassified(labels, probabilities, threshold)
+    if not wrong:
+        return _save(_empty_figure("no misclassified images"), out)
+    shown = wrong[:limit]
+    fig, axes = _tiles(len(shown), columns, (1.9, 2.5))
+    for ax, i in zip(axes, shown):
+        ax.imshow(read_rgb(paths[i]), interpolation="nearest")
+        ax.set_title(f"true: {CLASSES[int(labels[i])]}\npred: {CLASSES[1 - int(labels[i])]}\n"
+                     f"p={probabilities[i]:.2f}", fontsize=8)
+    fig.suptitle(f"{len(wrong)} of {len(labels)} misclassified (threshold {threshold:g})"
+                 + (f", {len(shown)} most confident shown" if len(shown) < len(wrong) else ""),
+                 fontsize=10)
+    return _save(fig, out)
+
+
+def confusion_figure(matrix: list[list[int]], out: Path, classes: Sequence[str] = CLASSES) -> Path:
+    """A confusion-matrix heatmap with the count in each cell: rows true, columns predicted.
+
+    Args:
+        matrix: counts, `matrix[true][predicted]`, one row and column per class.
+        out: the PNG to write.
+        classes: the class names, in label order.
+
+    Returns:
+        `out`.
+    """
+    counts = np.asarray(matrix, dtype=int)
+    if counts.shape != (len(classes), len(classes)):
+        raise ValueError(f"confusion matrix of shape {counts.shape} for {len(classes)} classes: "
+                         f"expected {len(classes)}x{len(classes)} counts")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=110)
+    ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, counts.max()))
+    for (row, col), count in np.ndenumerate(counts):
+        dark = count > counts.max() / 2
+        ax.text(col, row, str(count), ha="center", va="center", fontsize=14,
+                color="white" if dark else "black")
+    ticks = list(range(len(classes)))
+    ax.set_xticks(ticks, list(classes))
+    ax.set_yticks(ticks, list(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    total = counts.sum()
+    accuracy = np.trace(counts) / total if total else float("nan")
+    ax.set_title(f"confusion matrix (n={total}, accuracy {accuracy:.3f})", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def render_figures(figures_dir: Path, predictions_csv: Path, confusion: list[list[int]],
+                   stage_plots: dict[str, list[str]], image_size: int, seed: int = 1337) -> dict[str, str]:
+    """Every figure of a run under `figures_dir`: augmentation samples, the misclassified test
+    images, the confusion matrix, and a copy of each stage plot. Returns name -> path."""
+    import pandas as pd
+
+    figures_dir = Path(figures_dir)
+    predictions = pd.read_csv(predictions_csv)
+    made = {
+        "augmentation": augmentation_grid(Path(predictions["path"].iloc[0]), figures_dir / "augmentation.png",
+                                          size=max(image_size, 64), seed=seed),
+        "misclassified": misclassified_gallery(predictions["path"].tolist(), predictions["label"].tolist(),
+                                               predictions["probability"].tolist(),
+                                               figures_dir / "misclassified.png"),
+        "confusion": confusion_figure(confusion, figures_dir / "confusion.png"),
+    }
+    for stage, plots in stage_plots.items():
+        for plot in map(Path, plots):
+            target = figures_dir / f"{stage}_{plot.name}"
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(plot.read_bytes())
+            os.replace(tmp, target)
+            made[target.stem] = target
+    return {name: str(path) for name, path in made.items()}

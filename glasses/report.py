@@ -63,10 +63,11 @@ def _stage_lines(summary: dict) -> list[str]:
     lines = ["## Search stages", ""]
     for name, stage in summary["stages"].items():
         by_worker = ", ".join(f"{w}: {n}" for w, n in stage["trials_by_worker"].items())
+        outcome = f"chose {stage['chosen']}" if stage["chosen"] else f"kept the {len(stage['kept'] or [])} best models"
         lines += [f"### {name}", "",
                   f"{stage['trials']} trials ({stage['completed']} completed, {stage['failed']} failed; {by_worker}); "
-                  f"best val accuracy {stage['best_val_accuracy']:.4f}; chose {stage['chosen'] or 'nothing (kept '
-                  + str(len(stage['kept'] or [])) + ' models)'}. Table: `stages/{name}/trials.csv`.", ""]
+                  f"best val accuracy {stage['best_val_accuracy']:.4f}; {outcome}. Table: `stages/{name}/trials.csv`.",
+                  ""]
         for column, means in stage["means"].items():
             lines += [f"| {column} | " + " | ".join(means) + " |", "|---|" + "---|" * len(means),
                       "| mean val accuracy | " + " | ".join(f"{v:.4f}" for v in means.values()) + " |", ""]

@@ -123,14 +123,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The default: the whole pipeline on the built-in data in under 15 minutes on 2 cores.
     "quick": {
-        "data": {"synth_n": 1500, "synth_resolution": 128},
+        "data": {"synth_n": 2400, "synth_resolution": 128},
         "search": {
             "workers": 2,
             "worker_timeout_s": 120,
             "chief_timeout_s": 3600,
             "stage1": _stage([32, 48, 64], 32, 2, 12, 3, warmup_epochs=5),
             "stage2": _stage(_LATER, 32, 8, 16, 4, warmup_epochs=5),
-            "stage3": _stage(_LATER, 32, 14, 25, 6, warmup_epochs=6, keep=8),
+            "stage3": _stage(_LATER, 32, 12, 25, 6, warmup_epochs=6, keep=8),
         },
         "ensemble": {"threshold": 0.9, "fallback": 3},
     },

@@ -12,7 +12,8 @@ import pandas as pd
 from glasses.config import EnsembleConfig
 from glasses.dataset import CLASSES, IMAGE_EXTENSIONS, find_layout, image_path, read_labels, read_manifest
 from glasses.ensemble import (accuracy, average, average_ensemble, candidates, greedy_selection, load_member,
-                              majority_ensemble, majority_vote, save_model, select_members)
+                              log_loss, majority_ensemble, majority_vote, save_model, select_members,
+                              validation_score)
 from glasses.errors import DatasetError
 from glasses.files import write_text
 from glasses.pipeline import read_rgb, subset_arrays
@@ -53,23 +54,26 @@ def compare_methods(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, 
         val, test: (member probabilities [members, images], labels) on each subset.
     """
     (pv, yv), (pt, yt) = val, test
-    best = int(np.argmax([accuracy(p, yv) for p in pv]))
+    best = max(range(len(pv)), key=lambda i: validation_score(pv[i], yv))
     weights = greedy_selection(pv, yv)
     combine = {"average": lambda p: average(p), "greedy": lambda p: average(p, weights),
                "majority": majority_vote}
     table = {"best_single": {"member": best, "val_accuracy": accuracy(pv[best], yv),
-                             "test_accuracy": accuracy(pt[best], yt)}}
+                             "val_log_loss": log_loss(pv[best], yv), "test_accuracy": accuracy(pt[best], yt)}}
     for name, fn in combine.items():
-        table[name] = {"val_accuracy": accuracy(fn(pv), yv), "test_accuracy": accuracy(fn(pt), yt)}
+        table[name] = {"val_accuracy": accuracy(fn(pv), yv), "val_log_loss": log_loss(fn(pv), yv),
+                       "test_accuracy": accuracy(fn(pt), yt)}
     table["greedy"]["weights"] = [int(w) for w in weights]
     return {k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in row.items()} for k, row in table.items()}
 
 
 def choose_method(table: dict, method: str = "auto") -> str:
-    """The method to ship: the config's, or with 'auto' the best on validation (never test)."""
+    """The method to ship: the config's, or with 'auto' the best on validation (never test):
+    accuracy, then log loss, then the order of METHODS."""
     if method != "auto":
         return method
-    return max(METHODS, key=lambda m: (table[m]["val_accuracy"], -METHODS.index(m)))
+    return max(METHODS, key=lambda m: (table[m]["val_accuracy"], -table[m].get("val_log_loss", 0.0),
+                                       -METHODS.index(m)))
 
 
 def predict_arrays(model, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:

@@ -92,7 +92,7 @@ def test_greedy_selection_picks_the_expected_members():
         [0.9, 0.4, 0.9, 0.1, 0.1, 0.1],   # c: 5/6, wrong on image 1
         [0.2, 0.2, 0.2, 0.9, 0.9, 0.9],   # d: 0/6
     ])
-    weights = greedy_selection(members, labels)
+    weights = greedy_selection(members, labels, init=1)
     assert weights[3] == 0  # the bad member never joins
     assert weights[0] >= 1 and weights[:3].sum() >= 2
     from glasses.ensemble import accuracy, average
@@ -105,7 +105,17 @@ def test_greedy_stops_at_the_best_single_when_nothing_helps():
 
     labels = np.array([1, 0, 1, 0])
     members = np.array([[0.9, 0.1, 0.9, 0.1], [0.1, 0.9, 0.1, 0.9]])
-    assert greedy_selection(members, labels).tolist() == [1.0, 0.0]
+    assert greedy_selection(members, labels, init=1).tolist() == [1.0, 0.0]
+
+
+def test_greedy_starts_from_the_best_few():
+    from glasses.ensemble import greedy_selection
+
+    labels = np.array([1, 0, 1, 0])
+    members = np.array([[0.9, 0.1, 0.9, 0.1], [0.9, 0.1, 0.9, 0.6], [0.1, 0.9, 0.1, 0.9]])
+    weights = greedy_selection(members, labels, init=2)
+    assert weights[1] >= 1 and weights[2] == 0  # the two best start; the wrong one never joins
+    assert weights[0] > weights[1]  # adding the confident, right member again lowers the log loss
 
 
 def test_metrics_and_confusion_matrix():

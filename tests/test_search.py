@@ -138,3 +138,23 @@ def test_the_chief_gives_up_at_its_timeout(tiny_cache, tmp_path):
     assert any("timeout" in line for line in chief.lines)
     tuner0.join(90)
     assert tuner0.code != 0  # its chief is gone; the worker fails instead of hanging
+
+
+def test_an_interrupted_search_continues_where_it_stopped(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=3, epochs=40, patience=40, workers=1)
+    chief, (tuner0,) = _search(spec_path, workers=1)
+    deadline = time.monotonic() + 120
+    while len(_completed(spec_path)) < 1 or sum("val_accuracy" in line for line in tuner0.lines) < 45:
+        assert time.monotonic() < deadline, "the first trial never finished"
+        time.sleep(0.2)
+    first = {r["trial_id"]: Path(r["checkpoint"]).stat().st_mtime_ns for r in _completed(spec_path)}
+    for process in psutil.process_iter(["cmdline"]):  # the machine goes down: every role dies
+        if str(spec_path) in (process.info["cmdline"] or []):
+            process.kill()
+    _join(chief, tuner0)
+    again_chief, (again,) = _search(spec_path, workers=1)
+    _join(again_chief, again)
+    assert again_chief.code == 0 and again.code == 0
+    done = _completed(spec_path)
+    assert sorted(r["trial_id"] for r in done) == ["0", "1", "2"]  # none lost, none added
+    assert {t: Path(r["checkpoint"]).stat().st_mtime_ns for r in done for t in [r["trial_id"]] if t in first} == first

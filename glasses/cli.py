@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -50,6 +51,8 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
                                                     "search.workers": workers})
     except GlassesError as error:
         _fail(error)
+    # The embedded server's telemetry heartbeat only logs sqlite lock errors here; opt out unless set.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import pipeline  # imports prefect; only this command needs it
     from glasses.report import summary_markdown
     from glasses.workdir import WorkDir

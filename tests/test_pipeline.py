@@ -26,7 +26,6 @@ def test_training_batches_are_shuffled_each_epoch(tiny_cache):
     _, cache_dir = tiny_cache
     data = pipeline.load_subset(cache_dir, "train", batch_size=8, shuffle_seed=1)
     first = np.concatenate([y.numpy() for _, y in data]).ravel()
-    second = np.concatenate([y.numpy() for _, y in data]).ravel()
     ordered = np.concatenate([y.numpy() for _, y in pipeline.load_subset(cache_dir, "train", 8)]).ravel()
     assert sorted(first) == sorted(ordered) and len(first) == len(ordered)
     images_a = np.concatenate([x.numpy() for x, _ in data])

@@ -18,7 +18,7 @@ def run_search(config: Config, stage: str, size: int, fixed: dict[str, Any], spl
     """One distributed search: a chief task and `workers` concurrent worker task runs."""
     cache_dir = data.cache(split_dir, str(WorkDir(config.work_dir).cache), size)
     spec = search.plan(config, stage, size, fixed, cache_dir)
-    chief = search.chief.with_options(timeout_seconds=config.search.chief_timeout_s + 60).submit(spec)
+    chief = search.chief.submit(spec)  # its own limit: chief_timeout_s, enforced on the process
     worker = search.worker.with_options(retries=config.search.worker_retries)
     workers = [worker.submit(spec, index) for index in range(config.search.workers)]
     wait(workers)

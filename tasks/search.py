@@ -32,7 +32,11 @@ def _search_name(role: str):
 
 @task(name="chief", task_run_name=_search_name("chief"), cache_policy=NONE)
 def chief(spec_path: str) -> str:
-    """Runs the oracle process until the search is complete; fails if trials remain."""
+    """Runs the oracle process until the search is complete; fails if trials remain.
+
+    Its time limit is the spec's chief_timeout_s, kept by the chief itself and, as a backstop,
+    by killing the process (a Prefect timeout cannot interrupt a task blocked in a thread).
+    """
     logger = get_run_logger()
     spec = search.SearchSpec.load(Path(spec_path))
     if search.is_complete(spec):

@@ -61,8 +61,9 @@ def compare_methods(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, 
     table = {"best_single": {"member": best, "val_accuracy": accuracy(pv[best], yv),
                              "val_log_loss": log_loss(pv[best], yv), "test_accuracy": accuracy(pt[best], yt)}}
     for name, fn in combine.items():
-        table[name] = {"val_accuracy": accuracy(fn(pv), yv), "val_log_loss": log_loss(fn(pv), yv),
-                       "test_accuracy": accuracy(fn(pt), yt)}
+        table[name] = {"val_accuracy": accuracy(fn(pv), yv), "test_accuracy": accuracy(fn(pt), yt),
+                       # a vote share is no probability: a log loss of it would mean nothing
+                       "val_log_loss": None if name == "majority" else log_loss(fn(pv), yv)}
     table["greedy"]["weights"] = [int(w) for w in weights]
     return {k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in row.items()} for k, row in table.items()}
 
@@ -72,8 +73,11 @@ def choose_method(table: dict, method: str = "auto") -> str:
     accuracy, then log loss, then the order of METHODS."""
     if method != "auto":
         return method
-    return max(METHODS, key=lambda m: (table[m]["val_accuracy"], -table[m].get("val_log_loss", 0.0),
-                                       -METHODS.index(m)))
+    def loss(m: str) -> float:
+        value = table[m].get("val_log_loss")
+        return float("inf") if value is None else value
+
+    return max(METHODS, key=lambda m: (table[m]["val_accuracy"], -loss(m), -METHODS.index(m)))
 
 
 def predict_arrays(model, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:

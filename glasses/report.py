@@ -80,9 +80,13 @@ def _ensemble_lines(summary: dict) -> list[str]:
     lines = ["## Ensembles", "",
              f"{shipped['members']} members (val accuracy >= {shipped['threshold']}) at {shipped['image_size']} px. "
              f"Shipped: **{shipped['method']}** (chosen on validation only) as `model/ensemble.keras`.", "",
-             "| model | val accuracy | test accuracy |", "|---|---|---|"]
+             "| model | val accuracy | val log loss | test accuracy |", "|---|---|---|---|"]
     for name in ("best_single", "average", "majority", "greedy"):
-        lines.append(f"| {name.replace('_', ' ')} | {table[name]['val_accuracy']:.4f} | {table[name]['test_accuracy']:.4f} |")
+        row = table[name]
+        loss = f"{row['val_log_loss']:.4f}" if row.get("val_log_loss") is not None else "n/a (a vote share)"
+        lines.append(f"| {name.replace('_', ' ')} | {row['val_accuracy']:.4f} | {loss} | {row['test_accuracy']:.4f} |")
+    lines += ["", "Ties in val accuracy are broken by val log loss. Greedy weights (times each member "
+              f"is counted): {table['greedy']['weights']}."]
     if shipped.get("warning"):
         lines += ["", f"> {shipped['warning']}"]
     return lines + [""]

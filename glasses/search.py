@@ -273,9 +273,21 @@ def run_chief(spec: SearchSpec) -> int:
     return serve(tuner.oracle, spec)
 
 
+def chief_down_marker(spec: SearchSpec) -> Path:
+    """A file saying this search's chief has ended badly: its workers stop waiting for it."""
+    return spec.directory / f"{spec.project_name}.chief-down"
+
+
+def mark_chief_down(spec: SearchSpec, reason: str) -> None:
+    write_json(chief_down_marker(spec), {"reason": reason, "port": spec.port})
+
+
 def _wait_for_chief(spec: SearchSpec) -> None:
     deadline = time.monotonic() + spec.worker_timeout_s
     while True:
+        marker = chief_down_marker(spec)
+        if marker.is_file() and read_json(marker).get("port") == spec.port:
+            raise SearchError(f"the chief at {spec.host}:{spec.port} is down: {read_json(marker)['reason']}")
         try:
             with socket.create_connection((spec.host, spec.port), timeout=2):
                 return

@@ -21,7 +21,7 @@ import pandas as pd
 from glasses.config import Config, fingerprint
 from glasses.files import read_json, write_json, write_text
 from glasses.plots import plot_by
-from glasses.search import SearchSpec, free_port, keep_best, trials_table
+from glasses.search import SearchSpec, chief_down_marker, free_port, keep_best, trials_table
 from glasses.workdir import WorkDir
 
 STAGES = ("stage1", "stage2", "stage3")
@@ -44,6 +44,7 @@ def plan_search(config: Config, stage: str, image_size: int, fixed: dict[str, An
         port=config.search.oracle_port or free_port(config.search.oracle_host),
         workers=config.search.workers, worker_timeout_s=config.search.worker_timeout_s,
         chief_timeout_s=config.search.chief_timeout_s, gpus_per_worker=config.search.gpus_per_worker)
+    chief_down_marker(spec).unlink(missing_ok=True)  # a new attempt: an old chief's failure is past
     return spec.save(directory / f"size{image_size}.json")
 
 

@@ -45,8 +45,10 @@ def chief(spec_path: str) -> str:
     code = search.run_role(search.role_command("chief", Path(spec_path)), logger.info,
                            timeout_s=spec.chief_timeout_s + 30)
     if code != 0:
-        raise SearchError(f"chief of {spec.project_dir} ended with code {code} before all "
-                          f"{spec.max_trials} trials ended; re-run to continue the search")
+        reason = (f"chief of {spec.project_dir} ended with code {code} before all "
+                  f"{spec.max_trials} trials ended; re-run to continue the search")
+        search.mark_chief_down(spec, reason)  # workers still waiting for it fail now, not later
+        raise SearchError(reason)
     return spec_path
 
 

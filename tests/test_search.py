@@ -158,3 +158,15 @@ def test_an_interrupted_search_continues_where_it_stopped(tiny_cache, tmp_path):
     done = _completed(spec_path)
     assert sorted(r["trial_id"] for r in done) == ["0", "1", "2"]  # none lost, none added
     assert {t: Path(r["checkpoint"]).stat().st_mtime_ns for r in done for t in [r["trial_id"]] if t in first} == first
+
+
+def test_workers_stop_waiting_for_a_chief_marked_down(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], worker_timeout_s=120)
+    search.mark_chief_down(SearchSpec.load(spec_path), "chief of test ended with code 3")
+    tuner0 = Role(spec_path, "worker", "tuner0")  # no chief ever listens on this port
+    started = time.monotonic()
+    tuner0.start()
+    _join(tuner0)
+    assert tuner0.code != 0
+    assert time.monotonic() - started < 60  # not the 120 s worker timeout
+    assert any("is down" in line and "code 3" in line for line in tuner0.lines)

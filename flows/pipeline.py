@@ -49,7 +49,7 @@ def pipeline(config: Config) -> dict:
     stage3 = search.finish_stage(config, "stage3", specs3)
     clock.lap("stage3")
 
-    shipped = model.ensemble(config, specs3, data.cache(split["dir"], str(work.cache), size), split["dir"])
+    shipped = model.ensemble(config, specs3, split["dir"])
     clock.lap("ensemble")
     stage_plots = {"stage1": stage1["plots"], "stage2": stage2["plots"]}
     drawn = model.draw_figures(config, shipped["evaluation"]["confusion"], stage_plots, size)

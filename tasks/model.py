@@ -8,16 +8,17 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from glasses import dataset, evaluate, figures, latent, report
+from glasses import dataset, evaluate, figures, latent, report, search
 from glasses.config import Config
 from glasses.workdir import WorkDir
 
 
 @task(name="ensemble", cache_policy=NONE)
-def ensemble(config: Config, spec_paths: list[str], cache_dir: str, split_dir: str) -> dict:
+def ensemble(config: Config, spec_paths: list[str], split_dir: str) -> dict:
     """Ensembles of the kept models above the threshold compared, the best on val shipped and scored."""
     work = WorkDir(config.work_dir)
-    result = evaluate.ship_ensemble([Path(p) for p in spec_paths], Path(cache_dir), Path(split_dir),
+    cache_dir = search.SearchSpec.load(Path(spec_paths[0])).cache_dir  # the data the members trained on
+    result = evaluate.ship_ensemble([Path(p) for p in spec_paths], cache_dir, Path(split_dir),
                                     work.model, config.ensemble, predictions_csv=work.predictions)
     logger = get_run_logger()
     if result["ensemble"]["warning"]:

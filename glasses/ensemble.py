@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from glasses.files import temporary_file
 from glasses.search import SearchSpec, trial_records
 from glasses.space import spec_from_values
 
@@ -107,16 +106,9 @@ def _mean(tensors: list, name: str):
 
 def save_model(model, path: Path) -> Path:
     """Saves a Keras model to a temporary `.keras` beside `path`, then renames it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.close(fd)
-    try:
+    with temporary_file(path, suffix=".keras") as tmp:  # Keras insists on the .keras suffix
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from glasses.files import temporary_file
 from glasses.plots import _pyplot
 
 CLASSES = ("no glasses", "glasses")
@@ -21,18 +21,12 @@ CLASSES = ("no glasses", "glasses")
 
 def _save(fig, path: Path) -> Path:
     """Saves `fig` as PNG under a temporary name beside `path`, renames it, closes it."""
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        with temporary_file(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+        _pyplot().close(fig)
+    return Path(path)
 
 
 def _tiles(count: int, columns: int, tile: tuple[float, float]):

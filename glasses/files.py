@@ -12,19 +12,44 @@ from pathlib import Path
 from typing import Any
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Writes text to a temporary name beside `path`, then renames it into place."""
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask sets it too)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def temporary_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yields a temporary name beside `path`; what is written there becomes `path` if the block succeeds.
+
+    The file gets the permissions of any newly created file (mkstemp's are owner-only), so
+    the outputs can be shared. On failure the temporary file is removed and `path` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        yield tmp
+        tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Writes text to a temporary name beside `path`, then renames it into place."""
+    with temporary_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -47,6 +72,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's are owner-only
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from glasses.files import temporary_file
+
 
 def _pyplot():
     import matplotlib
@@ -36,9 +38,9 @@ def plot_by(table: pd.DataFrame, column: str, path: Path, title: str) -> Path:
     ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
     ax.set_title(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        with temporary_file(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)

@@ -132,7 +132,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "stage2": _stage(_LATER, 32, 8, 16, 4, warmup_epochs=5),
             "stage3": _stage(_LATER, 32, 12, 25, 6, warmup_epochs=6, keep=8),
         },
-        "ensemble": {"threshold": 0.9, "fallback": 3},
+        "ensemble": {"threshold": 0.85, "fallback": 3},
     },
     # For tests: tiny images, one epoch, two trials.
     "smoke": {

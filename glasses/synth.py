@@ -7,6 +7,12 @@ style) and the label is a linear rule on z, `z @ w > t`, like a GAN attribute di
 the report, some labels are wrong: about 4% of the faces are drawn against their label, so an
 image classifier tops out below 100% while a classifier on the latents does not.
 
+It is also about as hard as the real data below that ceiling: some glasses are thin, faint
+frames, some faces without glasses have dark rings around the eyes, and every image carries
+its own amount of sensor noise. The report's CNNs scored about 0.81 on average and 0.89 at
+best on validation; here stage 1 of `quick` measured 0.75-0.82 per size and stage 3 0.80-0.88,
+so single models stay below the label-noise ceiling and an ensemble has errors to fix.
+
 The output has exactly the layout of a Kaggle download, so one code path serves both:
 
     <out>/train.csv   id,v1..v512,glasses
@@ -42,9 +48,15 @@ MISLABEL_RATE = 0.04
 IMAGE_SUBDIR = Path("faces-spring-2020") / "faces-spring-2020"
 MANIFEST = "synth.json"
 LABEL_MARGIN = 2.0  # latents keep this distance (in std units) from the label boundary
-FORMAT_VERSION = 2  # bump when the drawing changes, so old outputs are not mistaken for new
+FORMAT_VERSION = 3  # bump when the drawing changes, so old outputs are not mistaken for new
 _LABEL_AXIS_SEED = 20200415  # fixed: the "glasses direction" is the same for every dataset seed
 _SUPERSAMPLE = 2
+# Difficulty, set so that single models stay below the label-noise ceiling as on the real data
+# (the report: best single model val 0.8931, average ensemble 0.9065).
+FAINT_FRACTION = 0.3  # of the glasses: thin frames drawn at FAINT_OPACITY
+FAINT_OPACITY = (0.12, 0.5)
+RING_FRACTION = 0.25  # of all faces: dark rings around the eyes, with or without glasses
+MAX_NOISE = 14.0  # grey levels; each image draws its sensor noise std from 0..MAX_NOISE
 _CHUNK = 32
 
 
@@ -214,6 +226,8 @@ class _Scene:
     light: float
     brightness: float
     contrast: float
+    noise: float  # std of the sensor noise, grey levels
+    noise_seed: int
 
 
 @dataclass(frozen=True)
@@ -249,6 +263,7 @@ class _Features:
     mouth_w: float
     smile: float
     lips: RGB
+    rings: float  # opacity of dark rings around the eyes (make-up, shadows); 0 for none
 
 
 @dataclass(frozen=True)
@@ -261,6 +276,7 @@ class _Glasses:
     lens: tuple[int, int, int, int] | None  # RGBA tint, None for clear lenses
     dy: float  # lens centre below the eye, fraction of lens height
     highlight: bool
+    opacity: float  # of the frame: 1 for most, low for the thin, faint frames that are hard to see
 
 
 @dataclass(frozen=True)
@@ -282,7 +298,7 @@ def _sample_scene(d: _Dims) -> _Scene:
     blobs = blobs[: int(d.span(0, 3.999))]
     cloth = d.colour((0.0, 0.9), (0.1, 0.95))
     return _Scene(bg_a, bg_b, angle, blobs, cloth, d.span(0, 2 * math.pi), d.span(0.0, 0.6),
-                  d.span(0.8, 1.15), d.span(0.8, 1.15))
+                  d.span(0.8, 1.15), d.span(0.8, 1.15), d.span(0.0, MAX_NOISE), int(d.unit() * 2**31))
 
 
 def _skin(d: _Dims) -> RGB:
@@ -318,7 +334,7 @@ def _sample_features(d: _Dims, skin: RGB) -> _Features:
         eye_h=d.span(0.42, 0.65), iris=d.pick(_IRIS), gaze=d.span(-0.25, 0.25), closed=d.unit() < 0.05,
         brow_gap=d.span(0.9, 1.9), brow_thick=d.span(0.02, 0.055), brow_slant=d.span(-0.15, 0.2),
         nose=d.span(0.1, 0.2), mouth_y=d.span(0.22, 0.31), mouth_w=d.span(0.24, 0.4),
-        smile=d.span(-0.3, 1.0), lips=lips,
+        smile=d.span(-0.3, 1.0), lips=lips, rings=d.span(0.2, 0.65) if d.unit() < RING_FRACTION else 0.0,
     )
 
 
@@ -347,8 +363,12 @@ def _lens(d: _Dims) -> tuple[int, int, int, int] | None:
 def _sample_glasses(d: _Dims, skin: RGB) -> _Glasses:
     shape = d.pick(_SHAPES, [0.3, 0.3, 0.2, 0.2])
     aspect = {"round": 1.0, "rect": 0.7, "oval": 0.75, "aviator": 0.85}[shape] * d.span(0.9, 1.1)
-    return _Glasses(shape, d.span(0.32, 0.42), aspect, d.span(0.035, 0.058), _frame_colour(d, skin),
-                    _lens(d), d.span(-0.15, 0.3), d.unit() < 0.5)
+    width, thick, frame = d.span(0.32, 0.42), d.span(0.035, 0.058), _frame_colour(d, skin)
+    lens, dy, highlight = _lens(d), d.span(-0.15, 0.3), d.unit() < 0.5
+    faint, opacity, thin = d.unit() < FAINT_FRACTION, d.span(*FAINT_OPACITY), d.span(0.022, 0.035)
+    if faint:  # thin metal or rimless: clear lenses, a frame that barely shows
+        return _Glasses(shape, width, aspect, thin, frame, None, dy, False, opacity)
+    return _Glasses(shape, width, aspect, thick, frame, lens, dy, highlight, 1.0)
 
 
 def face_params(z: np.ndarray, glasses: bool) -> FaceParams:
@@ -533,7 +553,24 @@ def _glasses(layer: Image.Image, head: _Head, f: _Features, spec: _Glasses, g: d
                 tint_draw.line([(box[0] + 0.3 * w, box[1] + 0.25 * h), (box[0] + 0.55 * w, box[1] + 0.12 * h)],
                                fill=(255, 255, 255, 150), width=max(1, int(0.08 * h)))
         layer.alpha_composite(tint)
-    _frame(ImageDraw.Draw(layer), spec, boxes, g)
+    if spec.opacity >= 1.0:
+        _frame(ImageDraw.Draw(layer), spec, boxes, g)
+        return
+    frame = Image.new("RGBA", layer.size, (0, 0, 0, 0))
+    _frame(ImageDraw.Draw(frame), spec, boxes, g)
+    frame.putalpha(frame.getchannel("A").point(lambda a: int(a * spec.opacity + 0.5)))
+    layer.alpha_composite(frame)
+
+
+def _eye_rings(layer: Image.Image, head: _Head, f: _Features, g: dict) -> None:
+    """Dark rings around the eyes, on faces with and without glasses alike: the look-alikes of a frame."""
+    rings = Image.new("RGBA", layer.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(rings)
+    rx = 1.35 * f.eye_w * g["fw"] / 2
+    colour = (*_shade(head.skin, 0.45), int(255 * f.rings))
+    for ex, ey in _eye_centres(head, f, g):
+        draw.ellipse(_box(ex, ey + 0.1 * rx, rx, 0.8 * rx), outline=colour, width=max(1, int(0.035 * g["size"])))
+    layer.alpha_composite(rings)
 
 
 def _frame(draw: ImageDraw.ImageDraw, spec: _Glasses, boxes: list, g: dict) -> None:
@@ -561,6 +598,8 @@ def _head_layer(p: FaceParams, size: int) -> Image.Image:
     _hair_top(draw, head, g)
     _eyes(draw, head, p.features, g)
     _nose_mouth(draw, head, p.features, g)
+    if p.features.rings > 0:
+        _eye_rings(layer, head, p.features, g)
     if p.glasses is not None:
         _glasses(layer, head, p.features, p.glasses, g)
     pivot = (g["cx"], g["cy"] + 0.5 * g["fh"])  # tilt about the neck
@@ -574,6 +613,8 @@ def _lighting(image: Image.Image, scene: _Scene) -> Image.Image:
     gain = 1 + scene.light * (x * math.cos(scene.light_angle) + y * math.sin(scene.light_angle))
     pixels = np.asarray(image, dtype=np.float32) * (gain[..., None] * scene.brightness)
     pixels = (pixels - 128) * scene.contrast + 128
+    if scene.noise > 0:
+        pixels += np.random.default_rng(scene.noise_seed).normal(0.0, scene.noise, pixels.shape).astype(np.float32)
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
 
 

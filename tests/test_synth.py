@@ -17,6 +17,7 @@ from glasses.synth import (
     IMAGE_SUBDIR,
     LATENT_DIM,
     SynthError,
+    face_params,
     label_axis,
     label_latents,
     label_threshold,
@@ -117,6 +118,34 @@ def test_glasses_change_only_part_of_the_face():
         worn = np.asarray(render_face(row, True, 64), dtype=int)
         changed = np.any(bare != worn, axis=-1).mean()
         assert 0.01 < changed < 0.3
+
+
+def test_hard_cases_come_with_either_label():
+    """Faint frames are a share of the glasses; eye rings and noise are drawn from the face alone."""
+    p = plan(1500, seed=11)
+    worn = [face_params(z, True) for z in p.latents[:1500]]
+    faint = np.array([f.glasses.opacity < 1 for f in worn])
+    assert abs(faint.mean() - synth.FAINT_FRACTION) < 0.04
+    assert all(synth.FAINT_OPACITY[0] <= f.glasses.opacity <= synth.FAINT_OPACITY[1] for f in np.array(worn)[faint])
+    rings = np.array([f.features.rings > 0 for f in worn])
+    noise = np.array([f.scene.noise for f in worn])
+    for label in (0, 1):
+        assert abs(rings[p.labels[:1500] == label].mean() - synth.RING_FRACTION) < 0.05
+        assert abs(noise[p.labels[:1500] == label].mean() - synth.MAX_NOISE / 2) < 1.0
+    bare = face_params(p.latents[0], False)
+    assert (bare.scene, bare.head, bare.features) == (worn[0].scene, worn[0].head, worn[0].features)
+
+
+def test_faint_frames_change_the_face_less_than_plain_ones():
+    p = plan(200, seed=12)
+    change = {True: [], False: []}
+    for z in p.latents[:200]:
+        spec = face_params(z, True).glasses
+        if len(change[spec.opacity < 1]) < 5:
+            diff = np.abs(np.asarray(render_face(z, True, 64), float) - np.asarray(render_face(z, False, 64), float))
+            change[spec.opacity < 1].append(diff.sum())
+    assert len(change[True]) == len(change[False]) == 5
+    assert np.median(change[True]) < 0.5 * np.median(change[False])
 
 
 def test_rerun_with_same_parameters_does_nothing(tiny):

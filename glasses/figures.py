@@ -7,7 +7,6 @@ returns its path, so a reader never sees half a figure.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -192,8 +191,7 @@ def render_figures(figures_dir: Path, predictions_csv: Path, confusion: list[lis
     for stage, plots in stage_plots.items():
         for plot in map(Path, plots):
             target = figures_dir / f"{stage}_{plot.name}"
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(plot.read_bytes())
-            os.replace(tmp, target)
+            with temporary_file(target) as tmp:
+                tmp.write_bytes(plot.read_bytes())
             made[target.stem] = target
     return {name: str(path) for name, path in made.items()}

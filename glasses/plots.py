@@ -44,3 +44,31 @@ def plot_by(table: pd.DataFrame, column: str, path: Path, title: str) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def plot_ranked(table: pd.DataFrame, kept: list[str], threshold: float, path: Path, title: str) -> Path:
+    """Val accuracy of every completed trial, best first: the kept ones dark, and the ensemble
+    threshold as a dashed line, so one sees which kept models can join the ensemble."""
+    plt = _pyplot()
+    done = table[table["status"] == "COMPLETED"].sort_values("val_accuracy", ascending=False)
+    fig, ax = plt.subplots(figsize=(max(5, 0.32 * len(done) + 1.5), 3.5), dpi=110)
+    colours = ["#08519c" if t in set(kept) else "#c6dbef" for t in done["trial_id"]]
+    ax.bar(range(len(done)), done["val_accuracy"], color=colours)
+    line = ax.axhline(threshold, color="#cb181d", linestyle="--", linewidth=1.2, zorder=3)
+    from matplotlib.patches import Patch
+
+    ax.legend([line, Patch(color="#08519c"), Patch(color="#c6dbef")],
+              [f"ensemble threshold {threshold:g}", f"kept ({len(kept)})", "pruned"], fontsize=8, loc="upper right")
+    ax.set_xticks(range(len(done)), done["trial_id"].astype(str), rotation=90, fontsize=7)
+    ax.set_xlabel("trial, best first")
+    ax.set_ylabel("val accuracy")
+    lowest = min([threshold, *done["val_accuracy"].tolist()]) if len(done) else 0
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
+    ax.set_title(title)
+    fig.tight_layout()
+    try:
+        with temporary_file(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)

@@ -72,6 +72,7 @@ def _stage_lines(summary: dict) -> list[str]:
             lines += [f"| {column} | " + " | ".join(means) + " |", "|---|" + "---|" * len(means),
                       "| mean val accuracy | " + " | ".join(f"{v:.4f}" for v in means.values()) + " |", ""]
             lines += _figure(summary, f"{name}_val_accuracy_by_{column}", f"{name}: val accuracy by {column}")
+        lines += _figure(summary, f"{name}_val_accuracy_by_rank", f"{name}: every trial, kept ones dark")
     return lines
 
 

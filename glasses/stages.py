@@ -20,7 +20,7 @@ import pandas as pd
 
 from glasses.config import Config, fingerprint
 from glasses.files import read_json, write_json, write_text
-from glasses.plots import plot_by
+from glasses.plots import plot_by, plot_ranked
 from glasses.search import SearchSpec, chief_down_marker, free_port, keep_best, trials_table
 from glasses.workdir import WorkDir
 
@@ -111,6 +111,9 @@ def finish_stage(config: Config, stage: str, spec_paths: list[Path]) -> dict[str
     write_text(out / "trials.csv", table.drop(columns=["checkpoint"]).to_csv(index=False))
     plots = [str(plot_by(table, column, out / f"val_accuracy_by_{column}.png",
                          f"{stage}: val accuracy by {column}")) for column in PLOTS[stage]]
+    if kept is not None:
+        plots.append(str(plot_ranked(table, kept, config.ensemble.threshold, out / "val_accuracy_by_rank.png",
+                                     f"{stage}: every trial, the {len(kept)} kept")))
     summary = {"trials": len(table), "completed": int((table["status"] == "COMPLETED").sum()),
                "failed": int((table["status"] == "FAILED").sum()),
                "chosen": choose(config, stage, table),

@@ -102,3 +102,23 @@ def test_confusion_figure_writes_a_heatmap(tmp_path):
     assert_only(tmp_path / "out", {"confusion.png"})
     with pytest.raises(ValueError, match="expected 2x2"):
         figures.confusion_figure([[1, 2, 3]], tmp_path / "bad.png")
+
+
+def test_stage3_ranking_marks_the_kept_trials_and_the_threshold(tmp_path):
+    import pandas as pd
+
+    from glasses.plots import plot_ranked
+
+    table = pd.DataFrame({"trial_id": ["00", "01", "02", "03", "04"], "val_accuracy": [0.8, 0.92, 0.85, 0.95, None],
+                          "status": ["COMPLETED"] * 4 + ["FAILED"]})
+    out = plot_ranked(table, ["03", "01"], 0.9, tmp_path / "val_accuracy_by_rank.png", "stage3")
+    rgb = pixels(out).astype(int)
+    dark = np.all(np.abs(rgb - [8, 81, 156]) < 8, axis=-1)  # kept bars
+    light = np.all(np.abs(rgb - [198, 219, 239]) < 8, axis=-1)  # the others
+    red = (rgb[..., 0] > 180) & (rgb[..., 1] < 120) & (rgb[..., 2] < 120)  # the threshold line
+    assert dark.sum() > 500 and light.sum() > 500 and red.sum() > 50
+    # Two kept bars left of two others: in the lower part (below the legend) the dark columns
+    # all lie left of the light ones.
+    low = slice(int(0.6 * rgb.shape[0]), None)
+    assert np.flatnonzero(dark[low].any(axis=0)).max() < np.flatnonzero(light[low].any(axis=0)).min()
+    assert_only(tmp_path, {"val_accuracy_by_rank.png"})

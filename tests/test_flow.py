@@ -44,12 +44,13 @@ def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server,
     assert summary["ensemble"]["method"] in ("average", "majority", "greedy")
     assert summary["latent"]["skipped"] is False and summary["latent"]["test"] > 0
     for name in ("augmentation", "misclassified", "confusion", "stage1_val_accuracy_by_image_size",
-                 "stage2_val_accuracy_by_conv_layers", "stage2_val_accuracy_by_optimizer"):
+                 "stage2_val_accuracy_by_conv_layers", "stage2_val_accuracy_by_optimizer",
+                 "stage3_val_accuracy_by_rank"):
         assert Path(summary["figures"][name]).stat().st_size > 1000, name
         assert Path(summary["figures"][name]).parent == work / "figures"
     report = (work / "report.md").read_text()
     links = [line.split("](", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
-    assert len(links) >= 6 and all((work / link).is_file() for link in links)
+    assert len(links) >= 7 and all((work / link).is_file() for link in links)
     assert "## Latent vectors" in report and "## Ensembles" in report
 
     stages = {name: pd.read_csv(work / "stages" / name / "trials.csv") for name in ("stage1", "stage2", "stage3")}

@@ -84,7 +84,7 @@ class EnsembleConfig(_Section):
     """Which kept models join the average ensemble."""
 
     threshold: float = Field(0.89, ge=0, le=1, description="Minimum validation accuracy of a member.")
-    fallback: int = Field(3, ge=1, description="Members taken, best first, when none passes.")
+    fallback: int = Field(3, ge=1, description="Fewest members: if fewer pass, the best this many are taken.")
     method: Literal["auto", "average", "greedy", "majority"] = Field(
         "auto", description="How members combine; auto ships the best on validation (never test).")
 

@@ -38,16 +38,18 @@ def candidates(spec_paths: list[Path]) -> list[Candidate]:
 
 
 def select_members(found: list[Candidate], threshold: float, fallback: int) -> tuple[list[Candidate], str | None]:
-    """Members above the validation threshold; the best `fallback` with a warning if none passes."""
+    """Members above the validation threshold; if fewer than `fallback` pass, the best `fallback`
+    with a warning (an "ensemble" of the one model that happened to pass would be no ensemble)."""
     if not found:
         raise ValueError("no completed trial with a checkpoint to build an ensemble from")
     passing = [c for c in found if c.val_accuracy >= threshold]
-    if passing:
+    if len(passing) >= min(fallback, len(found)):
         return passing, None
-    warning = (f"no model reached val accuracy {threshold}; falling back to the best {min(fallback, len(found))} "
-               f"(best {found[0].val_accuracy:.4f})")
+    taken = found[:fallback]
+    warning = (f"{len(passing) or 'no'} model{'' if len(passing) == 1 else 's'} reached val accuracy {threshold}; "
+               f"taking the best {len(taken)} ({found[0].val_accuracy:.4f} down to {taken[-1].val_accuracy:.4f})")
     log.warning(warning)
-    return found[:fallback], warning
+    return taken, warning
 
 
 def load_member(candidate: Candidate, name: str):

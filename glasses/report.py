@@ -76,10 +76,16 @@ def _stage_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _membership(shipped: dict) -> str:
+    if shipped.get("warning"):
+        return f"the best {shipped['members']}: too few reached val accuracy {shipped['threshold']}"
+    return f"val accuracy >= {shipped['threshold']}"
+
+
 def _ensemble_lines(summary: dict) -> list[str]:
     table, shipped = summary["ensembles"], summary["ensemble"]
     lines = ["## Ensembles", "",
-             f"{shipped['members']} members (val accuracy >= {shipped['threshold']}) at {shipped['image_size']} px. "
+             f"{shipped['members']} members ({_membership(shipped)}) at {shipped['image_size']} px. "
              f"Shipped: **{shipped['method']}** (chosen on validation only) as `model/ensemble.keras`.", "",
              "| model | val accuracy | val log loss | test accuracy |", "|---|---|---|---|"]
     for name in ("best_single", "average", "majority", "greedy"):

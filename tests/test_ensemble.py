@@ -51,7 +51,18 @@ def test_with_none_above_the_threshold_the_best_few_are_taken_with_a_warning():
     found = [_candidate("a", 0.8), _candidate("b", 0.7), _candidate("c", 0.6)]
     members, warning = select_members(found, 0.89, 2)
     assert [m.trial_id for m in members] == ["a", "b"]
-    assert "0.89" in warning and "best 2" in warning
+    assert "no models reached val accuracy 0.89" in warning and "best 2" in warning
+
+
+def test_with_fewer_than_fallback_above_the_threshold_the_best_few_are_taken():
+    found = [_candidate("a", 0.9), _candidate("b", 0.85), _candidate("c", 0.84), _candidate("d", 0.6)]
+    members, warning = select_members(found, 0.89, 3)
+    assert [m.trial_id for m in members] == ["a", "b", "c"]
+    assert "1 model reached val accuracy 0.89" in warning and "0.9000 down to 0.8400" in warning
+    members, warning = select_members(found[:2], 0.89, 3)  # fewer candidates than fallback: all of them
+    assert [m.trial_id for m in members] == ["a", "b"] and "best 2" in warning
+    members, warning = select_members(found[:1], 0.89, 3)
+    assert [m.trial_id for m in members] == ["a"] and warning is None
 
 
 def test_no_candidates_is_an_error():

@@ -13,19 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from glasses.files import temporary_file
-from glasses.plots import _pyplot
+from glasses.plots import _pyplot, save_figure
 
 CLASSES = ("no glasses", "glasses")
-
-
-def _save(fig, path: Path) -> Path:
-    """Saves `fig` as PNG under a temporary name beside `path`, renames it, closes it."""
-    try:
-        with temporary_file(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        _pyplot().close(fig)
-    return Path(path)
 
 
 def _tiles(count: int, columns: int, tile: tuple[float, float]):
@@ -79,7 +69,7 @@ def augmentation_grid(image_path: Path, out: Path, size: int = 96, samples: int 
         ax.imshow(image, interpolation="nearest")
         ax.set_title("original" if i == 0 else f"augmented {i}", fontsize=9)
     fig.suptitle(f"augmentation (training=True), seed {seed}", fontsize=10)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def misclassified(labels: Sequence[int], probabilities: Sequence[float],
@@ -125,7 +115,7 @@ def misclassified_gallery(paths: list[str], labels: list[int], probabilities: li
         raise ValueError(f"{len(paths)} paths but {len(labels)} labels: pass one label per image")
     wrong = misclassified(labels, probabilities, threshold)
     if not wrong:
-        return _save(_empty_figure("no misclassified images"), out)
+        return save_figure(_empty_figure("no misclassified images"), out)
     shown = wrong[:limit]
     fig, axes = _tiles(len(shown), columns, (1.9, 2.5))
     for ax, i in zip(axes, shown):
@@ -135,7 +125,7 @@ def misclassified_gallery(paths: list[str], labels: list[int], probabilities: li
     fig.suptitle(f"{len(wrong)} of {len(labels)} misclassified (threshold {threshold:g})"
                  + (f", {len(shown)} most confident shown" if len(shown) < len(wrong) else ""),
                  fontsize=10)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def confusion_figure(matrix: list[list[int]], out: Path, classes: Sequence[str] = CLASSES) -> Path:
@@ -169,7 +159,7 @@ def confusion_figure(matrix: list[list[int]], out: Path, classes: Sequence[str] 
     accuracy = np.trace(counts) / total if total else float("nan")
     ax.set_title(f"confusion matrix (n={total}, accuracy {accuracy:.3f})", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def render_figures(figures_dir: Path, predictions_csv: Path, confusion: list[list[int]],

@@ -18,6 +18,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Saves `fig` as PNG under a temporary name beside `path`, renames it into place, closes it."""
+    try:
+        with temporary_file(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        _pyplot().close(fig)
+    return Path(path)
+
+
 def plot_by(table: pd.DataFrame, column: str, path: Path, title: str) -> Path:
     """Val accuracy of each trial (dots) and the mean (bar) per value of `column`."""
     plt = _pyplot()
@@ -38,12 +48,7 @@ def plot_by(table: pd.DataFrame, column: str, path: Path, title: str) -> Path:
     ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
     ax.set_title(title)
     fig.tight_layout()
-    try:
-        with temporary_file(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_ranked(table: pd.DataFrame, kept: list[str], threshold: float, path: Path, title: str) -> Path:
@@ -66,9 +71,4 @@ def plot_ranked(table: pd.DataFrame, kept: list[str], threshold: float, path: Pa
     ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
     ax.set_title(title)
     fig.tight_layout()
-    try:
-        with temporary_file(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -51,7 +51,7 @@ def pipeline(config: Config) -> dict:
 
     shipped = model.ensemble(config, specs3, split["dir"])
     clock.lap("ensemble")
-    stage_plots = {name: stage["plots"] for name, stage in (("stage1", stage1), ("stage2", stage2), ("stage3", stage3))}
+    stage_plots = {"stage1": stage1["plots"], "stage2": stage2["plots"], "stage3": stage3["plots"]}
     drawn = model.draw_figures(config, shipped["evaluation"]["confusion"], stage_plots, size)
     latent = model.latent_baseline(source, config.data.fractions, config.data.seed)
     clock.lap("analyses")

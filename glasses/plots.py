@@ -57,7 +57,7 @@ def plot_ranked(table: pd.DataFrame, kept: list[str], threshold: float, path: Pa
     plt = _pyplot()
     done = table[table["status"] == "COMPLETED"].sort_values("val_accuracy", ascending=False)
     fig, ax = plt.subplots(figsize=(max(5, 0.32 * len(done) + 1.5), 3.5), dpi=110)
-    colours = ["#08519c" if t in set(kept) else "#c6dbef" for t in done["trial_id"]]
+    colours = ["#08519c" if t in kept else "#c6dbef" for t in done["trial_id"]]
     ax.bar(range(len(done)), done["val_accuracy"], color=colours)
     line = ax.axhline(threshold, color="#cb181d", linestyle="--", linewidth=1.2, zorder=3)
     from matplotlib.patches import Patch

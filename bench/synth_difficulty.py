@@ -25,7 +25,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glasses.synth import IMAGE_SUBDIR, render_face, plan, synthesize  # noqa: E402
+from glasses.dataset import IMAGE_SUBDIR, face_file_name  # noqa: E402
+from glasses.synth import plan, render_face, synthesize  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +51,7 @@ def load(root: Path, size: int, interp: str) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow as tf
 
     frame = pd.read_csv(root / "train.csv", usecols=["id", "glasses"])
-    images = [np.asarray(Image.open(root / IMAGE_SUBDIR / f"face-{i}.png").convert("RGB")) for i in frame["id"]]
+    images = [np.asarray(Image.open(root / IMAGE_SUBDIR / face_file_name(i)).convert("RGB")) for i in frame["id"]]
     resized = tf.image.resize(np.stack(images), (size, size), method=interp)
     return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8), frame["glasses"].to_numpy()
 

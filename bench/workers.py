@@ -19,34 +19,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glasses import dataset, pipeline, synth  # noqa: E402
-from glasses.search import SearchSpec, free_port, is_complete, role_command, run_role, worker_env  # noqa: E402
+from glasses import dataset, inputs, synth  # noqa: E402
+from glasses.config import StageConfig  # noqa: E402
+from glasses.search import SearchSpec, free_port, run_chief, run_worker  # noqa: E402
 
 
 def prepare(root: Path, n: int, resolution: int, size: int) -> Path:
     source = synth.synthesize(root / "data", n=n, resolution=resolution, seed=1337).out_dir
     organized = dataset.organize(source, root / "organized")
     split = dataset.split(organized.dir, root / "split", (0.8, 0.1, 0.1), seed=1337)
-    return pipeline.build_cache(split.dir, root / "cache", size)
+    return inputs.build_cache(split.dir, root / "cache", size)
 
 
 def run_search(root: Path, cache: Path, workers: int, args: argparse.Namespace, tag: str) -> float:
-    spec = SearchSpec(directory=root / "kt", project_name=tag, cache_dir=cache, image_size=args.size,
-                      batch_size=args.batch, max_trials=args.trials, epochs=args.epochs, patience=args.epochs,
-                      seed=1337, port=free_port(), workers=workers, worker_timeout_s=120, chief_timeout_s=3600)
+    stage = StageConfig(batch_size=args.batch, max_trials=args.trials, epochs=args.epochs, patience=args.epochs)
+    spec = SearchSpec(directory=root / "kt", project_name=tag, cache_dir=cache, image_size=args.size, stage=stage,
+                      fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=workers,
+                      worker_timeout_s=120, chief_timeout_s=3600, gpus_per_worker=1)
     spec_path = spec.save(root / f"{tag}.json")
     started = time.monotonic()
-    roles = [(role_command("chief", spec_path), {})]
-    roles += [(role_command("worker", spec_path, f"tuner{i}"), worker_env(spec, i, 0)) for i in range(workers)]
-    threads = [threading.Thread(target=run_role, args=(cmd, lambda line: None, 3600, env)) for cmd, env in roles]
-    for thread in threads:
+    quiet = lambda line: None  # noqa: E731
+    workers_ = [threading.Thread(target=run_worker, args=(spec_path, i, quiet)) for i in range(workers)]
+    for thread in workers_:
         thread.start()
-    for thread in threads:
+    run_chief(spec_path, quiet)  # raises SearchError unless every trial ended
+    for thread in workers_:
         thread.join()
-    seconds = time.monotonic() - started
-    if not is_complete(spec):
-        raise SystemExit(f"search {tag} did not complete")
-    return seconds
+    return time.monotonic() - started
 
 
 def main() -> None:

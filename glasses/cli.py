@@ -32,7 +32,7 @@ def synth(out: Path = typer.Option(..., "--out", help="Directory to write the da
 
     try:
         result = synthesize(out, n=n, resolution=resolution, seed=seed)
-    except (GlassesError, ValueError) as error:
+    except GlassesError as error:
         _fail(error)
     typer.echo(f"{out}: {result.train} labelled + {result.test} test images at {resolution}px "
                f"({result.glasses} glasses, {result.no_glasses} no glasses) in {result.seconds:.1f}s")
@@ -55,13 +55,11 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import pipeline  # imports prefect; only this command needs it
     from glasses.report import summary_markdown
-    from glasses.workdir import WorkDir
 
     try:
-        pipeline(config)
+        summary = Path(pipeline(config))
     except GlassesError as error:
         _fail(error)
-    summary = WorkDir(config.work_dir).summary
     typer.echo(summary_markdown(summary))
     result = json.loads(summary.read_text())["ensemble"]
     typer.echo(f"ensemble test accuracy: {result['test_accuracy']:.4f}  ({summary})")

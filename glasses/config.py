@@ -109,7 +109,7 @@ _LATER = []  # stages 2 and 3 search at stage 1's chosen size (64 in the report)
 _STAGE3_FIXED = {"conv_layers": 3, "optimizer": "adam"}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The report's exact settings (shared/seed/facts.md); for real hardware.
+    # The report's exact settings (its tables of the three stages and the ensemble rule); for real hardware.
     "paper": {
         "data": {"synth_n": 4500, "synth_resolution": 256},
         "search": {

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +28,16 @@ log = logging.getLogger(__name__)
 CLASSES = ("no_glasses", "glasses")  # index = label: 1 means glasses
 SUBSETS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-IMAGE_DIR_CANDIDATES = ("faces-spring-2020/faces-spring-2020", "faces-spring-2020", "faces", ".")
-LATENT_COLUMNS = tuple(f"v{i}" for i in range(1, 513))
+# The Kaggle layout, which `glasses.synth` writes too: train.csv (id, v1..v512, glasses),
+# test.csv (id, v1..v512) and the images as IMAGE_SUBDIR/face-<id>.png.
+IMAGE_SUBDIR = "faces-spring-2020/faces-spring-2020"
+IMAGE_DIR_CANDIDATES = (IMAGE_SUBDIR, "faces-spring-2020", "faces", ".")
+FACE_PREFIX = "face-"
+ID_COLUMN = "id"
+LABEL_COLUMN = "glasses"
+LATENT_DIM = 512
+LATENT_COLUMNS = tuple(f"v{i}" for i in range(1, LATENT_DIM + 1))
+ROW_COLUMN = "row"  # added on reading: the CSV line number, for error messages
 _PLAIN_INT = re.compile(r"^[0-9]+$")
 
 
@@ -76,13 +85,18 @@ def find_layout(data_dir: Path) -> Layout:
     for candidate in IMAGE_DIR_CANDIDATES:
         folder = (data_dir / candidate).resolve()
         if folder.is_dir() and any(_is_face_file(p) for p in folder.iterdir()):
-            return Layout(csv=csv, image_dir=folder, has_latents=_has_latents(csv))
+            return Layout(csv=csv, image_dir=folder, has_latents=has_latent_columns(csv))
     tried = ", ".join(str(data_dir / c) for c in IMAGE_DIR_CANDIDATES)
     raise DatasetError(f"no face-<id>.png/.jpg images found for {csv}; looked in {tried}")
 
 
+def face_file_name(image_id: int, ext: str = ".png") -> str:
+    """The file name of an id's image: `face-<id><ext>`."""
+    return f"{FACE_PREFIX}{image_id}{ext}"
+
+
 def _is_face_file(path: Path) -> bool:
-    return path.name.startswith("face-") and path.suffix.lower() in IMAGE_EXTENSIONS
+    return path.name.startswith(FACE_PREFIX) and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def read_header(csv: Path) -> list[str]:
@@ -90,8 +104,28 @@ def read_header(csv: Path) -> list[str]:
         return [name.strip() for name in handle.readline().split(",")]
 
 
-def _has_latents(csv: Path) -> bool:
+def has_latent_columns(csv: Path) -> bool:
+    """Whether the CSV's header names every one of v1..v512."""
     return set(LATENT_COLUMNS) <= set(read_header(csv))
+
+
+def read_columns(csv: Path, names: Iterable[str]) -> pd.DataFrame:
+    """Reads the named columns of a CSV with Dask, every cell as the string written there.
+
+    Only these columns are parsed. Names match stripped ("id, glasses" names " glasses"), a
+    BOM (Excel's CSVs) is dropped and no cell becomes NaN, so a bad value can be reported as is.
+
+    Returns:
+        The columns in the order of `names`, plus `row`: the CSV line number of each row.
+    """
+    import dask.dataframe as dd  # heavy; only needed here
+
+    names = list(names)
+    wanted = set(names)
+    frame = dd.read_csv(csv, usecols=lambda name: name.strip() in wanted, dtype=str,
+                        keep_default_na=False, encoding="utf-8-sig").compute()
+    frame = frame.rename(columns=str.strip).reset_index(drop=True)[names]
+    return frame.assign(**{ROW_COLUMN: frame.index + 2})  # line 1 is the header
 
 
 def read_labels(csv: Path) -> pd.DataFrame:
@@ -106,42 +140,35 @@ def read_labels(csv: Path) -> pd.DataFrame:
         DatasetError: naming the file and row of a missing column, a bad id, a duplicate id,
             a label other than 0/1, or an empty class.
     """
-    import dask.dataframe as dd  # heavy; only needed here
-
     header = read_header(csv)
-    for column in ("id", "glasses"):
+    for column in (ID_COLUMN, LABEL_COLUMN):
         if column not in header:
             raise DatasetError(f"{csv}: missing column {column!r} (found {', '.join(header[:5])}"
                                f"{', ...' if len(header) > 5 else ''})")
-    # match names as the check above does, stripped ("id, glasses" names " glasses")
-    frame = dd.read_csv(csv, usecols=lambda name: name.strip() in ("id", "glasses"), dtype=str,
-                        keep_default_na=False, encoding="utf-8-sig").compute()
-    frame = frame.rename(columns=str.strip).reset_index(drop=True)
-    frame["row"] = frame.index + 2  # line 1 is the header
-    return _validate_labels(csv, frame)
+    return _validate_labels(csv, read_columns(csv, (ID_COLUMN, LABEL_COLUMN)))
 
 
 def _validate_labels(csv: Path, frame: pd.DataFrame) -> pd.DataFrame:
-    ids = frame["id"].str.strip()
+    ids = frame[ID_COLUMN].str.strip()
     bad_id = ~ids.str.match(_PLAIN_INT)
     if bad_id.any():
         row = frame[bad_id].iloc[0]
-        raise DatasetError(f"{csv} row {row['row']}: id {row['id']!r} is not a plain integer")
-    labels = frame["glasses"].str.strip()
+        raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: id {row[ID_COLUMN]!r} is not a plain integer")
+    labels = frame[LABEL_COLUMN].str.strip()
     bad_label = ~labels.isin(["0", "1", "0.0", "1.0"])
     if bad_label.any():
         row = frame[bad_label].iloc[0]
-        raise DatasetError(f"{csv} row {row['row']}: glasses must be 0 or 1, got {row['glasses']!r}")
-    frame = pd.DataFrame({"id": ids.astype(int), "glasses": labels.astype(float).astype(int),
-                          "row": frame["row"]})
-    duplicated = frame["id"].duplicated(keep=False)
+        raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: glasses must be 0 or 1, got {row[LABEL_COLUMN]!r}")
+    frame = pd.DataFrame({ID_COLUMN: ids.astype(int), LABEL_COLUMN: labels.astype(float).astype(int),
+                          ROW_COLUMN: frame[ROW_COLUMN]})
+    duplicated = frame[ID_COLUMN].duplicated(keep=False)
     if duplicated.any():
         rows = frame[duplicated]
-        first = rows.iloc[0]["id"]
-        lines = rows[rows["id"] == first]["row"].tolist()
+        first = rows.iloc[0][ID_COLUMN]
+        lines = rows[rows[ID_COLUMN] == first][ROW_COLUMN].tolist()
         raise DatasetError(f"{csv} rows {', '.join(map(str, lines))}: duplicate id {first}")
     for label, name in enumerate(CLASSES):
-        if not (frame["glasses"] == label).any():
+        if not (frame[LABEL_COLUMN] == label).any():
             raise DatasetError(f"{csv}: no row has glasses={label} ({name}); both classes are needed")
     return frame
 
@@ -149,9 +176,9 @@ def _validate_labels(csv: Path, frame: pd.DataFrame) -> pd.DataFrame:
 def image_path(image_dir: Path, image_id: int) -> Path | None:
     """The image file of an id, whatever its extension's case, or None."""
     for ext in IMAGE_EXTENSIONS:
-        for candidate in (image_dir / f"face-{image_id}{ext}", image_dir / f"face-{image_id}{ext.upper()}"):
-            if candidate.is_file():
-                return candidate
+        for candidate in (face_file_name(image_id, ext), face_file_name(image_id, ext.upper())):
+            if (image_dir / candidate).is_file():
+                return image_dir / candidate
     return None
 
 
@@ -166,15 +193,23 @@ def check_image(path: Path) -> None:
         raise DatasetError(f"{path}: unreadable image ({error}); fix or remove it and its CSV row") from error
 
 
+def require_image(layout: Layout, image_id: int, row: int) -> Path:
+    """The image file of the id on line `row` of the layout's CSV.
+
+    Raises:
+        DatasetError: naming the CSV, row and id when the id has no image.
+    """
+    path = image_path(layout.image_dir, image_id)
+    if path is None:
+        raise DatasetError(f"{layout.csv} row {row}: no image for id {image_id} in "
+                           f"{layout.image_dir} (looked for face-{image_id}.png/.jpg/.jpeg)")
+    return path
+
+
 def locate_images(layout: Layout, labels: pd.DataFrame) -> list[Path]:
     """Finds and decodes each labelled image, failing on the first missing or unreadable one."""
-    paths = []
-    for image_id, row in zip(labels["id"], labels["row"]):
-        path = image_path(layout.image_dir, image_id)
-        if path is None:
-            raise DatasetError(f"{layout.csv} row {row}: no image for id {image_id} in "
-                               f"{layout.image_dir} (looked for face-{image_id}.png/.jpg/.jpeg)")
-        paths.append(path)
+    paths = [require_image(layout, image_id, row)
+             for image_id, row in zip(labels[ID_COLUMN], labels[ROW_COLUMN])]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         list(pool.map(check_image, paths))
     return paths
@@ -213,7 +248,7 @@ def organize(data_dir: Path, out_dir: Path) -> Organized:
     with atomic_dir(out_dir) as tmp:
         for name in CLASSES:
             (tmp / name).mkdir()
-        for path, label in zip(paths, labels["glasses"]):
+        for path, label in zip(paths, labels[LABEL_COLUMN]):
             link_or_copy(path, tmp / CLASSES[label] / path.name)
         result = _count(Path(out_dir), labels)
         write_json(tmp / "organized.json", {"source": stamp, "counts": _counts_dict(result)})
@@ -223,7 +258,7 @@ def organize(data_dir: Path, out_dir: Path) -> Organized:
 
 
 def _count(out_dir: Path, labels: pd.DataFrame) -> Organized:
-    glasses = int(labels["glasses"].sum())
+    glasses = int(labels[LABEL_COLUMN].sum())
     no_glasses = len(labels) - glasses
     return Organized(dir=out_dir, labelled=len(labels), glasses=glasses, no_glasses=no_glasses,
                      ratio=round(glasses / no_glasses, 4))

@@ -1,4 +1,5 @@
-"""The average ensemble of the kept models, shipped as one Keras model for raw images."""
+"""Ensembles of the kept models: members, the ways to combine them (average, majority vote,
+greedy selection), the comparison on validation, and the one shipped as a Keras model for raw images."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from glasses.files import temporary_file
+from glasses.config import EnsembleConfig
+from glasses.errors import SearchError
+from glasses.evaluate import accuracy, log_loss, metrics, score_split
+from glasses.files import temporary_file, write_text
+from glasses.inputs import subset_arrays
 from glasses.search import SearchSpec, trial_records
 from glasses.space import spec_from_values
 
@@ -24,6 +30,7 @@ class Candidate:
     values: dict
     checkpoint: Path
     image_size: int
+    cache_dir: Path  # the data it trained on
 
 
 def candidates(spec_paths: list[Path]) -> list[Candidate]:
@@ -33,7 +40,8 @@ def candidates(spec_paths: list[Path]) -> list[Candidate]:
         for record in trial_records(spec.project_dir):
             if record["status"] == "COMPLETED" and Path(record["checkpoint"]).is_file():
                 found.append(Candidate(record["trial_id"], float(record["score"]), record["values"],
-                                       Path(record["checkpoint"]), spec.image_size))
+                                       Path(record["checkpoint"]), spec.image_size,
+                                       spec.cache_dir))
     return sorted(found, key=lambda c: c.val_accuracy, reverse=True)
 
 
@@ -41,7 +49,7 @@ def select_members(found: list[Candidate], threshold: float, fallback: int) -> t
     """Members above the validation threshold; if fewer than `fallback` pass, the best `fallback`
     with a warning (an "ensemble" of the one model that happened to pass would be no ensemble)."""
     if not found:
-        raise ValueError("no completed trial with a checkpoint to build an ensemble from")
+        raise SearchError("no completed trial with a checkpoint to build an ensemble from; re-run to continue the search")
     passing = [c for c in found if c.val_accuracy >= threshold]
     if len(passing) >= min(fallback, len(found)):
         return passing, None
@@ -113,10 +121,6 @@ def save_model(model, path: Path) -> Path:
     return Path(path)
 
 
-def accuracy(probabilities: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
-    return float(np.mean((np.asarray(probabilities).reshape(-1) >= threshold) == np.asarray(labels).reshape(-1)))
-
-
 # ---------------------------------------------------------------------------------------------
 # Ways to combine members' predictions (rows: members, columns: images)
 
@@ -135,12 +139,6 @@ def majority_vote(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarr
     probabilities = np.asarray(probabilities)
     share = np.mean(probabilities >= threshold, axis=0)
     return np.clip(share + 1e-3 * (average(probabilities) - 0.5), 0.0, 1.0)
-
-
-def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    p = np.clip(np.asarray(probabilities, dtype=float).reshape(-1), 1e-7, 1 - 1e-7)
-    y = np.asarray(labels).reshape(-1)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def validation_score(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -173,3 +171,96 @@ def greedy_selection(probabilities: np.ndarray, labels: np.ndarray, init: int = 
         if score > best:
             best, best_weights = score, weights.copy()
     return best_weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing the ways to combine, and shipping the best on validation
+
+
+METHODS = ("average", "greedy", "majority")  # preference order on a validation tie
+
+
+def compare_methods(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Val and test accuracy of the best single member and each way to combine the members.
+
+    Args:
+        val, test: (member probabilities [members, images], labels) on each subset.
+    """
+    (pv, yv), (pt, yt) = val, test
+    best = max(range(len(pv)), key=lambda i: validation_score(pv[i], yv))
+    weights = greedy_selection(pv, yv)
+    combine = {"average": lambda p: average(p), "greedy": lambda p: average(p, weights),
+               "majority": majority_vote}
+    table = {"best_single": {"member": best, "val_accuracy": accuracy(pv[best], yv),
+                             "val_log_loss": log_loss(pv[best], yv), "test_accuracy": accuracy(pt[best], yt)}}
+    for name, fn in combine.items():
+        table[name] = {"val_accuracy": accuracy(fn(pv), yv), "test_accuracy": accuracy(fn(pt), yt),
+                       # a vote share is no probability: a log loss of it would mean nothing
+                       "val_log_loss": None if name == "majority" else log_loss(fn(pv), yv)}
+    table["greedy"]["weights"] = [int(w) for w in weights]
+    return {k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in row.items()} for k, row in table.items()}
+
+
+def choose_method(table: dict, method: str = "auto") -> str:
+    """The method to ship: the config's, or with 'auto' the best on validation (never test):
+    accuracy, then log loss, then the order of METHODS."""
+    if method != "auto":
+        return method
+    def loss(m: str) -> float:
+        value = table[m].get("val_log_loss")
+        return float("inf") if value is None else value
+
+    return max(METHODS, key=lambda m: (table[m]["val_accuracy"], -loss(m), -METHODS.index(m)))
+
+
+def _member_predictions(models: list, cache_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for subset in ("val", "test"):
+        x, y = subset_arrays(cache_dir, subset)
+        out[subset] = (np.stack([m.predict(x, verbose=0).reshape(-1) for m in models]), y)
+    return out
+
+
+def _shipped_model(models: list, size: int, method: str, table: dict):
+    if method == "majority":
+        return majority_ensemble(models, size)
+    weights = table["greedy"]["weights"] if method == "greedy" else None
+    kept = [(m, w) for m, w in zip(models, weights or [1] * len(models)) if w]
+    return average_ensemble([m for m, _ in kept], size, [w for _, w in kept])
+
+
+def ship_ensemble(spec_paths: list[Path], split_dir: Path, model_path: Path, settings: EnsembleConfig,
+                  predictions_csv: Path | None = None) -> dict:
+    """Builds, compares and ships the ensemble of the passing models; scores it on raw images.
+
+    The methods are compared on the cached val/test arrays; the one shipped is chosen on
+    validation only, saved, reloaded from disk and scored on the raw test image files, as a
+    user would run it. Its test predictions go to `predictions_csv` (path, label, probability).
+    """
+    import keras
+
+    members, warning = select_members(candidates(spec_paths), settings.threshold, settings.fallback)
+    size, cache_dir = members[0].image_size, members[0].cache_dir  # the data the members trained on
+    models = [load_member(c, name=f"member_{i}_trial_{c.trial_id}") for i, c in enumerate(members)]
+    predicted = _member_predictions(models, cache_dir)
+    table = compare_methods(predicted["val"], predicted["test"])
+    method = choose_method(table, settings.method)
+    save_model(_shipped_model(models, size, method, table), model_path)
+    shipped = keras.models.load_model(model_path)
+    shipped_val = accuracy(*score_split(shipped, split_dir, "val")[1:])
+    paths, probabilities, labels = score_split(shipped, split_dir, "test")
+    if predictions_csv:
+        write_text(predictions_csv, pd.DataFrame({"path": paths, "label": labels, "probability": probabilities})
+                   .to_csv(index=False))
+    evaluation = metrics(probabilities, labels)
+    best = table["best_single"]
+    return {
+        "ensemble": {"method": method, "members": len(members), "val_accuracy": round(shipped_val, 4),
+                     "test_accuracy": evaluation["accuracy"], "image_size": size,
+                     "trial_ids": [c.trial_id for c in members], "threshold": settings.threshold,
+                     "warning": warning, "path": str(model_path)},
+        "best_single": {"trial_id": members[best["member"]].trial_id, "val_accuracy": best["val_accuracy"],
+                        "test_accuracy": best["test_accuracy"]},
+        "ensembles": table,
+        "evaluation": evaluation,
+    }

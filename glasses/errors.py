@@ -13,5 +13,9 @@ class DatasetError(GlassesError):
     """Bad input data: a missing file, a bad column, row, id, label or image."""
 
 
+class SynthError(DatasetError):
+    """The synthetic dataset cannot be written where or how it was asked."""
+
+
 class SearchError(GlassesError):
     """A search that cannot start or could not finish all its trials."""

@@ -1,26 +1,27 @@
-"""Scoring: the ensemble methods compared, the shipped model on raw images, metrics, predict."""
+"""Scoring: accuracy, log loss and the test metrics, a model applied to image files (predict)."""
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from glasses.config import EnsembleConfig
-from glasses.dataset import CLASSES, IMAGE_EXTENSIONS, find_layout, image_path, read_labels, read_manifest
-from glasses.ensemble import (accuracy, average, average_ensemble, candidates, greedy_selection, load_member,
-                              log_loss, majority_ensemble, majority_vote, save_model, select_members,
-                              validation_score)
+from glasses.dataset import CLASSES, IMAGE_EXTENSIONS, find_layout, read_labels, read_manifest, require_image
 from glasses.errors import DatasetError
-from glasses.files import write_text
-from glasses.pipeline import read_rgb, subset_arrays
+from glasses.inputs import read_rgb
 
-log = logging.getLogger(__name__)
+def accuracy(probabilities: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
+    """The share of images whose P(glasses) >= threshold agrees with the label."""
+    return float(np.mean((np.asarray(probabilities).reshape(-1) >= threshold) == np.asarray(labels).reshape(-1)))
 
-METHODS = ("average", "greedy", "majority")  # preference order on a validation tie
+
+def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy of P(glasses) against the labels (clipped away from 0 and 1)."""
+    p = np.clip(np.asarray(probabilities, dtype=float).reshape(-1), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels).reshape(-1)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def metrics(probabilities, labels, threshold: float = 0.5) -> dict:
@@ -32,7 +33,7 @@ def metrics(probabilities, labels, threshold: float = 0.5) -> dict:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"n": int(len(y)), "accuracy": round((tp + tn) / len(y), 4), "precision": round(precision, 4),
+    return {"n": int(len(y)), "accuracy": round(accuracy(p, y, threshold), 4), "precision": round(precision, 4),
             "recall": round(recall, 4), "f1": round(f1, 4), "roc_auc": roc_auc(p, y),
             "confusion": [[tn, fp], [fn, tp]], "threshold": threshold}
 
@@ -45,39 +46,6 @@ def roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
     ranks = pd.Series(probabilities).rank(method="average").to_numpy()
     u = ranks[labels == 1].sum() - positives * (positives + 1) / 2
     return round(float(u / (positives * negatives)), 4)
-
-
-def compare_methods(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Val and test accuracy of the best single member and each way to combine the members.
-
-    Args:
-        val, test: (member probabilities [members, images], labels) on each subset.
-    """
-    (pv, yv), (pt, yt) = val, test
-    best = max(range(len(pv)), key=lambda i: validation_score(pv[i], yv))
-    weights = greedy_selection(pv, yv)
-    combine = {"average": lambda p: average(p), "greedy": lambda p: average(p, weights),
-               "majority": majority_vote}
-    table = {"best_single": {"member": best, "val_accuracy": accuracy(pv[best], yv),
-                             "val_log_loss": log_loss(pv[best], yv), "test_accuracy": accuracy(pt[best], yt)}}
-    for name, fn in combine.items():
-        table[name] = {"val_accuracy": accuracy(fn(pv), yv), "test_accuracy": accuracy(fn(pt), yt),
-                       # a vote share is no probability: a log loss of it would mean nothing
-                       "val_log_loss": None if name == "majority" else log_loss(fn(pv), yv)}
-    table["greedy"]["weights"] = [int(w) for w in weights]
-    return {k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in row.items()} for k, row in table.items()}
-
-
-def choose_method(table: dict, method: str = "auto") -> str:
-    """The method to ship: the config's, or with 'auto' the best on validation (never test):
-    accuracy, then log loss, then the order of METHODS."""
-    if method != "auto":
-        return method
-    def loss(m: str) -> float:
-        value = table[m].get("val_log_loss")
-        return float("inf") if value is None else value
-
-    return max(METHODS, key=lambda m: (table[m]["val_accuracy"], -loss(m), -METHODS.index(m)))
 
 
 def predict_arrays(model, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
@@ -98,60 +66,8 @@ def predict_images(model, paths: list[str], chunk: int = 256) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-def _member_predictions(models: list, cache_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    out = {}
-    for subset in ("val", "test"):
-        x, y = subset_arrays(cache_dir, subset)
-        out[subset] = (np.stack([m.predict(x, verbose=0).reshape(-1) for m in models]), y)
-    return out
-
-
-def _shipped_model(models: list, size: int, method: str, table: dict):
-    if method == "majority":
-        return majority_ensemble(models, size)
-    weights = table["greedy"]["weights"] if method == "greedy" else None
-    kept = [(m, w) for m, w in zip(models, weights or [1] * len(models)) if w]
-    return average_ensemble([m for m, _ in kept], size, [w for _, w in kept])
-
-
-def ship_ensemble(spec_paths: list[Path], cache_dir: Path, split_dir: Path, model_path: Path,
-                  settings: EnsembleConfig, predictions_csv: Path | None = None) -> dict:
-    """Builds, compares and ships the ensemble of the passing models; scores it on raw images.
-
-    The methods are compared on the cached val/test arrays; the one shipped is chosen on
-    validation only, saved, reloaded from disk and scored on the raw test image files, as a
-    user would run it. Its test predictions go to `predictions_csv` (path, label, probability).
-    """
-    import keras
-
-    members, warning = select_members(candidates(spec_paths), settings.threshold, settings.fallback)
-    size = members[0].image_size
-    models = [load_member(c, name=f"member_{i}_trial_{c.trial_id}") for i, c in enumerate(members)]
-    predicted = _member_predictions(models, cache_dir)
-    table = compare_methods(predicted["val"], predicted["test"])
-    method = choose_method(table, settings.method)
-    save_model(_shipped_model(models, size, method, table), model_path)
-    shipped = keras.models.load_model(model_path)
-    shipped_val = accuracy(*_score_split(shipped, split_dir, "val")[1:])
-    paths, probabilities, labels = _score_split(shipped, split_dir, "test")
-    if predictions_csv:
-        write_text(predictions_csv, pd.DataFrame({"path": paths, "label": labels, "probability": probabilities})
-                   .to_csv(index=False))
-    evaluation = metrics(probabilities, labels)
-    best = table["best_single"]
-    return {
-        "ensemble": {"method": method, "members": len(members), "val_accuracy": round(shipped_val, 4),
-                     "test_accuracy": evaluation["accuracy"], "image_size": size,
-                     "trial_ids": [c.trial_id for c in members], "threshold": settings.threshold,
-                     "warning": warning, "path": str(model_path)},
-        "best_single": {"trial_id": members[best["member"]].trial_id, "val_accuracy": best["val_accuracy"],
-                        "test_accuracy": best["test_accuracy"]},
-        "ensembles": table,
-        "evaluation": evaluation,
-    }
-
-
-def _score_split(model, split_dir: Path, subset: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def score_split(model, split_dir: Path, subset: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Image paths, P(glasses) and labels of one subset of a split, read from the image files."""
     paths, labels = read_manifest(split_dir, subset)
     return paths, predict_images(model, paths), np.asarray(labels)
 
@@ -197,10 +113,5 @@ def labelled_images(data_dir: Path) -> list[tuple[Path, int]]:
         raise DatasetError(f"{data_dir}: neither train.csv (Kaggle layout) nor glasses/ and no_glasses/ folders")
     layout = find_layout(data_dir)
     labels = read_labels(layout.csv)
-    pairs = []
-    for image_id, label, row in zip(labels["id"], labels["glasses"], labels["row"]):
-        path = image_path(layout.image_dir, image_id)
-        if path is None:
-            raise DatasetError(f"{layout.csv} row {row}: no image for id {image_id} in {layout.image_dir}")
-        pairs.append((path, int(label)))
-    return pairs
+    return [(require_image(layout, image_id, row), int(label))
+            for image_id, label, row in zip(labels["id"], labels["glasses"], labels["row"])]

@@ -1,4 +1,5 @@
-"""Figures for the report: augmentation samples, misclassified images, the confusion matrix.
+"""Figures as PNG files: the stage plots, augmentation samples, misclassified images, the
+confusion matrix (matplotlib's Agg backend: no display needed).
 
 Each function writes one PNG atomically (a temporary name beside it, then a rename) and
 returns its path, so a reader never sees half a figure.
@@ -11,11 +12,80 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from glasses.dataset import CLASSES
 from glasses.files import temporary_file
-from glasses.plots import _pyplot, save_figure
 
-CLASSES = ("no glasses", "glasses")
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Saves `fig` as PNG under a temporary name beside `path`, renames it into place, closes it."""
+    try:
+        with temporary_file(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        _pyplot().close(fig)
+    return Path(path)
+
+
+def plot_by(table: pd.DataFrame, column: str, path: Path, title: str) -> Path:
+    """Val accuracy of each trial (dots) and the mean (bar) per value of `column`."""
+    plt = _pyplot()
+    done = table[table["status"] == "COMPLETED"]
+    groups = sorted(done[column].unique(), key=lambda v: (str(type(v)), v))
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+    means = [done.loc[done[column] == g, "val_accuracy"].mean() for g in groups]
+    positions = range(len(groups))
+    ax.bar(positions, means, color="#9ecae1", label="mean")
+    for pos, group in zip(positions, groups):
+        values = done.loc[done[column] == group, "val_accuracy"]
+        ax.scatter([pos] * len(values), values, color="#08519c", s=14, zorder=3)
+        ax.annotate(f"{means[pos]:.3f}", (pos, means[pos]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(positions), [str(g) for g in groups])
+    ax.set_xlabel(column)
+    ax.set_ylabel("val accuracy")
+    lowest = min(done["val_accuracy"].min(), min(means)) if len(done) else 0
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_ranked(table: pd.DataFrame, kept: list[str], threshold: float, path: Path, title: str) -> Path:
+    """Val accuracy of every completed trial, best first: the kept ones dark, and the ensemble
+    threshold as a dashed line, so one sees which kept models can join the ensemble."""
+    plt = _pyplot()
+    done = table[table["status"] == "COMPLETED"].sort_values("val_accuracy", ascending=False)
+    fig, ax = plt.subplots(figsize=(max(5, 0.32 * len(done) + 1.5), 3.5), dpi=110)
+    colours = ["#08519c" if t in kept else "#c6dbef" for t in done["trial_id"]]
+    ax.bar(range(len(done)), done["val_accuracy"], color=colours)
+    line = ax.axhline(threshold, color="#cb181d", linestyle="--", linewidth=1.2, zorder=3)
+    from matplotlib.patches import Patch
+
+    ax.legend([line, Patch(color="#08519c"), Patch(color="#c6dbef")],
+              [f"ensemble threshold {threshold:g}", f"kept ({len(kept)})", "pruned"], fontsize=8, loc="upper right")
+    ax.set_xticks(range(len(done)), done["trial_id"].astype(str), rotation=90, fontsize=7)
+    ax.set_xlabel("trial, best first")
+    ax.set_ylabel("val accuracy")
+    lowest = min([threshold, *done["val_accuracy"].tolist()]) if len(done) else 0
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _label(label: int) -> str:
+    """A class name for people: 'no glasses' or 'glasses'."""
+    return CLASSES[int(label)].replace("_", " ")
 
 
 def _tiles(count: int, columns: int, tile: tuple[float, float]):
@@ -37,7 +107,7 @@ def augmented_images(image: np.ndarray, size: int, samples: int, seed: int) -> n
         An array of shape (samples + 1, size, size, 3): the original first.
     """
     from glasses.model import augmentation
-    from glasses.pipeline import resize
+    from glasses.inputs import resize
 
     original = np.asarray(resize(image[None], size), dtype=np.float32)
     # A fresh, seeded Sequential each call: its seed generators start from the same state,
@@ -52,16 +122,16 @@ def augmentation_grid(image_path: Path, out: Path, size: int = 96, samples: int 
     """The image and `samples` outputs of the report's augmentation (training=True), in a grid.
 
     Args:
-        image_path: any PNG/JPEG the pipeline reads.
+        image_path: any PNG/JPEG the input pipeline reads.
         out: the PNG to write.
-        size: the side the image is resized to (nearest), as the pipeline does.
+        size: the side the image is resized to (nearest), as the input pipeline does.
         samples: how many augmented versions to show.
         seed: seeds the augmentation layers, so the figure is the same for the same seed.
 
     Returns:
         `out`.
     """
-    from glasses.pipeline import read_rgb
+    from glasses.inputs import read_rgb
 
     images = augmented_images(read_rgb(image_path), size, samples, seed)
     fig, axes = _tiles(len(images), math.ceil(math.sqrt(len(images))), (1.8, 1.95))
@@ -109,7 +179,7 @@ def misclassified_gallery(paths: list[str], labels: list[int], probabilities: li
     Returns:
         `out`.
     """
-    from glasses.pipeline import read_rgb
+    from glasses.inputs import read_rgb
 
     if len(paths) != len(labels):
         raise ValueError(f"{len(paths)} paths but {len(labels)} labels: pass one label per image")
@@ -120,7 +190,7 @@ def misclassified_gallery(paths: list[str], labels: list[int], probabilities: li
     fig, axes = _tiles(len(shown), columns, (1.9, 2.5))
     for ax, i in zip(axes, shown):
         ax.imshow(read_rgb(paths[i]), interpolation="nearest")
-        ax.set_title(f"true: {CLASSES[int(labels[i])]}\npred: {CLASSES[1 - int(labels[i])]}\n"
+        ax.set_title(f"true: {_label(labels[i])}\npred: {_label(1 - int(labels[i]))}\n"
                      f"p={probabilities[i]:.2f}", fontsize=8)
     fig.suptitle(f"{len(wrong)} of {len(labels)} misclassified (threshold {threshold:g})"
                  + (f", {len(shown)} most confident shown" if len(shown) < len(wrong) else ""),
@@ -128,17 +198,18 @@ def misclassified_gallery(paths: list[str], labels: list[int], probabilities: li
     return save_figure(fig, out)
 
 
-def confusion_figure(matrix: list[list[int]], out: Path, classes: Sequence[str] = CLASSES) -> Path:
+def confusion_figure(matrix: list[list[int]], out: Path, classes: Sequence[str] | None = None) -> Path:
     """A confusion-matrix heatmap with the count in each cell: rows true, columns predicted.
 
     Args:
         matrix: counts, `matrix[true][predicted]`, one row and column per class.
         out: the PNG to write.
-        classes: the class names, in label order.
+        classes: the class names, in label order (default: glasses' two classes).
 
     Returns:
         `out`.
     """
+    classes = classes or [_label(label) for label in range(len(CLASSES))]
     counts = np.asarray(matrix, dtype=int)
     if counts.shape != (len(classes), len(classes)):
         raise ValueError(f"confusion matrix of shape {counts.shape} for {len(classes)} classes: "
@@ -162,13 +233,23 @@ def confusion_figure(matrix: list[list[int]], out: Path, classes: Sequence[str] 
     return save_figure(fig, out)
 
 
-def render_figures(figures_dir: Path, predictions_csv: Path, confusion: list[list[int]],
-                   stage_plots: dict[str, list[str]], image_size: int, seed: int = 1337) -> dict[str, str]:
+def render_figures(figures_dir: Path, predictions_csv: Path, shipped: dict, stages: list[dict],
+                   seed: int = 1337) -> dict[str, str]:
     """Every figure of a run under `figures_dir`: augmentation samples, the misclassified test
-    images, the confusion matrix, and a copy of each stage plot. Returns name -> path."""
-    import pandas as pd
+    images, the confusion matrix, and a copy of each stage plot.
 
-    figures_dir = Path(figures_dir)
+    Args:
+        figures_dir: Where the PNGs go.
+        predictions_csv: The shipped model's test predictions (path, label, probability).
+        shipped: What `glasses.ensemble.ship_ensemble` returned (its confusion matrix and size).
+        stages: The stage summaries (`glasses.stages.finish_stage`), for their plots.
+        seed: Seeds the augmentation samples.
+
+    Returns:
+        Figure name -> path.
+    """
+    figures_dir, image_size = Path(figures_dir), shipped["ensemble"]["image_size"]
+    confusion = shipped["evaluation"]["confusion"]
     predictions = pd.read_csv(predictions_csv)
     made = {
         "augmentation": augmentation_grid(Path(predictions["path"].iloc[0]), figures_dir / "augmentation.png",
@@ -178,9 +259,9 @@ def render_figures(figures_dir: Path, predictions_csv: Path, confusion: list[lis
                                                figures_dir / "misclassified.png"),
         "confusion": confusion_figure(confusion, figures_dir / "confusion.png"),
     }
-    for stage, plots in stage_plots.items():
-        for plot in map(Path, plots):
-            target = figures_dir / f"{stage}_{plot.name}"
+    for stage in stages:
+        for plot in map(Path, stage["plots"]):
+            target = figures_dir / f"{stage['stage']}_{plot.name}"
             with temporary_file(target) as tmp:
                 tmp.write_bytes(plot.read_bytes())
             made[target.stem] = target

@@ -62,10 +62,12 @@ def read_json(path: Path) -> Any:
 
 
 @contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
+def atomic_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     """Yields a temporary directory that becomes `path` only if the block succeeds.
 
-    An existing `path` is replaced. On failure the temporary directory is removed.
+    An existing `path` is replaced; with `replace=False` it must be an empty directory, and
+    anything else is left as it is and makes the move raise OSError (another writer's output,
+    say). On failure the temporary directory is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +75,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's are owner-only
-        if path.exists():
+        if path.exists() and replace:
             shutil.rmtree(path)
+        elif path.exists():
+            path.rmdir()  # only an empty directory goes; anything else is kept and raises here
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from glasses.dataset import CLASSES, LATENT_COLUMNS, assign_subsets, read_header, read_labels
+from glasses.dataset import (CLASSES, LATENT_COLUMNS, ROW_COLUMN, assign_subsets, face_file_name,
+                             has_latent_columns, read_columns, read_labels)
 from glasses.errors import DatasetError
+from glasses.evaluate import accuracy
 
 log = logging.getLogger(__name__)
-
-_LATENT_SET = frozenset(LATENT_COLUMNS)
-
 
 @dataclass(frozen=True)
 class LatentResult:
@@ -57,11 +56,6 @@ class LatentResult:
         return asdict(self)
 
 
-def has_latent_columns(csv: Path) -> bool:
-    """Whether the CSV's header names every one of v1..v512."""
-    return _LATENT_SET <= set(read_header(Path(csv)))
-
-
 def read_latents(csv: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """Reads and validates the latents and labels of a labels CSV with Dask.
 
@@ -85,31 +79,23 @@ def _read_table(csv: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if not has_latent_columns(csv):
         return None
     labels = read_labels(csv)
-    frame = _read_latent_strings(csv)
+    # strings first, so that a bad cell can be reported by row and column instead of a parse error
+    frame = read_columns(csv, LATENT_COLUMNS)
     if len(frame) != len(labels):  # both reads parse the same file; this only guards a change under us
         raise DatasetError(f"{csv}: changed while being read ({len(labels)} then {len(frame)} rows); retry")
-    latents = _parse_latents(csv, frame, labels["row"].to_numpy())
-    return labels["id"].to_numpy(), latents, labels["glasses"].to_numpy()
+    return labels["id"].to_numpy(), _parse_latents(csv, frame), labels["glasses"].to_numpy()
 
 
-def _read_latent_strings(csv: Path) -> pd.DataFrame:
-    import dask.dataframe as dd  # heavy; only needed here
-
-    # strings first, so that a bad cell can be reported by row and column instead of a parse error
-    frame = dd.read_csv(csv, usecols=lambda name: name.strip() in _LATENT_SET, dtype=str,
-                        keep_default_na=False, encoding="utf-8-sig").compute()
-    frame = frame.rename(columns=str.strip).reset_index(drop=True)
-    return frame[list(LATENT_COLUMNS)]
-
-
-def _parse_latents(csv: Path, frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    values = frame.apply(lambda column: pd.to_numeric(column.str.strip(), errors="coerce"))
+def _parse_latents(csv: Path, frame: pd.DataFrame) -> np.ndarray:
+    """The latents of `read_columns(csv, LATENT_COLUMNS)` as float32, or a DatasetError naming the bad cell."""
+    cells = frame[list(LATENT_COLUMNS)]
+    values = cells.apply(lambda column: pd.to_numeric(column.str.strip(), errors="coerce"))
     values = values.to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
         index, column = np.argwhere(bad)[0]
-        raise DatasetError(f"{csv} row {rows[index]}, column {LATENT_COLUMNS[column]}: latent value "
-                           f"{frame.iat[index, column]!r} is not a finite number; fix or remove the row")
+        raise DatasetError(f"{csv} row {frame[ROW_COLUMN].iat[index]}, column {LATENT_COLUMNS[column]}: latent value "
+                           f"{cells.iat[index, column]!r} is not a finite number; fix or remove the row")
     return values.astype(np.float32)
 
 
@@ -125,7 +111,7 @@ def split_subsets(ids: np.ndarray, labels: np.ndarray, fractions: tuple[float, f
     subsets = np.empty(len(ids), dtype=int)
     for label in range(len(CLASSES)):
         members = np.flatnonzero(labels == label)
-        order = sorted(members, key=lambda i: f"face-{ids[i]}.png")
+        order = sorted(members, key=lambda i: face_file_name(ids[i]))
         subsets[order] = assign_subsets(len(order), fractions, seed)
     return subsets
 
@@ -144,11 +130,9 @@ def build_latent_model(inputs: int = len(LATENT_COLUMNS)):
     return model
 
 
-def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float | None:
-    if len(y) == 0:
-        return None
-    predicted = (model.predict(x, verbose=0).reshape(-1) > 0.5).astype(int)
-    return float((predicted == y).mean())
+def _score(model, x: np.ndarray, y: np.ndarray) -> float | None:
+    """The model's accuracy on (x, y), or None for an empty subset."""
+    return accuracy(model.predict(x, verbose=0), y) if len(y) else None
 
 
 def _skip(csv: Path, started: float) -> LatentResult:
@@ -194,7 +178,7 @@ def latent_baseline(csv: Path, fractions: tuple[float, float, float] = (0.8, 0.1
     parts = [(x[subsets == s], y[subsets == s]) for s in range(3)]
     model = _fit(parts, seed, epochs, batch_size)
     return LatentResult(skipped=False, reason=None, train=len(parts[0][1]), val=len(parts[1][1]),
-                        test=len(parts[2][1]), val_accuracy=_accuracy(model, *parts[1]),
-                        test_accuracy=_accuracy(model, *parts[2]), epochs=epochs,
+                        test=len(parts[2][1]), val_accuracy=_score(model, *parts[1]),
+                        test_accuracy=_score(model, *parts[2]), epochs=epochs,
                         seconds=round(time.perf_counter() - started, 3))
 

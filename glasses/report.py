@@ -27,9 +27,22 @@ class Stopwatch:
         return {**self.laps, "total": round(time.monotonic() - self.started, 2)}
 
 
-def write_summary(config: Config, parts: dict) -> Path:
-    """Writes `<work-dir>/summary.json`: the parts of the run plus the config that made it."""
-    summary = {**parts, "preset": config.preset, "config": config.model_dump(mode="json")}
+def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[dict], shipped: dict,
+                  figures: dict, latent: dict, durations: dict) -> Path:
+    """Writes `<work-dir>/summary.json`: the parts of the run plus the config that made it.
+
+    Args:
+        dataset, split: What organize and split found.
+        stages: The stage summaries, in order.
+        shipped: What `glasses.ensemble.ship_ensemble` returned.
+        figures: Figure name -> path.
+        latent: The latent baseline's result.
+        durations: Seconds per step of the run.
+    """
+    summary = {"dataset": dataset, "split": split, "workers": config.search.workers,
+               "stages": {stage["stage"]: stage for stage in stages}, **shipped, "figures": figures,
+               "latent": latent, "durations_s": durations, "preset": config.preset,
+               "config": config.model_dump(mode="json")}
     return write_json(WorkDir(config.work_dir).summary, summary)
 
 

@@ -13,44 +13,43 @@ so a re-run with the same config continues (or reuses) it and a changed config s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from glasses.config import Config, fingerprint
+from glasses.config import SearchConfig, StageConfig, fingerprint
+from glasses.errors import SearchError
+from glasses.figures import plot_by, plot_ranked
 from glasses.files import read_json, write_json, write_text
-from glasses.plots import plot_by, plot_ranked
-from glasses.search import SearchSpec, chief_down_marker, free_port, keep_best, trials_table
-from glasses.workdir import WorkDir
-
-STAGES = ("stage1", "stage2", "stage3")
+from glasses.search import SearchSpec, free_port, keep_best, trials_table
 
 
-def plan_search(config: Config, stage: str, image_size: int, fixed: dict[str, Any],
-                cache_dir: Path) -> Path:
-    """Writes the spec of one search (a free port picked now) and returns its path."""
-    stage_config = getattr(config.search, stage)
+def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
+                chosen: dict[str, Any], cache_dir: Path) -> Path:
+    """Writes the spec of one search (a free port picked now) and returns its path.
+
+    Args:
+        stage_dir: The stage's folder; the search goes into `kt-<key>/` below it.
+        stage: The stage's config (budget, fixed hyperparameters).
+        search: The roles' settings (workers, oracle address, timeouts, seed).
+        image_size: The size the search trains at.
+        chosen: Earlier stages' choices; the stage's own `fixed` wins over them.
+        cache_dir: The tf.data cache at `image_size`.
+    """
+    fixed = {**chosen, **stage.fixed}
     split_key = read_json(Path(cache_dir) / "cache.json")["key"]
-    key = fingerprint({"stage": stage_config.model_dump(mode="json"), "size": image_size, "fixed": fixed,
-                       "seed": config.search.seed, "split": split_key})
-    directory = WorkDir(config.work_dir).stage(stage) / f"kt-{key}"
+    key = fingerprint({"stage": stage.model_dump(mode="json"), "size": image_size, "fixed": fixed,
+                       "seed": search.seed, "split": split_key})
+    directory = (Path(stage_dir) / f"kt-{key}").resolve()
     spec = SearchSpec(
-        directory=directory.resolve(), project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(),
-        image_size=image_size, batch_size=stage_config.batch_size, max_trials=stage_config.max_trials,
-        epochs=stage_config.epochs, patience=stage_config.patience,
-        warmup_epochs=stage_config.warmup_epochs, fixed=fixed, seed=config.search.seed,
-        host=config.search.oracle_host,
-        port=config.search.oracle_port or free_port(config.search.oracle_host),
-        workers=config.search.workers, worker_timeout_s=config.search.worker_timeout_s,
-        chief_timeout_s=config.search.chief_timeout_s, gpus_per_worker=config.search.gpus_per_worker)
-    chief_down_marker(spec).unlink(missing_ok=True)  # a new attempt: an old chief's failure is past
+        directory=directory, project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(),
+        image_size=image_size, stage=stage, fixed=fixed, seed=search.seed, host=search.oracle_host,
+        port=search.oracle_port or free_port(search.oracle_host), workers=search.workers,
+        worker_timeout_s=search.worker_timeout_s, chief_timeout_s=search.chief_timeout_s,
+        gpus_per_worker=search.gpus_per_worker)
     return spec.save(directory / f"size{image_size}.json")
-
-
-def stage_fixed(config: Config, stage: str, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The hyperparameters a stage holds fixed: the earlier stage's choice, then the config's."""
-    return {**(chosen or {}), **getattr(config.search, stage).fixed}
 
 
 def smallest_within(table: pd.DataFrame, column: str, tolerance: float) -> Any:
@@ -69,19 +68,22 @@ def best_mean(table: pd.DataFrame, column: str) -> Any:
 def _means(table: pd.DataFrame, column: str) -> pd.Series:
     done = table[(table["status"] == "COMPLETED") & table["val_accuracy"].notna()]
     if done.empty:
-        raise ValueError(f"no completed trial to choose {column} from")
+        raise SearchError(f"no completed trial to choose {column} from: every trial failed; "
+                          "see the workers' logs and trials.csv")
     return done.groupby(column)["val_accuracy"].mean()
 
 
-def choose(config: Config, stage: str, table: pd.DataFrame) -> dict[str, Any]:
-    """The stage's winner: the image size (stage1) or conv_layers and optimizer (stage2)."""
-    if stage == "stage1":
-        return {"image_size": int(smallest_within(table, "image_size", config.search.size_tolerance))}
-    if stage == "stage2":
-        layers = int(smallest_within(table, "conv_layers", config.search.layers_tolerance))
-        return {"conv_layers": layers, "optimizer": str(best_mean(_compared_at(table, "conv_layers", layers),
-                                                                  "optimizer"))}
-    return {}
+def choose_image_size(table: pd.DataFrame, size_tolerance: float) -> dict[str, Any]:
+    """Stage 1's winner: the smallest image size within `size_tolerance` of the best."""
+    return {"image_size": int(smallest_within(table, "image_size", size_tolerance))}
+
+
+def choose_depth_and_optimizer(table: pd.DataFrame, layers_tolerance: float) -> dict[str, Any]:
+    """Stage 2's winner: the fewest conv layers within `layers_tolerance` of the best, and the
+    optimizer with the best mean at that depth."""
+    layers = int(smallest_within(table, "conv_layers", layers_tolerance))
+    return {"conv_layers": layers, "optimizer": str(best_mean(_compared_at(table, "conv_layers", layers),
+                                                              "optimizer"))}
 
 
 def _compared_at(table: pd.DataFrame, column: str, value: Any) -> pd.DataFrame:
@@ -94,33 +96,52 @@ def _compared_at(table: pd.DataFrame, column: str, value: Any) -> pd.DataFrame:
     return at if at["optimizer"].nunique() == table["optimizer"].nunique() else table
 
 
-PLOTS = {"stage1": ["image_size"], "stage2": ["conv_layers", "optimizer"], "stage3": []}
+def finish_stage1(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, size_tolerance: float) -> dict:
+    """Stage 1's table, plot and choice of image size (see `finish_stage`)."""
+    return finish_stage(spec_paths, stage, stage_dir, ["image_size"],
+                        lambda table: choose_image_size(table, size_tolerance))
 
 
-def finish_stage(config: Config, stage: str, spec_paths: list[Path]) -> dict[str, Any]:
-    """Writes the stage's trials.csv, plots and stage.json; prunes stage 3 to its best K.
+def finish_stage2(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, layers_tolerance: float) -> dict:
+    """Stage 2's table, plots and choice of conv_layers and optimizer (see `finish_stage`)."""
+    return finish_stage(spec_paths, stage, stage_dir, ["conv_layers", "optimizer"],
+                        lambda table: choose_depth_and_optimizer(table, layers_tolerance))
 
-    Returns the stage summary: trials, chosen values, mean val accuracy per group, workers,
-    plots, and (stage 3) the kept trials.
+
+def finish_stage3(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, threshold: float) -> dict:
+    """Stage 3's table and the plot of every trial against the ensemble `threshold` (see `finish_stage`)."""
+    return finish_stage(spec_paths, stage, stage_dir, [], lambda table: {}, threshold=threshold)
+
+
+def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, compared: list[str],
+                 choose: Callable[[pd.DataFrame], dict[str, Any]], threshold: float | None = None) -> dict:
+    """Writes the stage's trials.csv, plots and stage.json; prunes to the stage's best `keep`.
+
+    Args:
+        compared: The columns whose mean val accuracy is plotted and reported per value.
+        choose: The stage's rule, from its trials table to its chosen values.
+        threshold: The ensemble threshold drawn on the plot of the kept trials.
+
+    Returns:
+        The stage summary: stage, trials, chosen values, mean val accuracy per value, workers,
+        table, plots, and the kept trials (None when the stage keeps every checkpoint).
     """
     specs = [SearchSpec.load(p) for p in spec_paths]
-    keep = getattr(config.search, stage).keep
-    kept = [t for s in specs for t in keep_best(s, keep)] if keep else None
+    kept = [t for s in specs for t in keep_best(s, stage.keep)] if stage.keep else None
     table = pd.concat([trials_table(s) for s in specs], ignore_index=True)
-    out = WorkDir(config.work_dir).stage(stage)
-    write_text(out / "trials.csv", table.drop(columns=["checkpoint"]).to_csv(index=False))
+    out, name = Path(stage_dir), Path(stage_dir).name
+    table_path = write_text(out / "trials.csv", table.drop(columns=["checkpoint"]).to_csv(index=False))
     plots = [str(plot_by(table, column, out / f"val_accuracy_by_{column}.png",
-                         f"{stage}: val accuracy by {column}")) for column in PLOTS[stage]]
+                         f"{name}: val accuracy by {column}")) for column in compared]
     if kept is not None:
-        plots.append(str(plot_ranked(table, kept, config.ensemble.threshold, out / "val_accuracy_by_rank.png",
-                                     f"{stage}: every trial, the {len(kept)} kept")))
-    summary = {"trials": len(table), "completed": int((table["status"] == "COMPLETED").sum()),
-               "failed": int((table["status"] == "FAILED").sum()),
-               "chosen": choose(config, stage, table),
-               "means": {c: {str(k): round(v, 4) for k, v in _means(table, c).items()} for c in PLOTS[stage]},
+        plots.append(str(plot_ranked(table, kept, threshold or 0.0, out / "val_accuracy_by_rank.png",
+                                     f"{name}: every trial, the {len(kept)} kept")))
+    summary = {"stage": name, "trials": len(table), "completed": int((table["status"] == "COMPLETED").sum()),
+               "failed": int((table["status"] == "FAILED").sum()), "chosen": choose(table),
+               "means": {c: {str(k): round(v, 4) for k, v in _means(table, c).items()} for c in compared},
                "workers": sorted(table["worker"].dropna().unique().tolist()),
                "trials_by_worker": {str(k): int(v) for k, v in table["worker"].value_counts().items()},
-               "best_val_accuracy": float(table["val_accuracy"].max()),
+               "best_val_accuracy": float(table["val_accuracy"].max()), "table": str(table_path),
                "specs": [str(p) for p in spec_paths], "plots": plots, "kept": kept}
     write_json(out / "stage.json", summary)
     return summary

@@ -14,7 +14,8 @@ best on validation; here stage 1 of `quick` measured 0.75-0.82 per size (32-64 p
 best model of stage 3 0.83-0.90, so single models stay below the label-noise ceiling and an
 ensemble has errors to fix.
 
-The output has exactly the layout of a Kaggle download, so one code path serves both:
+The output has exactly the layout of a Kaggle download, as `glasses.dataset` defines it, so one
+code path serves both:
 
     <out>/train.csv   id,v1..v512,glasses
     <out>/test.csv    id,v1..v512
@@ -30,8 +31,6 @@ import colorsys
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,12 +40,14 @@ from statistics import NormalDist
 import numpy as np
 from PIL import Image, ImageDraw
 
-from glasses.errors import DatasetError
+from glasses.config import DataConfig
+from glasses.dataset import (ID_COLUMN, IMAGE_SUBDIR, LABEL_COLUMN, LATENT_COLUMNS, LATENT_DIM,
+                             face_file_name)
+from glasses.errors import SynthError
+from glasses.files import atomic_dir
 
-LATENT_DIM = 512
 GLASSES_FRACTION = 1.74 / 2.74  # the real data's 1.74 'glasses' per 'no glasses'
 MISLABEL_RATE = 0.04
-IMAGE_SUBDIR = Path("faces-spring-2020") / "faces-spring-2020"
 MANIFEST = "synth.json"
 LABEL_MARGIN = 2.0  # latents keep this distance (in std units) from the label boundary
 FORMAT_VERSION = 3  # bump when the drawing changes, so old outputs are not mistaken for new
@@ -59,10 +60,6 @@ FAINT_OPACITY = (0.12, 0.5)
 RING_FRACTION = 0.25  # of all faces: dark rings around the eyes, with or without glasses
 MAX_NOISE = 14.0  # grey levels; each image draws its sensor noise std from 0..MAX_NOISE
 _CHUNK = 32
-
-
-class SynthError(DatasetError, ValueError):
-    """The synthetic dataset cannot be written where or how it was asked."""
 
 
 @dataclass(frozen=True)
@@ -638,14 +635,9 @@ def render_face(z: np.ndarray, glasses: bool, resolution: int) -> Image.Image:
 # --------------------------------------------------------------------------- writing
 
 
-def image_path(root: Path, image_id: int) -> Path:
-    """Where the image of `image_id` lies under a dataset root."""
-    return Path(root) / IMAGE_SUBDIR / f"face-{image_id}.png"
-
-
 def _render_chunk(root: Path, ids: np.ndarray, latents: np.ndarray, drawn: np.ndarray, resolution: int) -> int:
     for image_id, z, glasses in zip(ids.tolist(), latents, drawn.tolist()):
-        render_face(z, glasses, resolution).save(image_path(root, image_id), format="PNG")
+        render_face(z, glasses, resolution).save(root / IMAGE_SUBDIR / face_file_name(image_id), format="PNG")
     return len(ids)
 
 
@@ -667,7 +659,7 @@ def _render_all(root: Path, p: SynthPlan, resolution: int, workers: int) -> None
 
 
 def _write_csv(path: Path, ids: np.ndarray, latents: np.ndarray, labels: np.ndarray | None) -> None:
-    header = ["id"] + [f"v{k}" for k in range(1, LATENT_DIM + 1)] + ([] if labels is None else ["glasses"])
+    header = [ID_COLUMN, *LATENT_COLUMNS] + ([] if labels is None else [LABEL_COLUMN])
     lines = [",".join(header)]
     for row, image_id in enumerate(ids.tolist()):
         fields = [str(image_id)] + [f"{v:.6g}" for v in latents[row].tolist()]
@@ -697,7 +689,7 @@ def _complete_manifest(out_dir: Path, parameters: dict) -> dict | None:
         return None
     count = manifest.get("train", 0) + manifest.get("test", 0)
     files = [out_dir / "train.csv", out_dir / "test.csv"]
-    files += [image_path(out_dir, i) for i in range(1, count + 1)]
+    files += [out_dir / IMAGE_SUBDIR / face_file_name(i) for i in range(1, count + 1)]
     return manifest if count and all(f.is_file() for f in files) else None
 
 
@@ -718,15 +710,6 @@ def _check_target(out_dir: Path, parameters: dict) -> dict | None:
             f"{out_dir} is not empty and is not a complete synthetic dataset with {parameters}; "
             "pass a new or empty directory, or remove it")
     return manifest
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    try:
-        if out_dir.is_dir():
-            out_dir.rmdir()  # only an empty directory can be here: _check_target refused the rest
-        os.replace(tmp, out_dir)
-    except OSError as error:
-        raise SynthError(f"could not move the synthetic dataset into {out_dir}: {error}") from error
 
 
 def synthesize(out_dir: Path, n: int = 1500, resolution: int = 128, seed: int = 1337,
@@ -755,20 +738,19 @@ def synthesize(out_dir: Path, n: int = 1500, resolution: int = 128, seed: int = 
     existing = _check_target(out_dir, parameters)
     if existing is not None:
         return _result(out_dir, existing, started)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".synth-tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not
+    manifest = None
     try:
-        manifest = _write_dataset(tmp, n, resolution, seed, workers or os.cpu_count() or 1)
-        _move_into_place(tmp, out_dir)
-    except SynthError:
+        # replace=False: only an empty directory may be replaced; _check_target refused the rest
+        with atomic_dir(out_dir, replace=False) as tmp:
+            manifest = _write_dataset(tmp, n, resolution, seed, workers or os.cpu_count() or 1)
+    except OSError as error:
+        if manifest is None:  # the writing failed, not the move
+            raise
         # Lost a race with another writer of the same dataset: theirs is as good as ours.
         done = _complete_manifest(out_dir, parameters)
         if done is None:
-            raise
+            raise SynthError(f"could not move the synthetic dataset into {out_dir}: {error}") from error
         return _result(out_dir, done, started)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return _result(out_dir, manifest, started)
 
 
@@ -781,3 +763,11 @@ def _write_dataset(root: Path, n: int, resolution: int, seed: int, workers: int)
     # Written last: its presence (with every listed file) is what marks the output complete.
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def source_dir(data: DataConfig, builtin_dir: Path) -> Path:
+    """The dataset a run reads: `data.data_dir`, or else the built-in dataset written (once)
+    into `builtin_dir` with `data.synth_n` images at `data.synth_resolution` px."""
+    if data.data_dir is not None:
+        return Path(data.data_dir)
+    return synthesize(builtin_dir, n=data.synth_n, resolution=data.synth_resolution, seed=data.seed).out_dir

@@ -8,7 +8,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from glasses import dataset, evaluate, figures, latent, report, search
+from glasses import ensemble as ensembles
+from glasses import dataset, figures, latent, report
 from glasses.config import Config
 from glasses.workdir import WorkDir
 
@@ -17,32 +18,29 @@ from glasses.workdir import WorkDir
 def ensemble(config: Config, spec_paths: list[str], split_dir: str) -> dict:
     """Ensembles of the kept models above the threshold compared, the best on val shipped and scored."""
     work = WorkDir(config.work_dir)
-    cache_dir = search.SearchSpec.load(Path(spec_paths[0])).cache_dir  # the data the members trained on
-    result = evaluate.ship_ensemble([Path(p) for p in spec_paths], cache_dir, Path(split_dir),
-                                    work.model, config.ensemble, predictions_csv=work.predictions)
-    logger = get_run_logger()
-    if result["ensemble"]["warning"]:
-        logger.warning(result["ensemble"]["warning"])
-    shipped = result["ensemble"]
+    result = ensembles.ship_ensemble([Path(p) for p in spec_paths], Path(split_dir), work.model,
+                                     config.ensemble, predictions_csv=work.predictions)
+    logger, shipped, best = get_run_logger(), result["ensemble"], result["best_single"]
+    if shipped["warning"]:
+        logger.warning(shipped["warning"])
     logger.info("%s ensemble of %d: val %.4f, test %.4f (best single: val %.4f, test %.4f)",
                 shipped["method"], shipped["members"], shipped["val_accuracy"], shipped["test_accuracy"],
-                result["best_single"]["val_accuracy"], result["best_single"]["test_accuracy"])
+                best["val_accuracy"], best["test_accuracy"])
     return result
 
 
 @task(name="figures", cache_policy=NONE, retries=1)
-def draw_figures(config: Config, confusion: list[list[int]], stage_plots: dict[str, list[str]],
-                 image_size: int) -> dict[str, str]:
+def draw_figures(config: Config, shipped: dict, stages: list[dict]) -> dict[str, str]:
     """Augmentation samples, misclassified test images, confusion matrix, stage plots (PNG)."""
     work = WorkDir(config.work_dir)
-    return figures.render_figures(work.figures, work.predictions, confusion, stage_plots, image_size,
-                                  seed=config.search.seed)
+    return figures.render_figures(work.figures, work.predictions, shipped, stages, seed=config.search.seed)
 
 
 @task(name="latent-baseline")
-def latent_baseline(data_dir: str, fractions: tuple[float, float, float], seed: int) -> dict:
+def latent_baseline(config: Config, data_dir: str) -> dict:
     """The report's Dense 128-16-1 on the 512-d latents; skipped with one line without them."""
-    result = latent.latent_baseline(dataset.find_layout(Path(data_dir)).csv, fractions=fractions, seed=seed)
+    result = latent.latent_baseline(dataset.find_layout(Path(data_dir)).csv, fractions=config.data.fractions,
+                                    seed=config.data.seed)
     logger = get_run_logger()
     if result.skipped:
         logger.info(result.reason)
@@ -52,9 +50,11 @@ def latent_baseline(data_dir: str, fractions: tuple[float, float, float], seed: 
 
 
 @task(name="summary", cache_policy=NONE)
-def summary(config: Config, parts: dict) -> str:
+def summary(config: Config, dataset: dict, split: dict, stages: list[dict], shipped: dict, drawn: dict,
+            latent: dict, durations: dict) -> str:
     """Writes summary.json and report.md, and publishes the summary as a markdown artifact."""
-    path = report.write_summary(config, parts)
+    path = report.write_summary(config, dataset=dataset, split=split, stages=stages, shipped=shipped,
+                                figures=drawn, latent=latent, durations=durations)
     report.write_report(config)
     create_markdown_artifact(report.summary_markdown(path), key="glasses-summary",
                              description="glasses run summary")

@@ -20,29 +20,52 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 NUM_SAMPLES = 48
+# Kaggle's layout, spelled out here rather than taken from glasses.dataset, so that the tests
+# hold the code to the real download's names.
+KAGGLE_SUBDIR = "faces-spring-2020/faces-spring-2020"
 
 
-def write_kaggle_dataset(root: Path, labels: list[int], size: tuple[int, int] = (24, 24),
-                         mode: str = "RGB", latents: int = 4, seed: int = 0, test_ids: int = 3) -> Path:
-    """A tiny dataset in the Kaggle layout; 'glasses' images get a dark bar across the eyes."""
+def write_image(path: Path, *, size: tuple[int, int] = (24, 24), mode: str = "RGB", bar: bool = False,
+                seed: int | np.random.Generator = 0) -> Path:
+    """A random image, PNG or JPEG by suffix, in a PIL `mode` ("RGB", "L", "RGBA").
+
+    Args:
+        size: (width, height).
+        bar: Draw a dark bar across the eyes, the tests' stand-in for glasses.
+        seed: A seed, or a generator to draw the pixels from.
+    """
+    width, height = size
+    pixels = np.random.default_rng(seed).integers(120, 220, size=(height, width, 3), dtype=np.uint8)
+    if bar:
+        pixels[height // 3: height // 3 + max(2, height // 6)] = 20
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    Image.fromarray(pixels).convert(mode).save(path, fmt)
+    return path
+
+
+def write_kaggle_dataset(root: Path, labels: list[int], *, subdir: str = KAGGLE_SUBDIR,
+                         size: tuple[int, int] = (24, 24), mode: str = "RGB", latents: int = 4, seed: int = 0,
+                         test_ids: int = 3) -> Path:
+    """A tiny dataset in the Kaggle layout under `root`, which it returns.
+
+    train.csv holds ids 1..N (id, v1..v<latents>, glasses), test.csv the next `test_ids` ids
+    without a label, and `subdir` one image face-<id>.png per id; 'glasses' images get a dark
+    bar across the eyes.
+    """
     rng = np.random.default_rng(seed)
-    images = root / "faces-spring-2020" / "faces-spring-2020"
-    images.mkdir(parents=True)
     ids = list(range(1, len(labels) + 1))
-    columns = [f"v{i}" for i in range(1, latents + 1)]
-    train = pd.DataFrame(rng.normal(size=(len(ids), latents)).round(4), columns=columns)
-    train.insert(0, "id", ids)
-    train["glasses"] = labels
-    train.to_csv(root / "train.csv", index=False)
     extra = list(range(len(ids) + 1, len(ids) + 1 + test_ids))
-    test = pd.DataFrame(rng.normal(size=(len(extra), latents)).round(4), columns=columns)
-    test.insert(0, "id", extra)
-    test.to_csv(root / "test.csv", index=False)
+    columns = [f"v{i}" for i in range(1, latents + 1)]
+    root.mkdir(parents=True, exist_ok=True)
+    for name, rows, row_labels in (("train.csv", ids, labels), ("test.csv", extra, None)):
+        table = pd.DataFrame(rng.normal(size=(len(rows), latents)).round(4), columns=columns)
+        table.insert(0, "id", rows)
+        if row_labels is not None:
+            table["glasses"] = row_labels
+        table.to_csv(root / name, index=False)
     for image_id, label in zip(ids + extra, labels + [0] * len(extra)):
-        pixels = rng.integers(120, 220, size=(size[1], size[0], 3), dtype=np.uint8)
-        if label:
-            pixels[size[1] // 3: size[1] // 3 + max(2, size[1] // 6)] = 20
-        Image.fromarray(pixels).convert(mode).save(images / f"face-{image_id}.png")
+        write_image(root / subdir / f"face-{image_id}.png", size=size, mode=mode, bar=label == 1, seed=rng)
     return root
 
 
@@ -54,13 +77,13 @@ def balanced_labels(count: int) -> list[int]:
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> tuple[Path, Path]:
     """A split of NUM_SAMPLES images and its 16 px tf.data cache: (split_dir, cache_dir)."""
-    from glasses import dataset, pipeline
+    from glasses import dataset, inputs
 
     root = tmp_path_factory.mktemp("tiny")
     source = write_kaggle_dataset(root / "source", balanced_labels(NUM_SAMPLES))
     organized = dataset.organize(source, root / "organized")
     split = dataset.split(organized.dir, root / "split", (0.6, 0.2, 0.2), seed=1337)
-    return split.dir, pipeline.build_cache(split.dir, root / "cache", 16)
+    return split.dir, inputs.build_cache(split.dir, root / "cache", 16)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """glasses.dataset: layout detection, label validation, organising, splitting, and bad input.
 
-Every dataset here is written by the test itself (PIL + numpy + pandas, a few dozen tiny images)
-in the Kaggle layout: train.csv (id, v1..vK, glasses), test.csv (id, v1..vK) and
-faces-spring-2020/faces-spring-2020/face-<id>.png.
+Every dataset here is written by the test itself (`tests.conftest.write_kaggle_dataset`, a few
+dozen tiny images) in the Kaggle layout: train.csv (id, v1..vK, glasses), test.csv (id, v1..vK)
+and faces-spring-2020/faces-spring-2020/face-<id>.png.
 
 The tests run as root, where a read-only chmod does not stop writes, so "nothing was written into
 the source" is proven by comparing a snapshot (every path, its type, mode, mtime, size and
@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from glasses import dataset
 from glasses.dataset import (
@@ -37,8 +36,8 @@ from glasses.dataset import (
     split,
 )
 from glasses.errors import DatasetError
+from tests.conftest import KAGGLE_SUBDIR, write_image, write_kaggle_dataset
 
-KAGGLE_SUBDIR = "faces-spring-2020/faces-spring-2020"
 FRACTIONS = (0.8, 0.1, 0.1)
 # the class folders spelled out, not taken from dataset.CLASSES, so that a swapped mapping fails
 FOLDER = {1: "glasses", 0: "no_glasses"}
@@ -47,48 +46,23 @@ LABELS = [1, 0, 1, 1, 0, 1, 1, 0] * 4
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers: writing a tiny Kaggle-layout dataset, snapshots, read-only sources
-
-
-def write_image(path: Path, *, size: tuple[int, int] = (8, 8), channels: int = 3, seed: int = 0) -> Path:
-    """A random-noise image; PNG or JPEG by suffix; channels 1 (grey), 3 (RGB) or 4 (RGBA)."""
-    width, height = size
-    shape = (height, width) if channels == 1 else (height, width, channels)
-    pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, fmt)
-    return path
-
-
-def write_dataset(root: Path, labels: list[int] = LABELS, *, n_latent: int = 3, subdir: str = KAGGLE_SUBDIR,
-                  n_test: int = 3, size: tuple[int, int] = (8, 8)) -> Path:
-    """Writes train.csv (ids 1..N), test.csv (ids N+1..N+n_test) and one image per id.
-
-    Returns the image folder.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    image_dir = root / subdir
-    image_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(labels))
-    columns = [f"v{k}" for k in range(1, n_latent + 1)]
-    n = len(labels)
-    train = pd.DataFrame(rng.normal(size=(n, n_latent)).round(3), columns=columns)
-    train.insert(0, "id", range(1, n + 1))
-    train["glasses"] = labels
-    train.to_csv(root / "train.csv", index=False)
-    test = pd.DataFrame(rng.normal(size=(n_test, n_latent)).round(3), columns=columns)
-    test.insert(0, "id", range(n + 1, n + 1 + n_test))
-    test.to_csv(root / "test.csv", index=False)
-    for image_id in range(1, n + 1 + n_test):
-        write_image(image_dir / f"face-{image_id}.png", size=size, seed=image_id)
-    return image_dir
+# helpers: editing train.csv, snapshots, read-only sources
 
 
 def edit_train(root: Path, edit) -> None:
     """Rewrites train.csv through `edit(frame) -> frame`, every cell read as a string."""
     frame = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
     edit(frame).to_csv(root / "train.csv", index=False)
+
+
+def set_cell(root: Path, line: int, column: str, value: str) -> None:
+    """Sets one cell of train.csv, on CSV line `line` (line 1 is the header)."""
+
+    def edit(frame):
+        frame.loc[line - 2, column] = value
+        return frame
+
+    edit_train(root, edit)
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -167,16 +141,16 @@ def exact_floor(count: int, fraction: float) -> int:
 @pytest.mark.parametrize("subdir", [KAGGLE_SUBDIR, "faces-spring-2020", "faces", "."])
 def test_find_layout_finds_each_supported_image_folder(tmp_path, subdir):
     data = tmp_path / "data"
-    write_dataset(data, subdir=subdir)
+    write_kaggle_dataset(data, LABELS, subdir=subdir)
     layout = find_layout(data)
     assert layout.csv == data / "train.csv"
     assert layout.image_dir == (data / subdir).resolve()
-    assert layout.has_latents is False  # only 3 of the 512 latent columns
+    assert layout.has_latents is False  # only 4 of the 512 latent columns
 
 
 def test_find_layout_prefers_the_kaggle_nesting_and_ignores_non_face_files(tmp_path):
     data = tmp_path / "data"
-    write_dataset(data)
+    write_kaggle_dataset(data, LABELS)
     write_image(data / "faces" / "portrait-1.png")  # not a face-<id> file
     (data / "faces" / "face-1.txt").write_text("not an image extension")
     assert find_layout(data).image_dir == (data / KAGGLE_SUBDIR).resolve()
@@ -187,13 +161,13 @@ def test_find_layout_prefers_the_kaggle_nesting_and_ignores_non_face_files(tmp_p
 
 def test_find_layout_reports_full_latents(tmp_path):
     data = tmp_path / "data"
-    write_dataset(data, n_latent=512)
+    write_kaggle_dataset(data, LABELS, latents=512)
     assert find_layout(data).has_latents is True
 
 
 def test_find_layout_without_train_csv_names_the_file_and_dir(tmp_path):
     data = tmp_path / "data"
-    write_dataset(data)
+    write_kaggle_dataset(data, LABELS)
     (data / "train.csv").unlink()
     with pytest.raises(DatasetError) as info:
         find_layout(data)
@@ -208,7 +182,7 @@ def test_find_layout_on_a_missing_dir_is_a_dataset_error(tmp_path):
 
 def test_find_layout_without_images_is_an_error(tmp_path):
     data = tmp_path / "data"
-    write_dataset(data)
+    write_kaggle_dataset(data, LABELS)
     for path in (data / KAGGLE_SUBDIR).iterdir():
         path.rename(path.with_name(path.name.replace("face-", "img-")))
     with pytest.raises(DatasetError) as info:
@@ -224,7 +198,7 @@ def test_find_layout_without_images_is_an_error(tmp_path):
 
 def test_read_labels_returns_ids_labels_and_csv_line_numbers(tmp_path):
     data = tmp_path / "data"
-    write_dataset(data, n_latent=512)
+    write_kaggle_dataset(data, LABELS, latents=512)
     frame = read_labels(data / "train.csv")
     assert list(frame.columns) == ["id", "glasses", "row"]
     assert frame["id"].tolist() == list(range(1, len(LABELS) + 1))
@@ -235,15 +209,10 @@ def test_read_labels_returns_ids_labels_and_csv_line_numbers(tmp_path):
 
 def test_read_labels_accepts_float_labels_and_padded_ids(tmp_path):
     data = tmp_path / "data"
-    write_dataset(data)
-
-    def edit(frame):
-        frame.loc[0, "glasses"] = "1.0"
-        frame.loc[1, "glasses"] = "0.0"
-        frame.loc[2, "id"] = " 3 "
-        return frame
-
-    edit_train(data, edit)
+    write_kaggle_dataset(data, LABELS)
+    set_cell(data, 2, "glasses", "1.0")
+    set_cell(data, 3, "glasses", "0.0")
+    set_cell(data, 4, "id", " 3 ")
     frame = read_labels(data / "train.csv")
     assert frame["glasses"].tolist()[:3] == [1, 0, 1]
     assert frame["id"].tolist()[:3] == [1, 2, 3]
@@ -273,7 +242,7 @@ def test_read_labels_tolerates_header_spacing_crlf_and_bom(tmp_path, header, new
 @pytest.fixture
 def kaggle(tmp_path) -> Path:
     data = tmp_path / "data"
-    write_dataset(data)
+    write_kaggle_dataset(data, LABELS)
     return data
 
 
@@ -296,7 +265,7 @@ def test_organize_puts_each_image_in_glasses_iff_its_label_is_1(tmp_path):
     data = tmp_path / "data"
     rng = np.random.default_rng(7)
     labels = rng.permutation([1] * 17 + [0] * 10).tolist()
-    write_dataset(data, labels, n_latent=2)
+    write_kaggle_dataset(data, labels, latents=2)
     out = tmp_path / "organized"
     organize(data, out)
     csv = pd.read_csv(data / "train.csv").set_index("id")["glasses"]
@@ -320,7 +289,7 @@ def test_organize_leaves_out_test_csv_ids(kaggle, tmp_path):
 
 def test_organize_with_the_full_512_latent_columns(tmp_path):
     data = tmp_path / "data"
-    write_dataset(data, n_latent=512)
+    write_kaggle_dataset(data, LABELS, latents=512)
     header = (data / "train.csv").read_text().splitlines()[0].split(",")
     assert header == ["id", *[f"v{k}" for k in range(1, 513)], "glasses"]
     result = organize(data, tmp_path / "organized")
@@ -329,14 +298,14 @@ def test_organize_with_the_full_512_latent_columns(tmp_path):
 
 def test_organize_accepts_jpeg_grey_rgba_and_non_square_images(tmp_path):
     data = tmp_path / "data"
-    image_dir = write_dataset(data, [1, 0, 1, 0, 1, 0])
+    image_dir = write_kaggle_dataset(data, [1, 0, 1, 0, 1, 0]) / KAGGLE_SUBDIR
     for path in image_dir.glob("face-[1-6].png"):
         path.unlink()
     write_image(image_dir / "face-1.jpg", size=(16, 16), seed=1)
     write_image(image_dir / "face-2.jpeg", size=(12, 20), seed=2)
-    write_image(image_dir / "face-3.png", size=(8, 8), channels=1, seed=3)
-    write_image(image_dir / "face-4.png", size=(32, 16), channels=4, seed=4)
-    write_image(image_dir / "face-5.JPG", size=(10, 30), channels=1, seed=5)
+    write_image(image_dir / "face-3.png", size=(8, 8), mode="L", seed=3)
+    write_image(image_dir / "face-4.png", size=(32, 16), mode="RGBA", seed=4)
+    write_image(image_dir / "face-5.JPG", size=(10, 30), mode="L", seed=5)
     write_image(image_dir / "face-6.png", size=(31, 9), seed=6)
     result = organize(data, tmp_path / "organized")
     assert (result.labelled, result.glasses, result.no_glasses) == (6, 3, 3)
@@ -381,11 +350,7 @@ def test_organize_rebuilds_when_the_labels_change(kaggle, tmp_path):
     out = tmp_path / "organized"
     organize(kaggle, out)
 
-    def flip(frame):
-        frame.loc[0, "glasses"] = "0"  # id 1 was glasses
-        return frame
-
-    edit_train(kaggle, flip)
+    set_cell(kaggle, 2, "glasses", "0")  # id 1 was glasses
     result = organize(kaggle, out)
     assert (result.glasses, result.no_glasses) == (LABELS.count(1) - 1, LABELS.count(0) + 1)
     assert organized_labels(out)["face-1.png"] == 0
@@ -448,28 +413,20 @@ def test_bad_id_without_an_image(kaggle, work, read_only):
 
 
 def test_bad_duplicate_ids(kaggle, work, read_only):
-    def duplicate(frame):
-        frame.loc[7, "id"] = "5"  # line 9 repeats line 6's id
-        return frame
-
-    edit_train(kaggle, duplicate)
+    set_cell(kaggle, 9, "id", "5")  # line 9 repeats line 6's id
     assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"), "rows 6, 9", "duplicate id 5")
 
 
 @pytest.mark.parametrize("value", ["2", "yes", "-1", ""])
 def test_bad_label_other_than_0_or_1(kaggle, work, read_only, value):
-    def relabel(frame):
-        frame.loc[4, "glasses"] = value  # line 6
-        return frame
-
-    edit_train(kaggle, relabel)
+    set_cell(kaggle, 6, "glasses", value)
     assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"), "row 6", repr(value))
 
 
 @pytest.mark.parametrize("label", [1, 0])
 def test_bad_empty_class(tmp_path, work, read_only, label):
     data = tmp_path / "data"
-    write_dataset(data, [label] * 10)
+    write_kaggle_dataset(data, [label] * 10)
     missing = 1 - label
     assert_rejected(data, work, read_only, str(data / "train.csv"), f"glasses={missing}", FOLDER[missing])
 
@@ -501,11 +458,7 @@ def test_bad_truncated_jpeg(kaggle, work, read_only):
 
 @pytest.mark.parametrize("value", ["../x", "-3", "1.5", "1e3", "", "x7"])
 def test_bad_id_not_a_plain_integer(kaggle, work, read_only, value):
-    def reid(frame):
-        frame.loc[3, "id"] = value  # line 5
-        return frame
-
-    edit_train(kaggle, reid)
+    set_cell(kaggle, 5, "id", value)
     assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"), "row 5", repr(value))
 
 
@@ -514,11 +467,7 @@ def test_bad_input_keeps_a_previous_good_result_intact(kaggle, tmp_path):
     organize(kaggle, out)
     before = snapshot(out)
 
-    def duplicate(frame):
-        frame.loc[1, "id"] = "1"
-        return frame
-
-    edit_train(kaggle, duplicate)
+    set_cell(kaggle, 3, "id", "1")
     with pytest.raises(DatasetError, match="duplicate id 1"):
         organize(kaggle, out)
     assert snapshot(out) == before
@@ -531,7 +480,6 @@ def test_bad_input_keeps_a_previous_good_result_intact(kaggle, tmp_path):
 
 @pytest.mark.parametrize("glasses, no_glasses", [(2858, 1642), (2854, 1646)])
 def test_assign_subsets_gives_the_reports_3599_449_452_of_4500(glasses, no_glasses):
-    assert glasses + no_glasses == 4500
     totals = np.zeros(3, dtype=int)
     for count in (glasses, no_glasses):
         subsets = assign_subsets(count, FRACTIONS, seed=1337)
@@ -541,12 +489,6 @@ def test_assign_subsets_gives_the_reports_3599_449_452_of_4500(glasses, no_glass
         assert sizes.sum() == count
         totals += sizes
     assert totals.tolist() == [3599, 449, 452]
-
-
-def test_the_1_74_ratio_pair_is_2858_to_1642():
-    # 4500 images at a 1.74 : 1 ratio (rounded to 2 places as the report does)
-    assert round(2858 / 1642, 2) == 1.74
-    assert round(2854 / 1646, 2) == 1.73
 
 
 @pytest.mark.parametrize("fractions", [(0.8, 0.1, 0.1), (0.7, 0.15, 0.15), (0.7, 0.2, 0.1),
@@ -575,7 +517,7 @@ GLASSES_N, NO_GLASSES_N = 47, 29  # floors matter: 47 -> 37/4/6, 29 -> 23/2/4
 def organized(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("organized-src")
     labels = np.random.default_rng(11).permutation([1] * GLASSES_N + [0] * NO_GLASSES_N).tolist()
-    write_dataset(root / "data", labels, n_latent=1)
+    write_kaggle_dataset(root / "data", labels, latents=1)
     result = organize(root / "data", root / "organized")
     assert (result.glasses, result.no_glasses) == (GLASSES_N, NO_GLASSES_N)
     return root / "organized"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from glasses.ensemble import Candidate, average_ensemble, save_model, select_members
+from glasses.errors import SearchError
 from glasses.model import ModelSpec, build_model
 
 
@@ -38,7 +39,7 @@ def test_saved_ensemble_round_trips_and_takes_any_size(tmp_path):
 
 
 def _candidate(trial_id: str, score: float) -> Candidate:
-    return Candidate(trial_id, score, {}, None, 16)
+    return Candidate(trial_id, score, {}, None, 16, None)
 
 
 def test_members_are_those_above_the_threshold():
@@ -66,7 +67,7 @@ def test_with_fewer_than_fallback_above_the_threshold_the_best_few_are_taken():
 
 
 def test_no_candidates_is_an_error():
-    with pytest.raises(ValueError, match="no completed trial"):
+    with pytest.raises(SearchError, match="no completed trial"):
         select_members([], 0.5, 2)
 
 
@@ -106,7 +107,8 @@ def test_greedy_selection_picks_the_expected_members():
     weights = greedy_selection(members, labels, init=1)
     assert weights[3] == 0  # the bad member never joins
     assert weights[0] >= 1 and weights[:3].sum() >= 2
-    from glasses.ensemble import accuracy, average
+    from glasses.ensemble import average
+    from glasses.evaluate import accuracy
 
     assert accuracy(average(members, weights), labels) == 1.0  # together they fix each other's error
 
@@ -140,7 +142,7 @@ def test_metrics_and_confusion_matrix():
 
 
 def test_the_shipped_method_is_chosen_on_validation_only():
-    from glasses.evaluate import choose_method
+    from glasses.ensemble import choose_method
 
     table = {"average": {"val_accuracy": 0.90, "test_accuracy": 0.99},
              "greedy": {"val_accuracy": 0.92, "test_accuracy": 0.80},

@@ -46,7 +46,7 @@ def test_augmentation_grid_is_deterministic_and_augments(tmp_path):
 
 
 def test_augmented_tiles_differ_from_the_nearest_resized_original(tmp_path):
-    from glasses.pipeline import read_rgb
+    from glasses.inputs import read_rgb
 
     rgb = read_rgb(write_image(tmp_path / "face.png"))
     images = figures.augmented_images(rgb, size=64, samples=4, seed=3)
@@ -107,7 +107,7 @@ def test_confusion_figure_writes_a_heatmap(tmp_path):
 def test_stage3_ranking_marks_the_kept_trials_and_the_threshold(tmp_path):
     import pandas as pd
 
-    from glasses.plots import plot_ranked
+    from glasses.figures import plot_ranked
 
     table = pd.DataFrame({"trial_id": ["00", "01", "02", "03", "04"], "val_accuracy": [0.8, 0.92, 0.85, 0.95, None],
                           "status": ["COMPLETED"] * 4 + ["FAILED"]})

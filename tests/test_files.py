@@ -44,3 +44,25 @@ def test_a_failed_directory_leaves_nothing(tmp_path):
         (tmp / "part").write_text("x")
         raise RuntimeError("crash")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_a_full_target_only_when_asked(tmp_path):
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "theirs").write_text("another writer's output")
+    with pytest.raises(OSError), atomic_dir(target, replace=False) as tmp:
+        (tmp / "ours").write_text("x")
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+    assert [p.name for p in target.iterdir()] == ["theirs"]
+    with atomic_dir(target) as tmp:
+        (tmp / "ours").write_text("x")
+    assert [p.name for p in target.iterdir()] == ["ours"]
+
+
+def test_atomic_dir_fills_an_empty_target_without_replace(tmp_path):
+    target = tmp_path / "data"
+    target.mkdir()
+    with atomic_dir(target, replace=False) as tmp:
+        (tmp / "ours").write_text("x")
+    assert [p.name for p in target.iterdir()] == ["ours"]
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from glasses.config import build_config
-from glasses.stages import best_mean, choose, smallest_within, stage_fixed
+from glasses.errors import SearchError
+from glasses.stages import best_mean, choose_depth_and_optimizer, choose_image_size, smallest_within
 
 
 def _table(column: str, groups: dict) -> pd.DataFrame:
@@ -19,8 +19,8 @@ def _table(column: str, groups: dict) -> pd.DataFrame:
 def test_size_rule_takes_the_smallest_size_within_tolerance_of_the_best():
     # The report: 64 ~0.81, 128 ~0.82, 256 ~0.81 -> no real gain from size -> 64.
     table = _table("image_size", {64: [0.80, 0.82], 128: [0.815, 0.825], 256: [0.81, 0.81]})
-    assert smallest_within(table, "image_size", 0.01) == 64
-    assert smallest_within(table, "image_size", 0.0) == 128
+    assert choose_image_size(table, 0.01) == {"image_size": 64}
+    assert choose_image_size(table, 0.0) == {"image_size": 128}
 
 
 def test_size_rule_takes_a_bigger_size_when_it_truly_helps():
@@ -39,20 +39,16 @@ def test_optimizer_rule_takes_the_best_mean():
     assert best_mean(table, "optimizer") == "adam"
 
 
-def test_stage_choices_and_fixed_values():
-    config = build_config("paper")
+def test_stage2_choice_of_depth_and_optimizer():
     table = pd.concat([_table("conv_layers", {1: [0.7], 3: [0.85], 5: [0.86]}).assign(optimizer="adam"),
                        _table("conv_layers", {2: [0.6]}).assign(optimizer="sgd")])
-    assert choose(config, "stage2", table) == {"conv_layers": 3, "optimizer": "adam"}
-    assert stage_fixed(config, "stage3", {"conv_layers": 4, "optimizer": "sgd"}) == {
-        "conv_layers": 3, "optimizer": "adam"}  # the paper preset fixes stage 3 as the report did
-    assert stage_fixed(build_config("smoke", overrides={"search.stage3.fixed": {}}), "stage3",
-                       {"conv_layers": 4}) == {"conv_layers": 4}
+    assert choose_depth_and_optimizer(table, 0.01) == {"conv_layers": 3, "optimizer": "adam"}
+    assert choose_depth_and_optimizer(table, 0.0) == {"conv_layers": 5, "optimizer": "adam"}
 
 
 def test_no_completed_trial_is_an_error():
     table = pd.DataFrame([{"image_size": 64, "val_accuracy": None, "status": "FAILED"}])
-    with pytest.raises(ValueError, match="no completed trial"):
+    with pytest.raises(SearchError, match="no completed trial"):
         smallest_within(table, "image_size", 0.01)
 
 
@@ -62,4 +58,4 @@ def test_optimizer_is_compared_at_the_chosen_depth():
     table = pd.DataFrame([{"conv_layers": c, "optimizer": o, "val_accuracy": v, "status": "COMPLETED"}
                           for c, o, v in rows])
     assert best_mean(table, "optimizer") == "sgd"
-    assert choose(build_config("quick"), "stage2", table) == {"conv_layers": 3, "optimizer": "adam"}
+    assert choose_depth_and_optimizer(table, 0.01) == {"conv_layers": 3, "optimizer": "adam"}

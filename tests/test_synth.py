@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -11,12 +12,10 @@ import pytest
 from PIL import Image
 
 from glasses import synth
-from glasses.errors import DatasetError
+from glasses.dataset import IMAGE_SUBDIR, LATENT_COLUMNS, LATENT_DIM, face_file_name, find_layout, read_labels
+from glasses.errors import DatasetError, SynthError
 from glasses.synth import (
     GLASSES_FRACTION,
-    IMAGE_SUBDIR,
-    LATENT_DIM,
-    SynthError,
     face_params,
     label_axis,
     label_latents,
@@ -29,7 +28,7 @@ from glasses.synth import (
 
 N = 40
 RESOLUTION = 32
-V_COLUMNS = [f"v{k}" for k in range(1, LATENT_DIM + 1)]
+V_COLUMNS = list(LATENT_COLUMNS)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +52,17 @@ def test_layout_is_kaggles(tiny):
     images = sorted((out / IMAGE_SUBDIR).glob("face-*.png"))
     assert len(images) == N + result.test == N + N // 10
     for image_id in range(1, N + result.test + 1):
-        with Image.open(out / IMAGE_SUBDIR / f"face-{image_id}.png") as image:
+        with Image.open(out / IMAGE_SUBDIR / face_file_name(image_id)) as image:
             assert image.format == "PNG" and image.mode == "RGB"
             assert image.size == (RESOLUTION, RESOLUTION)
+
+
+def test_dataset_reads_what_synth_writes(tiny):
+    out, result = tiny
+    layout = find_layout(out)
+    assert layout.image_dir == (out / IMAGE_SUBDIR).resolve() and layout.has_latents
+    labels = read_labels(layout.csv)
+    assert (len(labels), int(labels["glasses"].sum())) == (result.train, result.glasses)
 
 
 def test_result_counts_match_files(tiny):
@@ -86,7 +93,7 @@ def test_other_seed_other_data(tiny, tmp_path):
     other = tmp_path / "other"
     synthesize(other, n=N, resolution=RESOLUTION, seed=2, workers=1)
     assert (other / "train.csv").read_bytes() != (out / "train.csv").read_bytes()
-    face = IMAGE_SUBDIR / "face-1.png"
+    face = Path(IMAGE_SUBDIR, face_file_name(1))
     assert (other / face).read_bytes() != (out / face).read_bytes()
 
 
@@ -165,7 +172,7 @@ def test_refuses_a_foreign_directory(tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(SynthError, match=str(out)) as caught:
         synthesize(out, n=N, resolution=RESOLUTION)
-    assert isinstance(caught.value, ValueError) and isinstance(caught.value, DatasetError)
+    assert isinstance(caught.value, DatasetError)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
@@ -178,7 +185,7 @@ def test_refuses_a_synth_output_of_other_parameters(tiny):
 def test_refuses_an_incomplete_output(tmp_path):
     out = tmp_path / "data"
     synthesize(out, n=N, resolution=RESOLUTION, seed=1, workers=1)
-    (out / IMAGE_SUBDIR / "face-3.png").unlink()
+    (out / IMAGE_SUBDIR / face_file_name(3)).unlink()
     with pytest.raises(SynthError):
         synthesize(out, n=N, resolution=RESOLUTION, seed=1)
 
@@ -199,6 +206,32 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         synthesize(tmp_path / "data", n=N, resolution=RESOLUTION)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("theirs, wins", [("same", True), ("foreign", False)])
+def test_a_lost_race_returns_the_winners_dataset_if_it_is_the_same(tmp_path, monkeypatch, theirs, wins):
+    out = tmp_path / "data"
+    write = synth._write_dataset
+
+    def racing(root, *args):
+        manifest = write(root, *args)
+        # another writer finishes first, with the same dataset or with something else
+        if theirs == "same":
+            shutil.copytree(root, out)
+        else:
+            out.mkdir()
+            (out / "notes.txt").write_text("x")
+        return manifest
+
+    monkeypatch.setattr(synth, "_write_dataset", racing)
+    if wins:
+        result = synthesize(out, n=N, resolution=RESOLUTION, seed=1, workers=1)
+        assert (result.out_dir, result.train) == (out, N) and (out / "synth.json").is_file()
+    else:
+        with pytest.raises(SynthError, match="could not move"):
+            synthesize(out, n=N, resolution=RESOLUTION, seed=1, workers=1)
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
 
 
 @pytest.mark.parametrize("kwargs", [{"n": 0}, {"resolution": 4}, {"seed": -1}])

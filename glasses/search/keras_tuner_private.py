@@ -1,6 +1,17 @@
-"""The chief's gRPC oracle service, with liveness: keras-tuner's servicer plus worker heartbeats.
+"""Every use of keras-tuner's private API, in one place. Checked against keras-tuner 1.4.8
+(`pyproject.toml` pins >=1.4.8,<1.5: re-check this module before widening that pin).
 
-Imported only inside the chief process (it imports keras-tuner's generated protos).
+Why we need it: keras-tuner's gRPC chief has no notion of a worker that dies. Its servicer
+(`keras_tuner.src.distribute.oracle_chief.OracleServicer`) hands a trial to a worker and waits
+for it forever, and its client (`keras_tuner.src.distribute.oracle_client`) waits an hour for an
+answer. So the chief here subclasses the servicer to note when each worker was last heard from
+and to put the trial of a silent worker back on the oracle's private retry queue
+(`Oracle._retry_queue`), answers an idle worker with an IDLE trial (`keras_tuner.src.engine.
+trial.Trial`) so that it stays to take such a trial over, and builds its responses with the
+generated protos (`keras_tuner.src.protos`). Workers shorten the client's module-level
+`TIMEOUT`. Nothing outside this module imports `keras_tuner.src` or touches `_retry_queue`.
+
+Imported only inside the role processes (it imports keras-tuner's generated protos).
 """
 
 from __future__ import annotations
@@ -10,11 +21,26 @@ import time
 from concurrent import futures
 
 import grpc
-from keras_tuner.src.distribute import oracle_chief
+from keras_tuner.src.distribute import oracle_chief, oracle_client
 from keras_tuner.src.engine import trial as trial_module
 from keras_tuner.src.protos import get_service, get_service_grpc
 
-from glasses.search import ENDED, EXIT_INCOMPLETE
+from glasses.search.records import ENDED
+
+
+def set_client_timeout(seconds: float) -> None:
+    """How long a worker's oracle client waits for the chief's answer (keras-tuner: 1 hour)."""
+    oracle_client.TIMEOUT = seconds
+
+
+def is_remote(oracle) -> bool:
+    """Whether `oracle` is a worker's client of a chief (keras-tuner's OracleClient has a stub)."""
+    return hasattr(oracle, "stub")
+
+
+def pending_retries(oracle) -> int:
+    """Trials waiting to be handed out again."""
+    return len(oracle._retry_queue)
 
 
 class LivenessServicer(oracle_chief.OracleServicer):
@@ -54,8 +80,7 @@ class LivenessServicer(oracle_chief.OracleServicer):
         return dropped
 
     def _all_handed_out(self) -> bool:
-        oracle = self.oracle
-        return len(oracle.trials) >= oracle.max_trials and not oracle._retry_queue
+        return len(self.oracle.trials) >= self.oracle.max_trials and not pending_retries(self.oracle)
 
     def CreateTrial(self, request, context):
         with self.lock:
@@ -102,49 +127,12 @@ class LivenessServicer(oracle_chief.OracleServicer):
             return super().GetBestTrials(request, context)
 
 
-def _ended(oracle) -> int:
-    return sum(1 for t in oracle.trials.values() if t.status in ENDED)
-
-
-def _finished(servicer: LivenessServicer) -> bool:
-    oracle = servicer.oracle
-    with servicer.lock:
-        # Every worker we know of has been told to stop (or was given up on): none still asks.
-        return _ended(oracle) >= oracle.max_trials and not oracle.ongoing_trials and not oracle.tuner_ids
-
-
-def _nobody_left(servicer: LivenessServicer, grace_s: float) -> bool:
-    with servicer.lock:
-        waited = time.monotonic() - servicer.started > grace_s
-        return waited and not servicer.oracle.tuner_ids and not servicer.oracle.ongoing_trials
-
-
-def serve(oracle, spec) -> int:
-    """Serves `oracle` on spec.host:spec.port until the search ends, nobody is left, or timeout."""
-    servicer = LivenessServicer(oracle, spec.worker_timeout_s)
+def start_server(oracle, address: str, worker_timeout_s: float) -> tuple[LivenessServicer, grpc.Server | None]:
+    """Serves `oracle` at `address` ("host:port"); the server is None if it cannot bind."""
+    servicer = LivenessServicer(oracle, worker_timeout_s)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     get_service_grpc().add_OracleServicer_to_server(servicer, server)
-    address = f"{spec.host}:{spec.port}"
     if server.add_insecure_port(address) == 0:
-        print(f"chief: cannot bind {address}", flush=True)
-        return EXIT_INCOMPLETE
+        return servicer, None
     server.start()
-    print(f"chief: oracle serving at {address}, {_ended(oracle)}/{oracle.max_trials} trials ended", flush=True)
-    deadline = time.monotonic() + spec.chief_timeout_s
-    reason = None
-    while reason is None:
-        time.sleep(0.5)
-        for dropped in servicer.drop_silent():
-            print(f"chief: worker {dropped}: silent for over {spec.worker_timeout_s:.0f}s", flush=True)
-        if _finished(servicer):
-            reason = "complete"
-        elif _nobody_left(servicer, spec.worker_timeout_s):
-            reason = "no worker left"
-        elif time.monotonic() > deadline:
-            reason = f"timeout after {spec.chief_timeout_s:.0f}s"
-    server.stop(grace=2).wait()
-    with servicer.lock:
-        oracle.save()
-    ended = _ended(oracle)
-    print(f"chief: {reason}; {ended}/{oracle.max_trials} trials ended", flush=True)
-    return 0 if ended >= oracle.max_trials else EXIT_INCOMPLETE
+    return servicer, server

@@ -1,0 +1,40 @@
+"""The role processes: `python -m glasses.search chief|worker --spec SPEC.json [--tuner-id ID]`.
+
+Started by `glasses.search.run_chief` / `run_worker`; each role is its own process because
+Keras Tuner takes a role from process-wide environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from glasses.errors import GlassesError
+from glasses.search.spec import SearchSpec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m glasses.search", description=__doc__.split("\n")[0])
+    parser.add_argument("role", choices=["chief", "worker"])
+    parser.add_argument("--spec", type=Path, required=True, help="the search's JSON spec")
+    parser.add_argument("--tuner-id", default=None, help="a worker's stable id: tuner0, tuner1, ...")
+    args = parser.parse_args(argv)
+    if args.role == "worker" and (not args.tuner_id or "chief" in args.tuner_id):
+        parser.error("a worker needs --tuner-id, and it must not contain 'chief'")
+    spec = SearchSpec.load(args.spec)
+    try:
+        if args.role == "chief":
+            from glasses.search.chief import serve
+
+            return serve(spec)
+        from glasses.search.worker import work
+
+        return work(spec, args.tuner_id)
+    except GlassesError as error:
+        print(f"{args.role} {args.tuner_id or ''}: error: {error}".replace("  ", " "), flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

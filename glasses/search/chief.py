@@ -1,0 +1,70 @@
+"""The chief process: serves the oracle until every trial has ended, no worker is left, or
+its timeout; the oracle's state is on disk, so a re-run continues the search."""
+
+from __future__ import annotations
+
+import time
+
+from glasses.search.keras_tuner_private import LivenessServicer, start_server
+from glasses.search.records import ENDED
+from glasses.search.spec import SearchSpec
+from glasses.search.tuner import build_tuner, set_role
+
+EXIT_INCOMPLETE = 3
+
+
+def serve(spec: SearchSpec) -> int:
+    """Serves the search's oracle on spec.host:spec.port until it ends.
+
+    Returns 0 when every trial has ended, EXIT_INCOMPLETE otherwise (timeout, no worker
+    left, a port it cannot bind), after saying why on stdout.
+    """
+    set_role(spec, "chief")
+    tuner = build_tuner(spec)
+    tuner.save()
+    oracle = tuner.oracle
+    address = f"{spec.host}:{spec.port}"
+    servicer, server = start_server(oracle, address, spec.worker_timeout_s)
+    if server is None:
+        print(f"chief: cannot bind {address}", flush=True)
+        return EXIT_INCOMPLETE
+    print(f"chief: oracle serving at {address}, {_ended(oracle)}/{oracle.max_trials} trials ended", flush=True)
+    reason = _wait(servicer, spec)
+    server.stop(grace=2).wait()
+    with servicer.lock:
+        oracle.save()
+    ended = _ended(oracle)
+    print(f"chief: {reason}; {ended}/{oracle.max_trials} trials ended", flush=True)
+    return 0 if ended >= oracle.max_trials else EXIT_INCOMPLETE
+
+
+def _wait(servicer: LivenessServicer, spec: SearchSpec) -> str:
+    """Watches the search until it ends; returns why it did."""
+    deadline = time.monotonic() + spec.chief_timeout_s
+    while True:
+        time.sleep(0.5)
+        for dropped in servicer.drop_silent():
+            print(f"chief: worker {dropped}: silent for over {spec.worker_timeout_s:.0f}s", flush=True)
+        if _finished(servicer):
+            return "complete"
+        if _nobody_left(servicer, spec.worker_timeout_s):
+            return "no worker left"
+        if time.monotonic() > deadline:
+            return f"timeout after {spec.chief_timeout_s:.0f}s"
+
+
+def _ended(oracle) -> int:
+    return sum(1 for t in oracle.trials.values() if t.status in ENDED)
+
+
+def _finished(servicer: LivenessServicer) -> bool:
+    oracle = servicer.oracle
+    with servicer.lock:
+        # Every worker we know of has been told to stop (or was given up on): none still asks.
+        return _ended(oracle) >= oracle.max_trials and not oracle.ongoing_trials and not oracle.tuner_ids
+
+
+def _nobody_left(servicer: LivenessServicer, grace_s: float) -> bool:
+    with servicer.lock:
+        waited = time.monotonic() - servicer.started > grace_s
+        return waited and not servicer.oracle.tuner_ids and not servicer.oracle.ongoing_trials

@@ -1,0 +1,130 @@
+"""Launching a search's roles as processes: the two calls the Prefect tasks, the bench scripts
+and the tests all use.
+
+    run_chief(spec_path)            # the oracle, until every trial has ended
+    run_worker(spec_path, index)    # tuner<index>, until the chief says the search is over
+
+Each role is its own process (`python -m glasses.search chief|worker ...`), because Keras
+Tuner takes a role from process-wide environment variables. Its output lines go to `on_line`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from glasses.errors import SearchError
+from glasses.search.records import chief_down_marker, is_complete, mark_chief_down
+from glasses.search.spec import SearchSpec
+
+KILL_GRACE_S = 30  # past the chief's own timeout, its process is killed
+_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def run_chief(spec_path: Path, on_line: Callable[[str], None] = print) -> Path:
+    """Runs the search's chief process until every trial has ended; returns `spec_path`.
+
+    A complete search runs nothing. The chief keeps its own time limit (the spec's
+    `chief_timeout_s`); its process is killed `KILL_GRACE_S` after that as a backstop.
+
+    Raises:
+        SearchError: the chief ended before every trial had ended (timeout, no worker left,
+            a port it cannot bind); its workers are told (a marker beside the search) and stop.
+    """
+    spec = SearchSpec.load(Path(spec_path))
+    if is_complete(spec):
+        on_line(f"search {spec.project_dir} already complete: nothing to run")
+        return Path(spec_path)
+    # A new chief: an earlier one's failure is past. (Its workers start seconds later, after
+    # their imports, so they never see this search's old marker.)
+    chief_down_marker(spec).unlink(missing_ok=True)
+    env = {**_QUIET, "CUDA_VISIBLE_DEVICES": "-1"}  # the oracle needs no GPU
+    code = run_process(role_command("chief", spec_path), on_line, spec.chief_timeout_s + KILL_GRACE_S, env)
+    if code != 0:
+        reason = (f"chief of {spec.project_dir} ended with code {code} before all "
+                  f"{spec.stage.max_trials} trials ended; re-run to continue the search")
+        mark_chief_down(spec, reason)  # workers still waiting for it fail now, not later
+        raise SearchError(reason)
+    return Path(spec_path)
+
+
+def run_worker(spec_path: Path, index: int, on_line: Callable[[str], None] = print) -> str:
+    """Runs tuner process `tuner<index>` against the chief; returns its tuner id.
+
+    The id depends only on `index`, so a retry resumes the trial the worker had.
+
+    Raises:
+        SearchError: the worker process failed (its chief is gone, it was killed, ...).
+    """
+    spec = SearchSpec.load(Path(spec_path))
+    tuner_id = f"tuner{index}"
+    if is_complete(spec):
+        return tuner_id
+    env = worker_env(spec, index, visible_gpus())
+    code = run_process(role_command("worker", spec_path, tuner_id), on_line,
+                       spec.chief_timeout_s + KILL_GRACE_S, env)
+    if code != 0:
+        raise SearchError(f"worker {tuner_id} of {spec.project_dir} exited with code {code}")
+    return tuner_id
+
+
+def role_command(role: str, spec_path: Path, tuner_id: str | None = None) -> list[str]:
+    command = [sys.executable, "-m", "glasses.search", role, "--spec", str(spec_path)]
+    return command + (["--tuner-id", tuner_id] if tuner_id else [])
+
+
+def worker_env(spec: SearchSpec, index: int, gpus: int) -> dict[str, str]:
+    """The environment of worker `index`: its GPUs (if any) and its share of the CPU cores."""
+    env = {**_QUIET, "GLASSES_THREADS": str(max(1, (os.cpu_count() or 1) // spec.workers))}
+    if not gpus:
+        env["CUDA_VISIBLE_DEVICES"] = "-1"  # no CUDA probing (and its error lines) on a CPU host
+    elif spec.gpus_per_worker != "all":
+        per = int(spec.gpus_per_worker)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str((index * per + k) % gpus) for k in range(per))
+    return env
+
+
+def visible_gpus() -> int:
+    """GPUs on this host, counted without importing TensorFlow (nvidia-smi), 0 if none."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def run_process(command: list[str], on_line: Callable[[str], None], timeout_s: float,
+                env: dict[str, str] | None = None) -> int:
+    """Runs a process to the end, streaming its output lines, killing it at the timeout.
+
+    Returns the exit code (negative for a signal). The process group is killed if we are
+    interrupted, so no tuner process outlives its caller's call.
+    """
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, **(env or {})}, start_new_session=True)
+    timer = threading.Timer(timeout_s, _kill_group, args=(process,))
+    timer.start()
+    try:
+        for line in process.stdout:
+            on_line(line.rstrip())
+        return process.wait()
+    finally:
+        timer.cancel()
+        _kill_group(process)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()

@@ -1,0 +1,79 @@
+"""A search's records on disk: its trials (Keras Tuner's trial.json plus our worker.json) and
+the marker a failed chief leaves for its workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from glasses.files import read_json, write_json
+from glasses.search.spec import SearchSpec
+
+ENDED = ("COMPLETED", "FAILED")
+
+
+def trial_records(project_dir: Path) -> list[dict[str, Any]]:
+    """One record per trial of a project: id, status, values, score and who ran it how long."""
+    records = []
+    for trial_json in sorted(Path(project_dir).glob("trial_*/trial.json")):
+        trial = read_json(trial_json)
+        meta_path = trial_json.parent / "worker.json"
+        meta = read_json(meta_path) if meta_path.is_file() else {}
+        records.append({
+            "trial_id": trial["trial_id"], "status": trial["status"], "score": trial.get("score"),
+            "values": trial["hyperparameters"]["values"], "worker": meta.get("tuner_id"),
+            "epochs": meta.get("epochs"), "seconds": meta.get("seconds"),
+            "checkpoint": str(trial_json.parent / "checkpoint.weights.h5"),
+        })
+    return records
+
+
+def ended_trials(spec: SearchSpec) -> int:
+    """How many trials of the search have ended (completed or failed)."""
+    return sum(1 for r in trial_records(spec.project_dir) if r["status"] in ENDED)
+
+
+def is_complete(spec: SearchSpec) -> bool:
+    """Whether all `max_trials` trials of the search have ended (completed or failed)."""
+    return ended_trials(spec) >= spec.stage.max_trials
+
+
+def trials_table(spec: SearchSpec) -> pd.DataFrame:
+    """The search's trials as a table: id, image size, hyperparameters, val accuracy, epochs,
+    seconds, worker id, status and checkpoint."""
+    rows = []
+    for record in trial_records(spec.project_dir):
+        rows.append({"trial_id": record["trial_id"], "image_size": spec.image_size, **record["values"],
+                     "val_accuracy": record["score"], "epochs": record["epochs"],
+                     "seconds": record["seconds"], "worker": record["worker"], "status": record["status"],
+                     "checkpoint": record["checkpoint"]})
+    return pd.DataFrame(rows)
+
+
+def keep_best(spec: SearchSpec, keep: int) -> list[str]:
+    """Deletes the checkpoints of all but the `keep` best completed trials; returns those kept."""
+    records = [r for r in trial_records(spec.project_dir) if r["status"] == "COMPLETED" and r["score"] is not None]
+    records.sort(key=lambda r: r["score"], reverse=True)
+    for record in records[keep:]:
+        Path(record["checkpoint"]).unlink(missing_ok=True)
+    return [r["trial_id"] for r in records[:keep]]
+
+
+def chief_down_marker(spec: SearchSpec) -> Path:
+    """A file saying this search's chief has ended badly: its workers stop waiting for it."""
+    return spec.directory / f"{spec.project_name}.chief-down"
+
+
+def mark_chief_down(spec: SearchSpec, reason: str) -> None:
+    write_json(chief_down_marker(spec), {"reason": reason, "port": spec.port})
+
+
+def chief_down_reason(spec: SearchSpec) -> str | None:
+    """Why this search's chief (on this port) ended badly, or None while it has not."""
+    marker = chief_down_marker(spec)
+    if not marker.is_file():
+        return None
+    found = read_json(marker)
+    return found["reason"] if found.get("port") == spec.port else None

@@ -1,0 +1,54 @@
+"""The spec of one search: everything its chief and workers need, in a JSON file both read."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from glasses.config import StageConfig
+from glasses.files import read_json, write_json
+
+
+class SearchSpec(BaseModel):
+    """One search: where it lives, what it trains on, its stage's budget and its roles.
+
+    Every field is required: the values come from the config (`glasses.stages.plan_search`),
+    which is the one place that holds their defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    directory: Path
+    project_name: str
+    cache_dir: Path
+    image_size: int
+    stage: StageConfig  # batch size, trials, epochs, patience, warm-up
+    fixed: dict[str, int | str]  # what the search holds fixed: earlier stages' choices and stage.fixed
+    seed: int
+    host: str
+    port: int
+    workers: int
+    worker_timeout_s: float
+    chief_timeout_s: float
+    gpus_per_worker: int | Literal["all"]
+
+    @property
+    def project_dir(self) -> Path:
+        return self.directory / self.project_name
+
+    def save(self, path: Path) -> Path:
+        return write_json(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def load(cls, path: Path) -> SearchSpec:
+        return cls.model_validate(read_json(path))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

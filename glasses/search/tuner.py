@@ -1,0 +1,80 @@
+"""The Keras Tuner both roles build: the report's space as a hypermodel, a random search that
+records who ran each trial, and the process-wide role settings Keras Tuner reads."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from glasses.files import write_json
+from glasses.search.spec import SearchSpec
+
+HEARTBEAT_S = 3.0
+
+
+def set_role(spec: SearchSpec, tuner_id: str) -> None:
+    """Makes this process the chief (`tuner_id` "chief") or a worker of the spec's oracle."""
+    os.environ["KERASTUNER_TUNER_ID"] = tuner_id
+    os.environ["KERASTUNER_ORACLE_IP"] = spec.host
+    os.environ["KERASTUNER_ORACLE_PORT"] = str(spec.port)
+
+
+def _hypermodel(spec: SearchSpec):
+    from glasses.model import build_model
+    from glasses.space import model_spec
+
+    def build(hp):
+        return build_model(model_spec(hp, spec.image_size, spec.fixed))
+
+    return build
+
+
+def build_tuner(spec: SearchSpec, strategy=None):
+    """The search's RandomSearch, continuing its project on disk (never overwriting it)."""
+    import keras_tuner as kt
+
+    class GlassesTuner(kt.RandomSearch):
+        """RandomSearch that records who ran each trial, for how long and for how many epochs."""
+
+        def run_trial(self, trial, *args, **kwargs):
+            started = time.monotonic()
+            with Heartbeat(self.oracle, trial.trial_id):
+                histories = super().run_trial(trial, *args, **kwargs)
+            epochs = max(len(h.history.get("loss", [])) for h in histories)
+            write_json(Path(self.get_trial_dir(trial.trial_id)) / "worker.json",
+                       {"tuner_id": self.tuner_id, "seconds": round(time.monotonic() - started, 2),
+                        "epochs": epochs})
+            return histories
+
+    return GlassesTuner(
+        _hypermodel(spec), objective="val_accuracy", max_trials=spec.stage.max_trials, seed=spec.seed,
+        max_retries_per_trial=1, max_consecutive_failed_trials=3, directory=str(spec.directory),
+        project_name=spec.project_name, overwrite=False, distribution_strategy=strategy)
+
+
+class Heartbeat:
+    """Tells the chief every few seconds, during a trial, that this worker is alive."""
+
+    def __init__(self, oracle, trial_id: str):
+        self.oracle, self.trial_id = oracle, trial_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self.oracle.get_trial(self.trial_id)
+            except Exception:  # a missed beat is not fatal; the chief decides on silence
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        from glasses.search.keras_tuner_private import is_remote
+
+        if is_remote(self.oracle):  # only a distributed worker has a chief to tell
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()

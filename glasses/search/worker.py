@@ -1,0 +1,98 @@
+"""A worker process: runs the trials the chief hands out until it says the search is over.
+
+Beyond keras-tuner's own worker loop, it waits for its chief (and stops waiting when the chief
+is marked down), sends a heartbeat during each trial, and, told 'idle' while other trials still
+run, waits a moment and asks again, so it is there to take over the trial of a worker gone
+silent.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from glasses.errors import SearchError
+from glasses.search.records import chief_down_reason, is_complete
+from glasses.search.spec import SearchSpec
+from glasses.search.tuner import build_tuner, set_role
+
+IDLE_POLL_S = 2.0
+
+
+def work(spec: SearchSpec, tuner_id: str) -> int:
+    """Runs trials handed out by the chief until it says the search is over; returns 0."""
+    if is_complete(spec):
+        print(f"{tuner_id}: search {spec.project_dir} already complete", flush=True)
+        return 0
+    set_role(spec, tuner_id)
+    _limit_threads()
+    import keras
+
+    from glasses.inputs import load_subset
+    from glasses.search.keras_tuner_private import set_client_timeout
+
+    # A chief that is gone should fail this worker's calls soon (the task retries), not in an hour.
+    set_client_timeout(max(10.0, spec.worker_timeout_s))
+    strategy, replicas = _strategy()
+    wait_for_chief(spec)
+    tuner = build_tuner(spec, strategy)
+    tuner.oracle = _PatientClient(tuner.oracle)
+    stage, batch = spec.stage, spec.stage.batch_size * replicas
+    train = load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed)
+    val = load_subset(spec.cache_dir, "val", batch)
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=stage.patience,
+                                         restore_best_weights=True, start_from_epoch=stage.warmup_epochs)
+    print(f"{tuner_id}: {replicas} replica(s), batch {batch}, {os.environ.get('GLASSES_THREADS')} threads",
+          flush=True)
+    tuner.search(train, validation_data=val, epochs=stage.epochs, callbacks=[stop], verbose=2)
+    return 0
+
+
+def wait_for_chief(spec: SearchSpec) -> None:
+    """Returns once the chief listens; raises SearchError if it is marked down or never comes."""
+    deadline = time.monotonic() + spec.worker_timeout_s
+    while True:
+        reason = chief_down_reason(spec)
+        if reason:
+            raise SearchError(f"the chief at {spec.host}:{spec.port} is down: {reason}")
+        try:
+            with socket.create_connection((spec.host, spec.port), timeout=2):
+                return
+        except OSError as error:
+            if time.monotonic() > deadline:
+                raise SearchError(f"no chief listening at {spec.host}:{spec.port} after "
+                                  f"{spec.worker_timeout_s:.0f}s ({error})") from error
+            time.sleep(0.5)
+
+
+def _limit_threads() -> None:
+    import tensorflow as tf
+
+    threads = int(os.environ.get("GLASSES_THREADS", "0"))
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+
+
+def _strategy():
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return (tf.distribute.MirroredStrategy() if gpus else None), max(1, len(gpus))
+
+
+class _PatientClient:
+    """The worker's oracle client, waiting a moment between asks while the chief says 'idle'."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def create_trial(self, tuner_id):
+        trial = self._client.create_trial(tuner_id)
+        if trial.status == "IDLE":
+            time.sleep(IDLE_POLL_S)
+        return trial

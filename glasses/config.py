@@ -113,7 +113,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "data": {"synth_n": 4500, "synth_resolution": 256},
         "search": {
-            "workers": 2,
             "worker_timeout_s": 600,
             "stage1": _stage([64, 128, 256], 16, 5, 50, 5),
             "stage2": _stage(_LATER, 64, 100, 50, 10),
@@ -125,7 +124,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "data": {"synth_n": 2400, "synth_resolution": 128},
         "search": {
-            "workers": 2,
             "worker_timeout_s": 120,
             "chief_timeout_s": 3600,
             # Up to 48 px: when stage 1 chose 64, stages 2-3 took 830 s instead of 500 and the
@@ -141,7 +139,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "data": {"synth_n": 60, "synth_resolution": 32},
         "search": {
-            "workers": 2,
             "worker_retries": 1,
             "worker_timeout_s": 60,
             "chief_timeout_s": 600,

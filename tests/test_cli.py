@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import keras
 import numpy as np
@@ -90,7 +92,20 @@ def test_synth_and_config_commands(tmp_path):
     assert json.loads(shown.stdout)["search"]["stage3"]["keep"] == 100
 
 
-def test_download_without_kagglehub_or_network_says_so_in_one_line(tmp_path):
+def test_download_without_kagglehub_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # an import of it fails, as when not installed
     result = runner.invoke(app, ["download", "--out", str(tmp_path / "k")])
     assert result.exit_code == 2
-    assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr
+    assert result.stderr.strip() == "error: kagglehub is not installed: pip install 'glasses[download]'"
+
+
+def test_a_failed_download_is_one_line_and_links_nothing(tmp_path, monkeypatch):
+    def offline(handle):
+        raise ConnectionError(f"cannot reach the hub for {handle}\nretries exhausted")
+
+    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=offline))
+    result = runner.invoke(app, ["download", "--out", str(tmp_path / "k")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: cannot download jeffheaton/glasses-or-no-glasses: ConnectionError: "
+                                     "cannot reach the hub for jeffheaton/glasses-or-no-glasses")
+    assert not (tmp_path / "k").exists()

@@ -1,0 +1,59 @@
+"""The tasks' failure paths, called through `.fn()` (no flow run needed): each fails with the
+library's own error, and the chief's failure reaches its workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect.logging import disable_run_logger
+
+from glasses.config import StageConfig, build_config
+from glasses.errors import DatasetError, SearchError
+from glasses.search import SearchSpec, free_port
+from glasses.search.records import chief_down_reason, mark_chief_down
+from tasks import data, model, search
+from tests.conftest import balanced_labels, write_kaggle_dataset
+
+
+def _spec(tmp_path: Path, cache_dir: Path, worker_timeout_s: float = 3) -> Path:
+    stage = StageConfig(batch_size=8, max_trials=2, epochs=1, patience=1)
+    spec = SearchSpec(directory=tmp_path / "kt", project_name="size16", cache_dir=cache_dir, image_size=16,
+                      stage=stage, fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=1,
+                      worker_timeout_s=worker_timeout_s, chief_timeout_s=120, gpus_per_worker=1)
+    return spec.save(tmp_path / "spec.json")
+
+
+@pytest.mark.slow
+def test_a_chief_without_workers_fails_its_task_and_marks_itself_down(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1])
+    with disable_run_logger(), pytest.raises(SearchError, match="ended with code 3 before all 2 trials ended"):
+        search.chief.fn(str(spec_path))
+    assert "re-run to continue" in chief_down_reason(SearchSpec.load(spec_path))
+
+
+@pytest.mark.slow
+def test_a_worker_task_fails_at_once_when_its_chief_is_down(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], worker_timeout_s=300)
+    mark_chief_down(SearchSpec.load(spec_path), "chief ended with code 3")
+    with disable_run_logger(), pytest.raises(SearchError, match="worker tuner0 of .* exited with code 1"):
+        search.worker.fn(str(spec_path), 0)
+
+
+def test_the_ensemble_task_without_any_finished_trial_is_a_search_error(tiny_cache, tmp_path):
+    split_dir, cache_dir = tiny_cache
+    config = build_config("smoke", overrides={"work_dir": tmp_path / "work"})
+    with disable_run_logger(), pytest.raises(SearchError, match="no completed trial with a checkpoint"):
+        model.ensemble.fn(config, [str(_spec(tmp_path, cache_dir))], str(split_dir))
+    assert not (tmp_path / "work" / "model").exists()
+
+
+def test_the_organize_task_rejects_bad_labels_and_writes_nothing(tmp_path):
+    source = write_kaggle_dataset(tmp_path / "source", balanced_labels(12))
+    text = (source / "train.csv").read_text().splitlines()
+    text[3] = text[3].rsplit(",", 1)[0] + ",2"  # the label of CSV line 4
+    (source / "train.csv").write_text("\n".join(text) + "\n")
+    config = build_config("smoke", overrides={"work_dir": tmp_path / "work", "data.data_dir": source})
+    with disable_run_logger(), pytest.raises(DatasetError, match="train.csv row 4: glasses must be 0 or 1, got '2'"):
+        data.organize.fn(config, data.source.fn(config))
+    assert not (tmp_path / "work").exists()

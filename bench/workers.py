@@ -33,7 +33,7 @@ def prepare(root: Path, n: int, resolution: int, size: int) -> Path:
 
 def run_search(root: Path, cache: Path, workers: int, args: argparse.Namespace, tag: str) -> float:
     stage = StageConfig(batch_size=args.batch, max_trials=args.trials, epochs=args.epochs, patience=args.epochs)
-    spec = SearchSpec(directory=root / "kt", project_name=tag, cache_dir=cache, image_size=args.size, stage=stage,
+    spec = SearchSpec(search_id=tag, directory=root / "kt", project_name=tag, cache_dir=cache, image_size=args.size, stage=stage,
                       fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=workers,
                       worker_timeout_s=120, chief_timeout_s=3600, gpus_per_worker=1)
     spec_path = spec.save(root / f"{tag}.json")

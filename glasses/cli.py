@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -12,14 +13,16 @@ import typer
 
 from glasses.config import PRESETS, build_config
 from glasses.errors import GlassesError
+from glasses.workdir import check_apart
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train and ship a CNN ensemble that tells faces with glasses from faces without.")
 
 
 def _fail(error: Exception) -> None:
+    """One line `error: ...` on stderr and exit code 1 (2 is typer's, for usage errors)."""
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -49,17 +52,22 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
     try:
         config = build_config(preset, config_file, {"data.data_dir": data_dir, "work_dir": work_dir,
                                                     "search.workers": workers})
+        check_apart(config.data.data_dir, config.work_dir)  # before Prefect starts; the flow checks again
     except GlassesError as error:
         _fail(error)
     # The embedded server's telemetry heartbeat only logs sqlite lock errors here; opt out unless set.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import pipeline  # imports prefect; only this command needs it
     from glasses.report import summary_markdown
+    from glasses.watchdog import reap_on_death, say_goodbye
 
+    watcher = reap_on_death()  # if this process is killed outright, it ends what the run started
     try:
         summary = Path(pipeline(config))
     except GlassesError as error:
         _fail(error)
+    finally:
+        say_goodbye(watcher)
     typer.echo(summary_markdown(summary))
     result = json.loads(summary.read_text())["ensemble"]
     typer.echo(f"ensemble test accuracy: {result['test_accuracy']:.4f}  ({summary})")
@@ -75,12 +83,50 @@ def show_config(preset: str = typer.Option("quick", "--preset"),
         _fail(error)
 
 
+@app.command("check")
+def check_data(data_dir: Path = typer.Option(..., "--data-dir", help="A dataset in the Kaggle layout."),
+               preset: str = typer.Option("quick", "--preset", help="Whose data.fractions and seed plan the split."),
+               config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON overrides.")) -> None:
+    """Check a dataset as a run would, writing nothing: classes, image kinds, latents, the split."""
+    from glasses.dataset import check
+
+    try:
+        config = build_config(preset, config_file)
+        report = check(data_dir, config.data.fractions, config.data.seed)
+    except GlassesError as error:
+        _fail(error)
+    typer.echo("\n".join(_report_lines(report)))
+
+
+def _report_lines(report, kinds_shown: int = 5) -> list[str]:
+    """`glasses check`'s output: one line per finding, the split as a small table."""
+    layout, total = report.layout, sum(report.per_class.values())
+    kinds = [f"{count} {fmt} {mode} {width}x{height}" for (fmt, mode, width, height), count in report.kinds]
+    more = f", and {len(kinds) - kinds_shown} more kinds" if len(kinds) > kinds_shown else ""
+    lines = [f"labels: {layout.csv}",
+             f"images: {layout.image_dir}",
+             f"labelled: {total} images: " + ", ".join(f"{n} {name}" for name, n in report.per_class.items()),
+             f"image kinds (format mode size): {'; '.join(kinds[:kinds_shown])}{more}",
+             f"latents v1..v512: {'present' if layout.has_latents else 'absent (the latent baseline is skipped)'}",
+             f"split {'/'.join(f'{f:g}' for f in report.fractions)}, seed {report.seed}:",
+             f"  {'':<5}" + "".join(f"  {name:>10}" for name in report.per_class)]
+    lines += [f"  {subset:<5}" + "".join(f"  {n:>10}" for n in counts.values())
+              for subset, counts in report.split.items()]
+    return lines + ["ok: a run would accept this dataset"]
+
+
 def _load_model(path: Path):
-    if not path.is_file():
+    """The Keras model at `path` (safe mode: no code in it runs), or one error line."""
+    if not path.exists():
         _fail(GlassesError(f"no model at {path}: run `glasses run` first or pass --model"))
     import keras
 
-    return keras.models.load_model(path)
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:  # a text file, a truncated zip, a folder, another format: one line, no traceback
+        why = next((line for line in str(error).splitlines() if line.strip()), "")
+        _fail(GlassesError(f"{path} is not a Keras model ({type(error).__name__}: {why}); "
+                           "pass the .keras file `glasses run` wrote"))
 
 
 @app.command()
@@ -111,8 +157,10 @@ def evaluate(data_dir: Path = typer.Option(..., "--data-dir", help="Kaggle layou
     """Score a model on a labelled dataset: accuracy, precision, recall, F1, ROC-AUC, confusion."""
     from glasses.evaluate import labelled_images, metrics, predict_files
 
+    from glasses.dataset import require_data_dir
+
     try:
-        pairs = labelled_images(data_dir)
+        pairs = labelled_images(require_data_dir(data_dir))
     except GlassesError as error:
         _fail(error)
     labels = {path: label for path, label in pairs}
@@ -144,8 +192,18 @@ def download(out: Path = typer.Option(Path("data/glasses"), "--out")) -> None:
     typer.echo(f"downloaded to {path}; use --data-dir {out}")
 
 
+def _terminate(signum, frame) -> None:
+    """Ctrl-C, SIGTERM or a closed terminal (SIGHUP): end every process this run started (the
+    tuner roles, the embedded Prefect server) and exit at once. The OS frees the work dir's
+    lock; the next run removes what was half-written and continues the searches."""
+    from glasses.watchdog import terminate_descendants
+
+    typer.echo(f"interrupted ({signal.Signals(signum).name}): stopping the run's processes", err=True)
+    terminate_descendants()
+    os._exit(128 + signum)
+
+
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
+    app()

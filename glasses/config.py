@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import ipaddress
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from glasses.errors import ConfigError
+from glasses.space import check_fixed
 
 PresetName = Literal["quick", "paper", "smoke"]
+
+# numpy's default_rng takes no negative seed, and 32 bits is what every seeded library accepts.
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="A non-negative 32-bit random seed.")]
+ImageSize = Annotated[int, Field(ge=8, le=1024)]
+Fraction = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+_HOUR = 3600.0
 
 
 class _Section(BaseModel):
@@ -30,54 +38,127 @@ class DataConfig(_Section):
     data_dir: Path | None = Field(None, description="A dataset in the Kaggle layout; None synthesizes one.")
     synth_n: int = Field(1500, ge=20, description="Labelled images in the built-in dataset.")
     synth_resolution: int = Field(128, ge=16, le=1024, description="Side of the built-in images, px.")
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 1337
+    fractions: tuple[Fraction, Fraction, Fraction] = Field((0.8, 0.1, 0.1), description="Train, val, test.")
+    seed: Seed = 1337
 
-    @model_validator(mode="after")
-    def _fractions_sum_to_one(self) -> DataConfig:
-        if abs(sum(self.fractions) - 1.0) > 1e-6 or min(self.fractions) <= 0:
-            raise ValueError(f"data.fractions must be three positive numbers summing to 1, got {self.fractions}")
-        return self
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, fractions: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(fractions) - 1.0) > 1e-6:
+            raise ValueError(f"must be three positive numbers summing to 1, got {fractions}")
+        return fractions
 
 
 class StageConfig(_Section):
     """One random search stage (a row of the report's table)."""
 
-    image_sizes: list[int] = Field(default_factory=list, description="Stage 1 only: one search per size; "
-                                   "later stages use stage 1's choice.")
-    batch_size: int = Field(ge=1, description="Per replica; multiplied by the GPUs a worker uses.")
-    max_trials: int = Field(ge=1, description="Per image size in stage 1, in total otherwise.")
-    epochs: int = Field(ge=1)
+    image_sizes: list[ImageSize] = Field(default_factory=list, description="Stage 1 only: one search per "
+                                         "size, 8 to 1024 px; later stages use stage 1's choice.")
+    batch_size: int = Field(ge=1, le=4096, description="Per replica; multiplied by the GPUs a worker uses.")
+    max_trials: int = Field(ge=1, le=10_000, description="Per image size in stage 1, in total otherwise.")
+    epochs: int = Field(ge=1, le=10_000)
     patience: int = Field(ge=1)
     warmup_epochs: int = Field(0, ge=0, description="Epochs before early stopping may stop a trial "
-                               "(BatchNorm statistics settle first on small data).")
-    fixed: dict[str, int | str] = Field(default_factory=dict, description="Hyperparameters held fixed.")
+                               "(BatchNorm statistics settle first on small data); below epochs.")
+    fixed: dict[str, int | str] = Field(default_factory=dict, description="Hyperparameters held fixed, "
+                                        "by their names in glasses.space.SPACE.")
     keep: int | None = Field(None, ge=1, description="Keep only the checkpoints of the K best trials.")
+
+    @field_validator("image_sizes")
+    @classmethod
+    def _sizes_differ(cls, sizes: list[int]) -> list[int]:
+        repeated = sorted({size for size in sizes if sizes.count(size) > 1})
+        if repeated:
+            raise ValueError(f"lists {repeated} more than once in {sizes}; each size is one search")
+        return sizes
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed_in_space(cls, fixed: dict[str, int | str]) -> dict[str, int | str]:
+        check_fixed(fixed)
+        return fixed
+
+    @model_validator(mode="after")
+    def _budget_adds_up(self) -> StageConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} must be below epochs {self.epochs}, "
+                             "or early stopping can never act")
+        if self.keep is not None and self.keep > self.max_trials:
+            raise ValueError(f"keep {self.keep} must be at most max_trials {self.max_trials}")
+        return self
 
 
 class SearchConfig(_Section):
     """The distributed random search: roles, resources, faults and the choice rules."""
 
-    workers: int = Field(2, ge=1, description="Tuner worker processes per search.")
-    oracle_host: str = Field("127.0.0.1", description="Address the chief binds and workers dial.")
-    oracle_port: int | None = Field(None, description="None picks a free port.")
-    seed: int = 1337
-    gpus_per_worker: int | Literal["all"] = Field(1, description="GPUs per worker on a GPU host.")
-    worker_retries: int = Field(2, ge=0, description="Retries of a worker task, same tuner id.")
-    worker_timeout_s: float = Field(120, gt=0, description="Silence after which a worker is gone.")
-    chief_timeout_s: float = Field(6 * 3600, gt=0, description="Hard limit on one search.")
-    size_tolerance: float = Field(0.01, ge=0, description="Take the smaller size within this of the best.")
-    layers_tolerance: float = Field(0.01, ge=0, description="Same rule for conv_layers.")
+    workers: int = Field(2, ge=1, le=64, description="Tuner worker processes per search.")
+    oracle_host: str = Field("127.0.0.1", description="Address the chief binds and workers dial; "
+                             "loopback unless allow_remote_oracle.")
+    oracle_port: int | None = Field(None, description="1024 to 65535; None picks a free port.")
+    allow_remote_oracle: bool = Field(False, description="Let oracle_host be a non-loopback address. The "
+                                      "oracle is unauthenticated gRPC: only on a trusted network.")
+    seed: Seed = 1337
+    gpus_per_worker: int | Literal["all"] = Field(1, description="GPUs per worker on a GPU host: 0 to 64, "
+                                                  "or all.")
+    worker_retries: int = Field(2, ge=0, le=10, description="Retries of a worker task, same tuner id.")
+    worker_timeout_s: float = Field(120, gt=0, le=24 * _HOUR, allow_inf_nan=False,
+                                    description="Silence after which a worker is gone; below chief_timeout_s.")
+    chief_timeout_s: float = Field(6 * _HOUR, gt=0, le=7 * 24 * _HOUR, allow_inf_nan=False,
+                                   description="Hard limit on one search, at most 7 days.")
+    size_tolerance: float = Field(0.01, ge=0, le=1, allow_inf_nan=False,
+                                  description="Take the smaller size within this of the best.")
+    layers_tolerance: float = Field(0.01, ge=0, le=1, allow_inf_nan=False,
+                                    description="Same rule for conv_layers.")
     stage1: StageConfig
     stage2: StageConfig
     stage3: StageConfig
 
+    @field_validator("oracle_port")
+    @classmethod
+    def _unprivileged_port(cls, port: int | None) -> int | None:
+        if port is not None and not 1024 <= port <= 65535:
+            raise ValueError(f"{port} is not a port from 1024 to 65535 (lower ones need root; "
+                             "leave it unset to pick a free one)")
+        return port
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _gpu_count(cls, gpus: int | str) -> int | str:
+        if gpus != "all" and not 0 <= gpus <= 64:
+            raise ValueError(f"{gpus} is not a number of GPUs from 0 to 64, or 'all'")
+        return gpus
+
     @model_validator(mode="after")
     def _stage1_has_sizes(self) -> SearchConfig:
-        sizes = self.stage1.image_sizes
-        if not sizes or min(sizes) < 8:
-            raise ValueError(f"search.stage1.image_sizes must list sizes of 8 px or more, got {sizes}")
+        if not self.stage1.image_sizes:
+            raise ValueError("stage1.image_sizes must list at least one size: stage 1 searches each one")
         return self
+
+    @model_validator(mode="after")
+    def _worker_timeout_within_chief(self) -> SearchConfig:
+        if self.worker_timeout_s >= self.chief_timeout_s:
+            raise ValueError(f"worker_timeout_s {self.worker_timeout_s:g} must be below chief_timeout_s "
+                             f"{self.chief_timeout_s:g}, or a silent worker outlives the search")
+        return self
+
+    @model_validator(mode="after")
+    def _oracle_on_loopback(self) -> SearchConfig:
+        if not self.allow_remote_oracle and not is_loopback(self.oracle_host):
+            raise ValueError(
+                f"oracle_host {self.oracle_host!r} is not loopback; the oracle is unauthenticated gRPC, so anyone "
+                "who can reach its port can read and change the search. Set search.allow_remote_oracle: true "
+                "only on a trusted network")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is "localhost" or a loopback address (127.0.0.0/8, ::1); other names are remote."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 class EnsembleConfig(_Section):
@@ -191,7 +272,21 @@ def build_config(preset: str = "quick", file: Path | None = None, overrides: dic
         return Config.model_validate(tree)
     except ValidationError as error:
         where = f" (from {file})" if file else ""
-        raise ConfigError(f"invalid config{where}:\n{error}") from error
+        problems = [_describe(problem) for problem in error.errors()]
+        listed = f" {problems[0]}" if len(problems) == 1 else "".join(f"\n  {p}" for p in problems)
+        raise ConfigError(f"invalid config{where}:{listed}") from error
+
+
+def _describe(problem: dict) -> str:
+    """One pydantic error as one line: `search.workers: Input should be ... (got 1000)`."""
+    where = ".".join(str(part) for part in problem["loc"]) or "config"
+    message = problem["msg"].removeprefix("Value error, ")
+    value = problem.get("input")
+    # Our own messages state the value already; a whole section would swamp the line.
+    if problem["type"] in ("value_error", "missing") or isinstance(value, dict):
+        return f"{where}: {message}"
+    shown = repr(value)
+    return f"{where}: {message} (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -3,22 +3,32 @@
 The source dataset is read-only to us: images are hard-linked (copied where links are
 impossible) into the work dir, and every output directory is built under a temporary name
 and renamed into place, so an interrupted run leaves nothing half-written.
+
+Every check of the input lives here, in one path (`validate`) that both `organize` and the
+write-nothing `check` run, so `glasses check` finds exactly what a run would stop on.
 """
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from csv import Error as CsvError
+from csv import reader as csv_reader
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from glasses.errors import DatasetError
 from glasses.files import atomic_dir, read_json, write_json
@@ -37,8 +47,23 @@ ID_COLUMN = "id"
 LABEL_COLUMN = "glasses"
 LATENT_DIM = 512
 LATENT_COLUMNS = tuple(f"v{i}" for i in range(1, LATENT_DIM + 1))
-ROW_COLUMN = "row"  # added on reading: the CSV line number, for error messages
+ROW_COLUMN = "row"  # added on reading: the physical line of the file the row starts on, for errors
+ID_TEXT_COLUMN = "id_text"  # the id as written ("007"): its image may be face-007.png
+MAX_ID = 2**63 - 1  # ids are int64 everywhere downstream (numpy, the latent table)
+# Checked from the header, before any pixel is decoded: 8192 x 8192 is far beyond a face photo
+# and decodes to 192 MiB of RGB; above it a file is a mistake or a decompression bomb. Kept
+# below PIL's own Image.MAX_IMAGE_PIXELS (89 M), so this limit, with its clearer message, wins.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+# Each class must reach every subset: val and test metrics (recall, ROC-AUC) and the ensemble's
+# choice on val are undefined without both classes. More would reject the tiny datasets of the
+# tests and the smoke preset without making 2-image subsets any less noisy.
+MIN_PER_CLASS_AND_SUBSET = 1
 _PLAIN_INT = re.compile(r"^[0-9]+$")
+# The delimiters spreadsheets write: "," (CSV), ";" (CSV in decimal-comma locales), tab
+# (Excel's "Unicode text"). The one that splits the header into the most names wins.
+_DELIMITERS = (",", ";", "\t")
+# Byte-order marks a spreadsheet writes; without one the file is read as UTF-8.
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 @dataclass(frozen=True)
@@ -71,37 +96,151 @@ class Split:
     test: int
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image's header says: format ("PNG", "JPEG"), PIL mode and size."""
+
+    format: str
+    mode: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Validated:
+    """A dataset that passed every check: its labels and, row for row, its image files."""
+
+    layout: Layout
+    labels: pd.DataFrame
+    paths: list[Path]
+    images: list[ImageInfo]
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What `check` found in a dataset that passed every check.
+
+    Attributes:
+        layout: Where the labels and images are.
+        per_class: Labelled images per class name.
+        kinds: ((format, mode, width, height), count) of the images, the most common first.
+        fractions: The train/val/test fractions the split was planned with.
+        seed: The split's seed.
+        split: Subset -> class name -> images the split would place there.
+    """
+
+    layout: Layout
+    per_class: dict[str, int]
+    kinds: list[tuple[tuple[str, str, int, int], int]]
+    fractions: tuple[float, float, float]
+    seed: int
+    split: dict[str, dict[str, int]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The layout: the data dir, train.csv and the image folder
+
+
+def require_data_dir(data_dir: Path) -> Path:
+    """The data dir, if it is a folder that can be listed.
+
+    Raises:
+        DatasetError: naming the path when it does not exist, is not a folder or cannot be read.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise DatasetError(f"data dir {data_dir} does not exist; pass the folder that holds train.csv")
+    if not data_dir.is_dir():
+        raise DatasetError(f"data dir {data_dir} is not a folder; pass the folder that holds train.csv")
+    _list_dir(data_dir)
+    return data_dir
+
+
+def _list_dir(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as error:
+        raise DatasetError(f"cannot read {folder}: {error.strerror or error}; check its permissions") from error
+
+
 def find_layout(data_dir: Path) -> Layout:
     """Finds `train.csv` and the folder holding `face-<id>` images in a dataset download.
 
     Raises:
-        DatasetError: when `train.csv` or any folder of face images is missing.
+        DatasetError: when the data dir is unusable, or `train.csv` or any folder of face
+            images is missing.
     """
-    data_dir = Path(data_dir)
+    data_dir = require_data_dir(data_dir)
     csv = data_dir / "train.csv"
     if not csv.is_file():
         raise DatasetError(f"no train.csv in {data_dir}: expected the Kaggle layout "
                            "(train.csv with id and glasses columns, images face-<id>.png)")
     for candidate in IMAGE_DIR_CANDIDATES:
         folder = (data_dir / candidate).resolve()
-        if folder.is_dir() and any(_is_face_file(p) for p in folder.iterdir()):
+        if folder.is_dir() and any(_is_face_name(e.name) for e in _list_dir(folder)):
             return Layout(csv=csv, image_dir=folder, has_latents=has_latent_columns(csv))
     tried = ", ".join(str(data_dir / c) for c in IMAGE_DIR_CANDIDATES)
     raise DatasetError(f"no face-<id>.png/.jpg images found for {csv}; looked in {tried}")
 
 
-def face_file_name(image_id: int, ext: str = ".png") -> str:
+def face_file_name(image_id: int | str, ext: str = ".png") -> str:
     """The file name of an id's image: `face-<id><ext>`."""
     return f"{FACE_PREFIX}{image_id}{ext}"
 
 
-def _is_face_file(path: Path) -> bool:
-    return path.name.startswith(FACE_PREFIX) and path.suffix.lower() in IMAGE_EXTENSIONS
+def _is_face_name(name: str) -> bool:
+    return name.startswith(FACE_PREFIX) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+# ---------------------------------------------------------------------------------------------
+# The CSV: any dialect a spreadsheet writes, errors by physical line
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """How a CSV is written: its encoding, delimiter and header (names stripped)."""
+
+    encoding: str
+    delimiter: str
+    header: list[str]
+
+
+@contextmanager
+def _open_text(csv: Path, encoding: str) -> Iterator:
+    """The CSV as text; undecodable bytes become U+FFFD, so that only the cells we use can fail."""
+    try:
+        with open(csv, newline="", encoding=encoding, errors="replace") as handle:
+            yield handle
+    except OSError as error:
+        raise DatasetError(f"cannot read {csv}: {error.strerror or error}; check its permissions") from error
+
+
+def csv_format(csv: Path) -> CsvFormat:
+    """Sniffs a CSV's encoding (a BOM, else UTF-8), delimiter and header.
+
+    Raises:
+        DatasetError: when the file cannot be read or its header holds NUL characters (a
+            binary file, or UTF-16 without a BOM).
+    """
+    try:
+        with open(csv, "rb") as handle:
+            start = handle.read(4)
+    except OSError as error:
+        raise DatasetError(f"cannot read {csv}: {error.strerror or error}; check its permissions") from error
+    encoding = next((name for bom, name in _BOMS if start.startswith(bom)), "utf-8")
+    with _open_text(csv, encoding) as handle:
+        line = handle.readline()
+    if "\0" in line:
+        raise DatasetError(f"{csv} row 1: the header holds NUL characters; save the file as CSV (UTF-8)")
+    splits = {d: next(csv_reader([line], delimiter=d), []) for d in _DELIMITERS}
+    delimiter = max(_DELIMITERS, key=lambda d: len(splits[d]))  # a tie keeps ","
+    return CsvFormat(encoding, delimiter, [name.strip() for name in splits[delimiter]])
 
 
 def read_header(csv: Path) -> list[str]:
-    with open(csv, newline="", encoding="utf-8-sig") as handle:  # -sig: drop a BOM (Excel's CSVs)
-        return [name.strip() for name in handle.readline().split(",")]
+    """The column names of a CSV, stripped, quotes removed."""
+    return csv_format(csv).header
 
 
 def has_latent_columns(csv: Path) -> bool:
@@ -109,110 +248,291 @@ def has_latent_columns(csv: Path) -> bool:
     return set(LATENT_COLUMNS) <= set(read_header(csv))
 
 
+def _column_indices(csv: Path, header: list[str], names: list[str]) -> list[int]:
+    """The position of each named column; a DatasetError when one is missing or repeated."""
+    indices = []
+    for name in names:
+        found = [i for i, column in enumerate(header) if column == name]
+        if not found:
+            shown = ", ".join(header[:5]) + (", ..." if len(header) > 5 else "") if header else "no header"
+            raise DatasetError(f"{csv}: missing column {name!r} (found {shown})")
+        if len(found) > 1:
+            raise DatasetError(f"{csv} row 1: column {name!r} appears {len(found)} times "
+                               f"(columns {', '.join(str(i + 1) for i in found)}); keep one")
+        indices.append(found[0])
+    return indices
+
+
+def _record_lines(csv: Path, form: CsvFormat, needed: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The physical line each record after the header starts on, and whether it is blank.
+
+    Blank means no value at all (an empty line, or a spreadsheet's empty row ",,,"). A record
+    spans several lines when a quoted value holds a line break, so lines are counted here
+    rather than derived from the record's index.
+
+    Raises:
+        DatasetError: naming the line of a record with more values than the header has names,
+            or too few to reach a column we read (`needed`: name -> position).
+    """
+    starts, blank = [], []
+    reach = max(needed.values()) + 1
+    with _open_text(csv, form.encoding) as handle:
+        records = csv_reader(handle, delimiter=form.delimiter)
+        try:
+            next(records, None)
+            end = records.line_num
+            for record in records:
+                start, end = end + 1, records.line_num
+                starts.append(start)
+                blank.append(not any(value.strip() for value in record))
+                if not blank[-1] and not reach <= len(record) <= len(form.header):
+                    _width_error(csv, start, len(record), len(form.header), needed)
+        except CsvError as error:
+            raise DatasetError(f"{csv} row {records.line_num}: {error}; fix the row") from error
+    return np.asarray(starts, dtype=int), np.asarray(blank, dtype=bool)
+
+
+def _width_error(csv: Path, line: int, values: int, names: int, needed: dict[str, int]) -> None:
+    if values > names:
+        raise DatasetError(f"{csv} row {line}: {values} values but the header names {names} columns; "
+                           "remove the extra values (a value holding the delimiter needs quotes)")
+    missing = min((i, name) for name, i in needed.items() if i >= values)
+    raise DatasetError(f"{csv} row {line}: only {values} values, so no {missing[1]!r} (column {missing[0] + 1}); "
+                       "fill in the row or remove it")
+
+
 def read_columns(csv: Path, names: Iterable[str]) -> pd.DataFrame:
     """Reads the named columns of a CSV with Dask, every cell as the string written there.
 
-    Only these columns are parsed. Names match stripped ("id, glasses" names " glasses"), a
-    BOM (Excel's CSVs) is dropped and no cell becomes NaN, so a bad value can be reported as is.
+    Only these columns are parsed. Names match stripped and unquoted; the encoding (a BOM, else
+    UTF-8) and delimiter (",", ";" or tab) are sniffed; blank rows are skipped; no cell becomes
+    NaN, so a bad value can be reported as is.
 
     Returns:
-        The columns in the order of `names`, plus `row`: the CSV line number of each row.
+        The columns in the order of `names`, plus `row`: the physical line each row starts on.
+
+    Raises:
+        DatasetError: naming the file, and the row where there is one, of a missing or repeated
+            column, a row with too many or too few values, or a value that is not valid text.
     """
+    names = list(names)
+    form = csv_format(csv)
+    indices = _column_indices(csv, form.header, names)
+    starts, blank = _record_lines(csv, form, dict(zip(names, indices)))
+    frame = _dask_columns(csv, form, names)
+    if len(frame) != len(starts):  # two parsers of one file disagree: a quoting they read differently
+        raise DatasetError(f"{csv}: {len(starts)} rows by line but {len(frame)} by value; check its quotes")
+    frame = frame.assign(**{ROW_COLUMN: starts})[~blank].reset_index(drop=True)
+    _require_text(csv, frame, names, form.encoding)
+    return frame
+
+
+def _dask_columns(csv: Path, form: CsvFormat, names: list[str]) -> pd.DataFrame:
     import dask.dataframe as dd  # heavy; only needed here
 
-    names = list(names)
     wanted = set(names)
-    frame = dd.read_csv(csv, usecols=lambda name: name.strip() in wanted, dtype=str,
-                        keep_default_na=False, encoding="utf-8-sig").compute()
-    frame = frame.rename(columns=str.strip).reset_index(drop=True)[names]
-    return frame.assign(**{ROW_COLUMN: frame.index + 2})  # line 1 is the header
+    # Dask cuts a file into blocks at b"\n", which is half a character in UTF-16: one block then.
+    blocksize = "default" if form.encoding.startswith("utf-8") else None
+    try:
+        frame = dd.read_csv(csv, sep=form.delimiter, usecols=lambda name: name.strip() in wanted, dtype=str,
+                            keep_default_na=False, skip_blank_lines=False, encoding=form.encoding,
+                            encoding_errors="replace", blocksize=blocksize).compute()
+    except (ValueError, OSError) as error:  # pandas' ParserError is a ValueError
+        raise DatasetError(f"cannot parse {csv}: {str(error).strip().splitlines()[0]}") from error
+    return frame.rename(columns=str.strip).reset_index(drop=True)[names]
+
+
+def _require_text(csv: Path, frame: pd.DataFrame, names: list[str], encoding: str) -> None:
+    """A DatasetError naming the row of the first value we read that was not valid text."""
+    for name in names:
+        bad = frame[name].str.contains("\ufffd", regex=False)
+        if bad.any():
+            row = frame[bad].iloc[0]
+            raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: the {name} value {row[name]!r} is not valid "
+                               f"{encoding} text; save the file as CSV UTF-8")
 
 
 def read_labels(csv: Path) -> pd.DataFrame:
-    """Reads and validates `id` and `glasses` from a labels CSV with Dask, lazily.
+    """Reads and validates `id` and `glasses` from a labels CSV with Dask.
 
     Only the two columns are parsed; the 512 latent columns are never materialised.
 
     Returns:
-        A frame with int columns `id`, `glasses` and `row` (the CSV line number).
+        A frame with int columns `id`, `glasses` and `row` (the physical line), and `id_text`
+        (the id as written, stripped: "007" for 7).
 
     Raises:
-        DatasetError: naming the file and row of a missing column, a bad id, a duplicate id,
-            a label other than 0/1, or an empty class.
+        DatasetError: naming the file and row of a missing column, a bad or too large id, a
+            duplicate id (compared as integers: 7 and 007 are one id), a label other than
+            0/1, or an empty class.
     """
-    header = read_header(csv)
-    for column in (ID_COLUMN, LABEL_COLUMN):
-        if column not in header:
-            raise DatasetError(f"{csv}: missing column {column!r} (found {', '.join(header[:5])}"
-                               f"{', ...' if len(header) > 5 else ''})")
-    return _validate_labels(csv, read_columns(csv, (ID_COLUMN, LABEL_COLUMN)))
-
-
-def _validate_labels(csv: Path, frame: pd.DataFrame) -> pd.DataFrame:
-    ids = frame[ID_COLUMN].str.strip()
-    bad_id = ~ids.str.match(_PLAIN_INT)
-    if bad_id.any():
-        row = frame[bad_id].iloc[0]
-        raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: id {row[ID_COLUMN]!r} is not a plain integer")
-    labels = frame[LABEL_COLUMN].str.strip()
-    bad_label = ~labels.isin(["0", "1", "0.0", "1.0"])
-    if bad_label.any():
-        row = frame[bad_label].iloc[0]
-        raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: glasses must be 0 or 1, got {row[LABEL_COLUMN]!r}")
-    frame = pd.DataFrame({ID_COLUMN: ids.astype(int), LABEL_COLUMN: labels.astype(float).astype(int),
-                          ROW_COLUMN: frame[ROW_COLUMN]})
-    duplicated = frame[ID_COLUMN].duplicated(keep=False)
-    if duplicated.any():
-        rows = frame[duplicated]
-        first = rows.iloc[0][ID_COLUMN]
-        lines = rows[rows[ID_COLUMN] == first][ROW_COLUMN].tolist()
-        raise DatasetError(f"{csv} rows {', '.join(map(str, lines))}: duplicate id {first}")
+    frame = read_columns(csv, (ID_COLUMN, LABEL_COLUMN))
+    texts = _require_ids(csv, frame)
+    labels = _require_labels(csv, frame)
+    frame = pd.DataFrame({ID_COLUMN: texts.map(int).astype("int64"), LABEL_COLUMN: labels,
+                          ROW_COLUMN: frame[ROW_COLUMN].astype(int), ID_TEXT_COLUMN: texts})
+    _require_unique_ids(csv, frame)
     for label, name in enumerate(CLASSES):
         if not (frame[LABEL_COLUMN] == label).any():
             raise DatasetError(f"{csv}: no row has glasses={label} ({name}); both classes are needed")
     return frame
 
 
-def image_path(image_dir: Path, image_id: int) -> Path | None:
-    """The image file of an id, whatever its extension's case, or None."""
-    for ext in IMAGE_EXTENSIONS:
-        for candidate in (face_file_name(image_id, ext), face_file_name(image_id, ext.upper())):
-            if (image_dir / candidate).is_file():
-                return image_dir / candidate
+def _first_bad(frame: pd.DataFrame, bad: pd.Series) -> pd.Series:
+    return frame[bad].iloc[0]
+
+
+def _require_ids(csv: Path, frame: pd.DataFrame) -> pd.Series:
+    """The ids as written, stripped, each a plain integer that fits in int64."""
+    texts = frame[ID_COLUMN].str.strip()
+    bad = ~texts.str.match(_PLAIN_INT)
+    if bad.any():
+        row = _first_bad(frame, bad)
+        raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: id {row[ID_COLUMN]!r} is not a plain integer")
+    too_large = texts.map(lambda text: int(text) > MAX_ID)
+    if too_large.any():
+        row = _first_bad(frame, too_large)
+        raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: id {row[ID_COLUMN]!r} is too large "
+                           f"(at most {MAX_ID}); fix the id")
+    return texts
+
+
+def _require_labels(csv: Path, frame: pd.DataFrame) -> pd.Series:
+    labels = frame[LABEL_COLUMN].str.strip()
+    bad = ~labels.isin(["0", "1", "0.0", "1.0"])
+    if bad.any():
+        row = _first_bad(frame, bad)
+        raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: glasses must be 0 or 1, got {row[LABEL_COLUMN]!r}")
+    return labels.astype(float).astype(int)
+
+
+def _require_unique_ids(csv: Path, frame: pd.DataFrame) -> None:
+    duplicated = frame[ID_COLUMN].duplicated(keep=False)
+    if not duplicated.any():
+        return
+    first = frame[duplicated].iloc[0][ID_COLUMN]
+    rows = frame[frame[ID_COLUMN] == first]
+    spellings = list(dict.fromkeys(rows[ID_TEXT_COLUMN]))
+    written = f" (written {', '.join(map(repr, spellings))})" if len(spellings) > 1 else ""
+    raise DatasetError(f"{csv} rows {', '.join(map(str, rows[ROW_COLUMN]))}: duplicate id {first}{written}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Images: found by id, size checked from the header, then decoded
+
+
+def image_path(image_dir: Path, image_id: int, spelled: str | None = None) -> Path | None:
+    """The image file of an id, whatever its extension's case, or None.
+
+    An id written with leading zeros ("007") is looked for as written (face-007.png), then as
+    the number (face-7.png, as the Kaggle files are named).
+    """
+    for stem in dict.fromkeys(s for s in (spelled, str(image_id)) if s):
+        for ext in IMAGE_EXTENSIONS:
+            for candidate in (face_file_name(stem, ext), face_file_name(stem, ext.upper())):
+                if (image_dir / candidate).is_file():
+                    return image_dir / candidate
     return None
 
 
-def check_image(path: Path) -> None:
-    """Raises DatasetError naming `path` when it is not a decodable image."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        with Image.open(path) as image:  # verify() leaves the image unusable; decode for real
-            image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        raise DatasetError(f"{path}: unreadable image ({error}); fix or remove it and its CSV row") from error
-
-
-def require_image(layout: Layout, image_id: int, row: int) -> Path:
+def require_image(layout: Layout, image_id: int, row: int, spelled: str | None = None) -> Path:
     """The image file of the id on line `row` of the layout's CSV.
 
     Raises:
         DatasetError: naming the CSV, row and id when the id has no image.
     """
-    path = image_path(layout.image_dir, image_id)
+    path = image_path(layout.image_dir, image_id, spelled)
     if path is None:
+        names = " or ".join(dict.fromkeys(f"face-{s}.png/.jpg/.jpeg" for s in (spelled, str(image_id)) if s))
         raise DatasetError(f"{layout.csv} row {row}: no image for id {image_id} in "
-                           f"{layout.image_dir} (looked for face-{image_id}.png/.jpg/.jpeg)")
+                           f"{layout.image_dir} (looked for {names})")
     return path
 
 
-def locate_images(layout: Layout, labels: pd.DataFrame) -> list[Path]:
-    """Finds and decodes each labelled image, failing on the first missing or unreadable one."""
-    paths = [require_image(layout, image_id, row)
-             for image_id, row in zip(labels[ID_COLUMN], labels[ROW_COLUMN])]
+def _unreadable(path: Path, error: BaseException) -> DatasetError:
+    why = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return DatasetError(f"{path}: unreadable image ({why}); fix or remove it and its CSV row")
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """Opens an image and checks its size from the header, before any pixel is decoded.
+
+    Raises:
+        DatasetError: naming the file, its size and the limit when it has more than
+            MAX_IMAGE_PIXELS pixels (or more than PIL's own decompression-bomb limit).
+    """
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as error:  # PIL refuses before we see a size
+        raise DatasetError(f"{path}: too large to decode ({error}); glasses reads at most {MAX_IMAGE_PIXELS} pixels "
+                           "(glasses.dataset.MAX_IMAGE_PIXELS): shrink it or remove it and its CSV row") from error
+    with image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DatasetError(f"{path}: {width}x{height} is {width * height} pixels, more than the limit of "
+                               f"{MAX_IMAGE_PIXELS} (glasses.dataset.MAX_IMAGE_PIXELS); shrink it or remove it "
+                               "and its CSV row")
+        yield image
+
+
+def read_image_info(path: Path) -> ImageInfo:
+    """Format, mode and size from an image's header, checked against MAX_IMAGE_PIXELS.
+
+    Raises:
+        DatasetError: naming the file when it is too large or not an image.
+    """
+    try:
+        with open_image(path) as image:
+            return ImageInfo(image.format or "?", image.mode, *image.size)
+    except DatasetError:
+        raise
+    except Exception as error:  # any failure of a decoder on a user's file is a bad image, not a crash
+        raise _unreadable(path, error) from error
+
+
+def check_image(path: Path) -> None:
+    """Raises DatasetError naming `path` when it is not a fully decodable image."""
+    try:
+        with open_image(path) as image:
+            image.verify()  # checksums (PNG CRCs) that load() does not look at
+        with open_image(path) as image:  # verify() leaves the image unusable; decode for real
+            image.load()
+    except DatasetError:
+        raise
+    except Exception as error:  # any failure of a decoder on a user's file is a bad image, not a crash
+        raise _unreadable(path, error) from error
+
+
+def find_images(layout: Layout, labels: pd.DataFrame) -> list[Path]:
+    """The image file of each labelled row, in row order; a DatasetError for the first id without one."""
+    return [require_image(layout, image_id, row, spelled)
+            for image_id, row, spelled in zip(labels[ID_COLUMN], labels[ROW_COLUMN], labels[ID_TEXT_COLUMN])]
+
+
+def inspect_images(paths: list[Path]) -> list[ImageInfo]:
+    """Checks every image: its header (size limit first, in file order), then a full decode.
+
+    Raises:
+        DatasetError: naming the first image that is too large, or not decodable.
+    """
+    with warnings.catch_warnings():  # PIL warns above its limit; ours is lower and says it in the error
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        infos = [read_image_info(path) for path in paths]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        list(pool.map(check_image, paths))
-    return paths
+        list(pool.map(check_image, paths))  # the first failure in file order is raised
+    return infos
+
+
+def validate(layout: Layout) -> Validated:
+    """Runs every check of a dataset's labels and images (`find_layout` checked the rest), reading only.
+
+    Raises:
+        DatasetError: for the first bad input, naming its file and row or value.
+    """
+    labels = read_labels(layout.csv)
+    paths = find_images(layout, labels)
+    return Validated(layout=layout, labels=labels, paths=paths, images=inspect_images(paths))
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -224,16 +544,26 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 
 def _source_stamp(layout: Layout) -> dict:
+    """What organize's output depends on: the CSV's and every face image's stat (no reads).
+
+    An image replaced under an unchanged CSV changes its size, mtime or inode (a copy with a
+    preserved mtime still gets a new inode), so a stale organized dir is never reused.
+    """
     stat = layout.csv.stat()
+    images = hashlib.sha256()
+    for entry in sorted(_list_dir(layout.image_dir), key=lambda e: e.name):
+        if _is_face_name(entry.name) and entry.is_file():
+            info = entry.stat()
+            images.update(f"{entry.name}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}\n".encode())
     return {"csv": str(layout.csv.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "image_dir": str(layout.image_dir)}
+            "image_dir": str(layout.image_dir), "images": images.hexdigest()}
 
 
 def organize(data_dir: Path, out_dir: Path) -> Organized:
     """Validates a dataset and places each labelled image into `glasses/` or `no_glasses/`.
 
     Test-set images (ids only in `test.csv`) are left out. Re-running on an unchanged source
-    returns the existing result without work.
+    (the CSV and every image, by size, mtime and inode) returns the existing result without work.
 
     Raises:
         DatasetError: for any bad input, before anything is written.
@@ -243,14 +573,13 @@ def organize(data_dir: Path, out_dir: Path) -> Organized:
     manifest = Path(out_dir) / "organized.json"
     if manifest.is_file() and read_json(manifest).get("source") == stamp:
         return Organized(dir=Path(out_dir), **read_json(manifest)["counts"])
-    labels = read_labels(layout.csv)
-    paths = locate_images(layout, labels)
+    valid = validate(layout)
     with atomic_dir(out_dir) as tmp:
         for name in CLASSES:
             (tmp / name).mkdir()
-        for path, label in zip(paths, labels[LABEL_COLUMN]):
+        for path, label in zip(valid.paths, valid.labels[LABEL_COLUMN]):
             link_or_copy(path, tmp / CLASSES[label] / path.name)
-        result = _count(Path(out_dir), labels)
+        result = _count(Path(out_dir), valid.labels)
         write_json(tmp / "organized.json", {"source": stamp, "counts": _counts_dict(result)})
     log.info("organized %d images: %d glasses, %d no glasses (%.2f : 1)",
              result.labelled, result.glasses, result.no_glasses, result.ratio)
@@ -270,52 +599,114 @@ def _counts_dict(result: Organized) -> dict:
     return counts
 
 
+# ---------------------------------------------------------------------------------------------
+# The split: planned from class sizes, checked before anything is written
+
+
 def class_files(folder: Path) -> dict[str, list[Path]]:
     """The image files of each class folder under `folder`, sorted by name."""
     return {name: sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             for name in CLASSES}
 
 
-def assign_subsets(count: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
-    """Subset index (0 train, 1 val, 2 test) of each of `count` sorted items of one class.
+def subset_sizes(count: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Train, val and test sizes of a class of `count` items.
 
     Train and val sizes are rounded down and the rest goes to test, as in the report
     (3599 / 449 / 452 of 4500).
     """
-    order = np.random.default_rng(seed).permutation(count)
     # the epsilon keeps float error from flooring an exact product down: 90 * 0.7 is 62.99999999999999
     n_train = int(count * fractions[0] + 1e-9)
     n_val = int(count * fractions[1] + 1e-9)
+    return n_train, n_val, count - n_train - n_val
+
+
+def assign_subsets(count: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """Subset index (0 train, 1 val, 2 test) of each of `count` sorted items of one class,
+    seeded, in the sizes of `subset_sizes`."""
+    order = np.random.default_rng(seed).permutation(count)
+    n_train, n_val, _ = subset_sizes(count, fractions)
     subsets = np.full(count, 2)
     subsets[order[:n_train]] = 0
     subsets[order[n_train:n_train + n_val]] = 1
     return subsets
 
 
+def plan_split(per_class: dict[str, int], fractions: tuple[float, float, float]) -> dict[str, dict[str, int]]:
+    """Subset -> class -> images that `split` would place there (`subset_sizes`; the seed only
+    decides which images).
+
+    Raises:
+        DatasetError: when a class would leave a subset with fewer than
+            MIN_PER_CLASS_AND_SUBSET images, with the numbers and what to change.
+    """
+    plan = {subset: {} for subset in SUBSETS}
+    for name, count in per_class.items():
+        for subset, size in zip(SUBSETS, subset_sizes(count, fractions)):
+            plan[subset][name] = size
+            if size < MIN_PER_CLASS_AND_SUBSET:
+                shown = "/".join(f"{f:g}" for f in fractions)
+                raise DatasetError(f"class {name} has {count} images: the split {shown} gives {subset} {size}, "
+                                   f"need at least {MIN_PER_CLASS_AND_SUBSET}; add images or change data.fractions")
+    return plan
+
+
+def check(data_dir: Path, fractions: tuple[float, float, float], seed: int) -> CheckReport:
+    """Runs every check a run would make of a dataset, and plans its split, writing nothing.
+
+    Raises:
+        DatasetError: for the first bad input (as `organize` and `split` would raise it).
+    """
+    valid = validate(find_layout(data_dir))
+    labels = valid.labels[LABEL_COLUMN]
+    per_class = {name: int((labels == label).sum()) for label, name in enumerate(CLASSES)}
+    kinds = Counter((i.format, i.mode, i.width, i.height) for i in valid.images).most_common()
+    return CheckReport(layout=valid.layout, per_class=per_class, kinds=kinds, fractions=tuple(fractions),
+                       seed=seed, split=plan_split(per_class, fractions))
+
+
+def _organized_source(organized_dir: Path) -> dict | None:
+    """The source stamp organize wrote, so that a split of since-replaced images is not reused."""
+    manifest = Path(organized_dir) / "organized.json"
+    return read_json(manifest).get("source") if manifest.is_file() else None
+
+
 def split(organized_dir: Path, out_dir: Path, fractions: tuple[float, float, float], seed: int) -> Split:
     """Splits class folders into stratified train/val/test folders, seeded.
 
-    The same inputs give the same split, and a re-run with them does no work.
+    The same inputs (file names, and the source stamp of the organized dir) give the same
+    split, and a re-run with them does no work.
+
+    Raises:
+        DatasetError: when a class is too small for the fractions (see `plan_split`), before
+            anything is written.
     """
     files = class_files(Path(organized_dir))
-    key = {"fractions": list(fractions), "seed": seed,
+    key = {"fractions": list(fractions), "seed": seed, "source": _organized_source(organized_dir),
            "files": {name: [p.name for p in paths] for name, paths in files.items()}}
     manifest = Path(out_dir) / "split.json"
     if manifest.is_file() and read_json(manifest).get("key") == key:
         return Split(dir=Path(out_dir), **read_json(manifest)["counts"])
-    rows = []
+    plan_split({name: len(paths) for name, paths in files.items()}, fractions)
     with atomic_dir(out_dir) as tmp:
-        for label, name in enumerate(CLASSES):
-            for path, subset in zip(files[name], assign_subsets(len(files[name]), fractions, seed)):
-                target = tmp / SUBSETS[subset] / name / path.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                link_or_copy(path, target)
-                rows.append((f"{SUBSETS[subset]}/{name}/{path.name}", label, SUBSETS[subset]))
-        table = pd.DataFrame(rows, columns=["path", "label", "subset"])
+        table = _place_subsets(files, tmp, fractions, seed)
         table.to_csv(tmp / "manifest.csv", index=False)
         counts = {s: int((table["subset"] == s).sum()) for s in SUBSETS}
         write_json(tmp / "split.json", {"key": key, "counts": counts})
     return Split(dir=Path(out_dir), **counts)
+
+
+def _place_subsets(files: dict[str, list[Path]], tmp: Path, fractions: tuple[float, float, float],
+                   seed: int) -> pd.DataFrame:
+    """Links each class's files into tmp/<subset>/<class>/; the manifest rows (path, label, subset)."""
+    rows = []
+    for label, name in enumerate(CLASSES):
+        for path, subset in zip(files[name], assign_subsets(len(files[name]), fractions, seed)):
+            target = tmp / SUBSETS[subset] / name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(path, target)
+            rows.append((f"{SUBSETS[subset]}/{name}/{path.name}", label, SUBSETS[subset]))
+    return pd.DataFrame(rows, columns=["path", "label", "subset"])
 
 
 def read_manifest(split_dir: Path, subset: str) -> tuple[list[str], list[int]]:

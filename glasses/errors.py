@@ -19,3 +19,8 @@ class SynthError(DatasetError):
 
 class SearchError(GlassesError):
     """A search that cannot start or could not finish all its trials."""
+
+
+class OutputError(GlassesError):
+    """A work dir or output that cannot be used: it overlaps the data, is locked by another
+    run, cannot be written, or holds something glasses did not make."""

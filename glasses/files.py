@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from glasses.errors import OutputError
+
 
 def _umask() -> int:
     """The process umask, read without changing it where Linux allows (os.umask sets it too)."""
@@ -61,25 +63,49 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+OUTPUT_MARKER = ".glasses-output"  # in every folder atomic_dir makes: only such a folder is ever replaced
+
+
 @contextmanager
 def atomic_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     """Yields a temporary directory that becomes `path` only if the block succeeds.
 
-    An existing `path` is replaced; with `replace=False` it must be an empty directory, and
-    anything else is left as it is and makes the move raise OSError (another writer's output,
-    say). On failure the temporary directory is removed.
+    The new folder carries `OUTPUT_MARKER`. An existing `path` is replaced only if it carries
+    the marker too (glasses made it) or is an empty directory; with `replace=False` only an
+    empty directory is. Anything else (a user's folder, a symlink) is never removed: the move
+    raises OutputError (with `replace=False`, OSError: another writer's output, say). On
+    failure the temporary directory is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        (tmp / OUTPUT_MARKER).touch()
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's are owner-only
-        if path.exists() and replace:
-            shutil.rmtree(path)
-        elif path.exists():
-            path.rmdir()  # only an empty directory goes; anything else is kept and raises here
-        os.replace(tmp, path)
+        _move_over(tmp, path, replace)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_over(tmp: Path, path: Path, replace: bool) -> None:
+    """Renames `tmp` to `path`, first setting aside an old output of ours (removed after)."""
+    if not (path.exists() or path.is_symlink()):
+        os.replace(tmp, path)
+        return
+    if not replace or _is_empty_dir(path):
+        path.rmdir()  # only an empty directory goes; anything else is kept and raises here
+        os.replace(tmp, path)
+        return
+    if path.is_symlink() or not (path / OUTPUT_MARKER).is_file():
+        raise OutputError(f"refusing to replace {path}: glasses did not make it (no {OUTPUT_MARKER} "
+                          "marker inside); move it away or choose another work dir")
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
+    os.replace(path, old / path.name)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())

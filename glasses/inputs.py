@@ -13,15 +13,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from glasses.dataset import SUBSETS, read_manifest
+from glasses.dataset import SUBSETS, open_image, read_manifest
 from glasses.files import atomic_dir, read_json, write_json
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decodes any PNG/JPEG (grey, palette, RGBA, 16-bit) to an RGB uint8 array."""
-    with Image.open(path) as image:
+    """Decodes any PNG/JPEG (grey, palette, RGBA, CMYK, 16-bit) to an RGB uint8 array.
+
+    Raises:
+        DatasetError: naming the file when its header claims more than
+            `glasses.dataset.MAX_IMAGE_PIXELS` pixels (checked before decoding).
+        OSError: when it is not a decodable image.
+    """
+    with open_image(Path(path)) as image:
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             image = image.point(lambda v: v / 256).convert("L")
         return np.asarray(image.convert("RGB"), dtype=np.uint8)

@@ -11,6 +11,20 @@ from typing import Any, Mapping
 from glasses.model import ModelSpec
 
 MAX_CONV_LAYERS = 5
+_POOLINGS = ("max", "avg")
+
+# The one statement of the space, name pattern -> allowed values (`{i}` is a conv layer, 0 to
+# MAX_CONV_LAYERS - 1). `model_spec` declares exactly these on `hp` and `check_fixed` checks a
+# config's `fixed` against them, so a stage cannot fix a value the search could never try.
+SPACE: dict[str, range | tuple[str, ...]] = {
+    "conv_layers": range(1, MAX_CONV_LAYERS + 1),
+    "filters_{i}": range(8, 64 + 1, 8),
+    "pooling_{i}": _POOLINGS,
+    "global_pooling": _POOLINGS,
+    "optimizer": ("adam", "sgd"),
+}
+# The report's starting point; a choice starts at its first value.
+DEFAULTS: dict[str, int] = {"conv_layers": 5, "filters_{i}": 16}
 
 
 def model_spec(hp, image_size: int, fixed: Mapping[str, Any] | None = None) -> ModelSpec:
@@ -23,21 +37,64 @@ def model_spec(hp, image_size: int, fixed: Mapping[str, Any] | None = None) -> M
     """
     fixed = dict(fixed or {})
 
-    def choose(name: str, declare):
+    def choose(pattern: str, i: int | None = None):
+        name = pattern.format(i=i)
         if name in fixed:
             hp.Fixed(name, fixed[name])
             return fixed[name]  # whatever value `hp` held before, a fixed one wins
-        return declare()
+        return _declare(hp, name, pattern)
 
-    conv_layers = choose("conv_layers", lambda: hp.Int("conv_layers", 1, MAX_CONV_LAYERS, default=5))
+    # Declared in the report's order: the oracle samples in this order, so a seed picks the same trials.
+    conv_layers = choose("conv_layers")
     filters, pooling = [], []
     for i in range(conv_layers):
-        filters.append(choose(f"filters_{i}", lambda i=i: hp.Int(f"filters_{i}", 8, 64, step=8, default=16)))
-        pooling.append(choose(f"pooling_{i}", lambda i=i: hp.Choice(f"pooling_{i}", ["max", "avg"])))
-    global_pooling = choose("global_pooling", lambda: hp.Choice("global_pooling", ["max", "avg"]))
-    optimizer = choose("optimizer", lambda: hp.Choice("optimizer", ["adam", "sgd"]))
+        filters.append(choose("filters_{i}", i))
+        pooling.append(choose("pooling_{i}", i))
+    global_pooling = choose("global_pooling")
+    optimizer = choose("optimizer")
     return ModelSpec(image_size=image_size, conv_layers=conv_layers, filters=tuple(filters),
                      pooling=tuple(pooling), global_pooling=global_pooling, optimizer=optimizer)
+
+
+def _declare(hp, name: str, pattern: str):
+    values = SPACE[pattern]
+    if isinstance(values, range):
+        return hp.Int(name, values.start, values[-1], step=values.step, default=DEFAULTS.get(pattern))
+    return hp.Choice(name, list(values), default=DEFAULTS.get(pattern))
+
+
+def allowed_values() -> dict[str, range | tuple[str, ...]]:
+    """Every hyperparameter name the space can declare, with its allowed values."""
+    return {pattern.format(i=i): values for pattern, values in SPACE.items()
+            for i in (range(MAX_CONV_LAYERS) if "{i}" in pattern else [None])}
+
+
+def check_fixed(fixed: Mapping[str, Any]) -> None:
+    """Checks that every fixed hyperparameter is one of the space's, at a value it allows.
+
+    Raises:
+        ValueError: naming the unknown hyperparameter, or the value and what is allowed.
+    """
+    allowed = allowed_values()
+    for name, value in fixed.items():
+        if name not in allowed:
+            raise ValueError(f"unknown hyperparameter {name!r} in fixed; known: {_describe_names()}")
+        values = allowed[name]
+        # A bool is an int to Python; `True` is never a layer count or a filter size.
+        if isinstance(value, bool) or value not in values:
+            raise ValueError(f"fixed {name} {value!r} is not one of {_describe_values(values)}")
+
+
+def _describe_names() -> str:
+    last = MAX_CONV_LAYERS - 1
+    return ", ".join(p.replace("{i}", f"0..{p.format(i=last)}") if "{i}" in p else p for p in SPACE)
+
+
+def _describe_values(values: range | tuple[str, ...]) -> str:
+    if isinstance(values, range):
+        step = f" in steps of {values.step}" if values.step != 1 else ""
+        return f"{values.start}..{values[-1]}{step}"
+    return ", ".join(values)
 
 
 def spec_from_values(values: Mapping[str, Any], image_size: int) -> ModelSpec:

@@ -13,6 +13,7 @@ so a re-run with the same config continues (or reuses) it and a changed config s
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image
                        "seed": search.seed, "split": split_key})
     directory = (Path(stage_dir) / f"kt-{key}").resolve()
     spec = SearchSpec(
-        directory=directory, project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(),
+        search_id=f"{key}-{image_size}-{uuid.uuid4().hex[:8]}", directory=directory, project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(),
         image_size=image_size, stage=stage, fixed=fixed, seed=search.seed, host=search.oracle_host,
         port=search.oracle_port or free_port(search.oracle_host), workers=search.workers,
         worker_timeout_s=search.worker_timeout_s, chief_timeout_s=search.chief_timeout_s,

@@ -1,9 +1,22 @@
-"""Where each stage's outputs live under the work dir (one place that knows the layout)."""
+"""The work dir: where each stage's outputs live (one place that knows the layout), and the
+rules that keep a run's outputs and the user's data apart: no overlap with the data dir, one
+run at a time (a lock the OS frees when the process dies), no temporaries of dead runs."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from glasses.errors import OutputError
+
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -50,3 +63,68 @@ class WorkDir:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+
+def check_apart(data_dir: Path | None, work_dir: Path) -> None:
+    """Raises OutputError unless the data dir and the work dir are apart: neither is the other
+    or inside it (symlinks resolved), so no output can ever land in, or replace, the source."""
+    work = Path(work_dir).resolve()
+    if work.exists() and not work.is_dir():
+        raise OutputError(f"work dir {work_dir} is a file; pass a directory (--work-dir)")
+    if data_dir is None:
+        return
+    data = Path(data_dir).resolve()
+    if data == work or work in data.parents or data in work.parents:
+        where = ("is" if data == work else "is inside" if work in data.parents else "contains")
+        raise OutputError(f"the data dir {data_dir} {where} the work dir {work_dir} ({data} vs {work}); "
+                          "the source is never written to: choose a work dir outside the data dir")
+
+
+@contextmanager
+def claim(work_dir: Path, data_dir: Path | None = None) -> Iterator[WorkDir]:
+    """Holds the work dir for one run: checks it is apart from the data, takes its lock (the
+    holder's pid and host in `.lock`) and removes what dead runs left half-written.
+
+    Raises:
+        OutputError: the dirs overlap, the work dir cannot be written, or another run holds it.
+    """
+    check_apart(data_dir, work_dir)
+    root = Path(work_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / LOCK_FILE, "a+")
+    except OSError as error:
+        raise OutputError(f"cannot write the work dir {work_dir}: {error.strerror}; pass a writable "
+                          "--work-dir") from error
+    with handle:
+        _lock(handle, root)
+        remove_stale_temporaries(root)
+        try:
+            yield WorkDir(root)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock(handle, root: Path) -> None:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise OutputError(f"work dir {root} is in use by {holder}; wait for that run to end or pass "
+                          "another --work-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
+    handle.flush()
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Removes the `.*.tmp` files and folders of runs that died mid-write; returns them.
+
+    Call only while holding the work dir's lock: then no live run is writing them.
+    """
+    stale = [p for p in Path(root).rglob(".*.tmp") if not any(".tmp" in q.name for q in p.parents)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return stale

@@ -11,10 +11,10 @@ SHA-256) before and after, not by the chmod alone.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import math
 import os
-import stat
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,49 +36,31 @@ from glasses.dataset import (
     split,
 )
 from glasses.errors import DatasetError
-from tests.conftest import KAGGLE_SUBDIR, write_image, write_kaggle_dataset
+from glasses.files import OUTPUT_MARKER
+from tests.conftest import (
+    BAD_DATASETS,
+    CSV_DIALECTS,
+    DATASET_LABELS,
+    KAGGLE_SUBDIR,
+    edit_train,
+    set_cell,
+    snapshot,
+    write_bad_dataset,
+    write_image,
+    write_kaggle_dataset,
+    write_odd_dataset,
+    write_png_header,
+)
 
 FRACTIONS = (0.8, 0.1, 0.1)
 # the class folders spelled out, not taken from dataset.CLASSES, so that a swapped mapping fails
 FOLDER = {1: "glasses", 0: "no_glasses"}
 # 20 glasses, 12 no glasses, interleaved so that neither class is a contiguous block of ids
-LABELS = [1, 0, 1, 1, 0, 1, 1, 0] * 4
+LABELS = DATASET_LABELS
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers: editing train.csv, snapshots, read-only sources
-
-
-def edit_train(root: Path, edit) -> None:
-    """Rewrites train.csv through `edit(frame) -> frame`, every cell read as a string."""
-    frame = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
-    edit(frame).to_csv(root / "train.csv", index=False)
-
-
-def set_cell(root: Path, line: int, column: str, value: str) -> None:
-    """Sets one cell of train.csv, on CSV line `line` (line 1 is the header)."""
-
-    def edit(frame):
-        frame.loc[line - 2, column] = value
-        return frame
-
-    edit_train(root, edit)
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under `root` (and root itself) with type, mode, mtime, and size + hash of files."""
-    state = {}
-    for path in [root, *sorted(root.rglob("*"))]:
-        info = path.lstat()
-        key = str(path.relative_to(root))
-        if stat.S_ISDIR(info.st_mode):
-            state[key] = ("dir", info.st_mode, info.st_mtime_ns)
-        elif stat.S_ISREG(info.st_mode):
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            state[key] = ("file", info.st_mode, info.st_mtime_ns, info.st_size, digest)
-        else:
-            state[key] = ("other", info.st_mode)
-    return state
+# helpers: temporaries, read-only sources, what landed where (editing and snapshots: conftest)
 
 
 def temp_leftovers(root: Path) -> list[Path]:
@@ -176,8 +158,22 @@ def test_find_layout_without_train_csv_names_the_file_and_dir(tmp_path):
 
 
 def test_find_layout_on_a_missing_dir_is_a_dataset_error(tmp_path):
-    with pytest.raises(DatasetError, match="train.csv"):
+    with pytest.raises(DatasetError, match=f"data dir {tmp_path / 'nowhere'} does not exist"):
         find_layout(tmp_path / "nowhere")
+
+
+def test_an_unreadable_data_dir_is_one_error_naming_it(tmp_path, monkeypatch):
+    # the tests run as root, whom a chmod does not stop: the refusal is simulated at the OS call
+    real_scandir = os.scandir
+
+    def refuse(path):
+        if Path(path) == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(dataset.os, "scandir", refuse)
+    with pytest.raises(DatasetError, match=f"cannot read {tmp_path}: Permission denied"):
+        find_layout(tmp_path)
 
 
 def test_find_layout_without_images_is_an_error(tmp_path):
@@ -200,11 +196,12 @@ def test_read_labels_returns_ids_labels_and_csv_line_numbers(tmp_path):
     data = tmp_path / "data"
     write_kaggle_dataset(data, LABELS, latents=512)
     frame = read_labels(data / "train.csv")
-    assert list(frame.columns) == ["id", "glasses", "row"]
+    assert list(frame.columns) == ["id", "glasses", "row", "id_text"]
     assert frame["id"].tolist() == list(range(1, len(LABELS) + 1))
     assert frame["glasses"].tolist() == LABELS
     assert frame["row"].tolist() == list(range(2, len(LABELS) + 2))
-    assert all(np.issubdtype(frame[c].dtype, np.integer) for c in frame.columns)
+    assert frame["id_text"].tolist() == [str(i) for i in range(1, len(LABELS) + 1)]
+    assert all(np.issubdtype(frame[c].dtype, np.integer) for c in ("id", "glasses", "row"))
 
 
 def test_read_labels_accepts_float_labels_and_padded_ids(tmp_path):
@@ -229,10 +226,71 @@ def test_read_labels_tolerates_header_spacing_crlf_and_bom(tmp_path, header, new
     lines = [header, "10,0.5,1", "11,-0.5,0", "12,0.1,1"]
     csv.write_text(bom + newline.join(lines) + newline, encoding="utf-8", newline="")
     frame = read_labels(csv)
-    assert list(frame.columns) == ["id", "glasses", "row"]
+    assert list(frame.columns) == ["id", "glasses", "row", "id_text"]
     assert frame["id"].tolist() == [10, 11, 12]
     assert frame["glasses"].tolist() == [1, 0, 1]
     assert frame["row"].tolist() == [2, 3, 4]
+
+
+@pytest.mark.parametrize("dialect", CSV_DIALECTS)
+def test_read_labels_reads_every_spreadsheet_dialect(tmp_path, dialect):
+    data = write_odd_dataset(tmp_path / "data", dialect)
+    frame = read_labels(data / "train.csv")
+    assert frame["id"].tolist() == list(range(1, len(LABELS) + 1))
+    assert frame["glasses"].tolist() == LABELS
+    text = (data / "train.csv").read_bytes().decode("utf-16" if dialect.startswith("UTF-16") else "latin-1")
+    lines = text.splitlines()
+    for image_id, row in zip(frame["id"], frame["row"]):  # each row number is the line that holds the id
+        assert re.split(r"[,;\t]", lines[row - 1])[0].strip('"') == str(image_id), (image_id, row)
+
+
+def test_blank_lines_are_skipped_and_rows_keep_their_physical_line(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_text("id,glasses\n7,1\n\n,\n  \n8,0\n\n\n9,1\n\n")  # "," and "  ": rows with no value
+    frame = read_labels(csv)
+    assert frame["id"].tolist() == [7, 8, 9]
+    assert frame["row"].tolist() == [2, 6, 9]
+
+
+def test_latin_1_in_a_column_we_read_is_an_error_naming_the_row(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_bytes("id,name,glasses\n1,José,1\n2,Zoë,0\n3,x,1é\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"row 4: the glasses value '1\ufffd' is not valid utf-8 text"):
+        read_labels(csv)
+
+
+def test_a_utf_16_file_without_a_bom_is_an_error_saying_how_to_save_it(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_bytes("id,glasses\n1,1\n2,0\n".encode("utf-16-le"))
+    with pytest.raises(DatasetError, match="row 1: the header holds NUL characters; save the file as CSV"):
+        read_labels(csv)
+
+
+# ---------------------------------------------------------------------------------------------
+# ids written with leading zeros
+
+
+@pytest.mark.parametrize("image_name", ["face-007.png", "face-7.png"])
+def test_an_id_with_leading_zeros_is_its_number_and_finds_either_image_name(kaggle, tmp_path, image_name):
+    set_cell(kaggle, 8, "id", "007")
+    (kaggle / KAGGLE_SUBDIR / "face-7.png").rename(kaggle / KAGGLE_SUBDIR / image_name)
+    frame = read_labels(kaggle / "train.csv")
+    assert frame.loc[6, ["id", "id_text", "row"]].tolist() == [7, "007", 8]
+    found = organized_labels(organize(kaggle, tmp_path / "organized").dir)
+    assert found[image_name] == LABELS[6] and len(found) == len(LABELS)
+
+
+def test_the_image_named_as_written_wins_over_the_number(kaggle, tmp_path):
+    set_cell(kaggle, 8, "id", "007")
+    write_image(kaggle / KAGGLE_SUBDIR / "face-007.png", seed=70)
+    assert "face-007.png" in organized_labels(organize(kaggle, tmp_path / "organized").dir)
+
+
+def test_an_id_with_leading_zeros_and_no_image_names_both_spellings(kaggle):
+    set_cell(kaggle, 8, "id", "007")
+    (kaggle / KAGGLE_SUBDIR / "face-7.png").unlink()
+    with pytest.raises(DatasetError, match=r"row 8: no image for id 7 .*face-007\.png/\.jpg/\.jpeg or face-7\.png"):
+        organize(kaggle, kaggle.parent / "organized")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +315,7 @@ def test_organize_counts_labels_and_ratio(kaggle, tmp_path):
     expected = {f"face-{i}.png": label for i, label in enumerate(LABELS, start=1)}
     assert organized_labels(out) == expected
     assert (out / "organized.json").is_file()
-    assert sorted(p.name for p in out.iterdir()) == ["glasses", "no_glasses", "organized.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([OUTPUT_MARKER, "glasses", "no_glasses", "organized.json"])
     assert temp_leftovers(tmp_path) == []
 
 
@@ -357,6 +415,76 @@ def test_organize_rebuilds_when_the_labels_change(kaggle, tmp_path):
     assert temp_leftovers(tmp_path) == []
 
 
+def replace_image(path: Path, seed: int) -> None:
+    """New pixels under the same name, with a new size or mtime, as an edited photo has."""
+    before = path.stat()
+    write_image(path, seed=seed, size=(24, 25))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+
+
+def test_organize_and_split_rebuild_when_an_image_is_replaced_under_an_unchanged_csv(kaggle, tmp_path):
+    organize(kaggle, tmp_path / "organized")
+    split(tmp_path / "organized", tmp_path / "split", FRACTIONS, seed=1)
+    split_key = json.loads((tmp_path / "split" / "split.json").read_text())["key"]
+    csv_before = snapshot(kaggle)["train.csv"]
+
+    replace_image(kaggle / KAGGLE_SUBDIR / "face-3.png", seed=33)
+    organize(kaggle, tmp_path / "organized")
+    split(tmp_path / "organized", tmp_path / "split", FRACTIONS, seed=1)
+    assert snapshot(kaggle)["train.csv"] == csv_before
+    new_bytes = (kaggle / KAGGLE_SUBDIR / "face-3.png").read_bytes()
+    assert (tmp_path / "organized" / "glasses" / "face-3.png").read_bytes() == new_bytes
+    assert [p.read_bytes() for p in (tmp_path / "split").rglob("face-3.png")] == [new_bytes]
+    assert json.loads((tmp_path / "split" / "split.json").read_text())["key"] != split_key
+
+
+@pytest.mark.parametrize("dialect", CSV_DIALECTS)
+def test_organize_accepts_every_spreadsheet_dialect_and_odd_images(tmp_path, dialect):
+    data = write_odd_dataset(tmp_path / "data", dialect)
+    before = snapshot(data)
+    out = tmp_path / "organized"
+    result = organize(data, out)
+    assert (result.labelled, result.glasses, result.no_glasses) == (32, 20, 12)
+    names = {i: f"face-{i}.{'jpg' if i == 2 else 'png'}" for i in range(1, 33)}
+    assert organized_labels(out) == {names[i]: label for i, label in enumerate(LABELS, start=1)}
+    assert snapshot(data) == before
+
+
+def test_check_reports_classes_image_kinds_latents_and_the_split_and_writes_nothing(tmp_path, monkeypatch):
+    data = write_odd_dataset(tmp_path / "data", "quoted header, CRLF, UTF-8 BOM")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    report = dataset.check(data, FRACTIONS, seed=1337)
+    assert snapshot(tmp_path) == before
+    assert report.layout == find_layout(data) and report.layout.has_latents is False
+    assert report.per_class == {"no_glasses": 12, "glasses": 20}
+    assert report.kinds[0] == (("PNG", "RGB", 24, 24), 27)
+    assert {kind for kind, count in report.kinds[1:]} == {
+        ("PNG", "I;16", 24, 24), ("JPEG", "CMYK", 16, 16), ("PNG", "RGB", 2000, 50), ("PNG", "P", 24, 24),
+        ("PNG", "LA", 24, 24)}
+    assert report.split == {"train": {"no_glasses": 9, "glasses": 16}, "val": {"no_glasses": 1, "glasses": 2},
+                            "test": {"no_glasses": 2, "glasses": 2}}
+    assert (report.fractions, report.seed) == (FRACTIONS, 1337)
+
+
+# test takes what the floors of train and val leave, so only those two can come out empty
+@pytest.mark.parametrize("fractions, subset, size", [((0.8, 0.1, 0.1), "val", 0), ((0.9, 0.05, 0.05), "val", 0),
+                                                     ((0.05, 0.5, 0.45), "train", 0)])
+def test_a_class_too_small_for_the_split_is_an_error_before_anything_is_written(tmp_path, fractions, subset, size):
+    data = tmp_path / "data"
+    write_kaggle_dataset(data, [1] * 12 + [0] * 9)  # 9 no glasses: 0.1 of 9 floors to 0
+    organize(data, tmp_path / "organized")
+    shown = "/".join(f"{f:g}" for f in fractions)
+    message = (f"class no_glasses has 9 images: the split {shown} gives {subset} {size}, need at least 1; "
+               "add images or change data.fractions")
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        dataset.check(data, fractions, seed=1)
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        split(tmp_path / "organized", tmp_path / "split", fractions, seed=1)
+    assert not (tmp_path / "split").exists()
+    assert temp_leftovers(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input: each a DatasetError naming the file and the row or value, nothing written anywhere
 
@@ -368,16 +496,18 @@ def work(tmp_path) -> Path:
     return folder
 
 
-def assert_rejected(data: Path, work: Path, read_only, *fragments: str) -> str:
-    """organize() on `data` raises DatasetError naming each fragment, and writes nothing."""
+def assert_rejected(data: Path, work: Path, read_only, *fragments: str, data_dir: Path | None = None) -> str:
+    """organize() on `data_dir` (default `data`) raises DatasetError naming each fragment, and
+    nothing is written: `data` is byte for byte the same and the work dir stays empty."""
     read_only(data)
     before = snapshot(data)
     out = work / "organized"
     with pytest.raises(DatasetError) as info:
-        organize(data, out)
+        organize(data if data_dir is None else data_dir, out)
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert "\n" not in message
     assert snapshot(data) == before, "the source directory changed"
     assert not out.exists()
     assert list(work.iterdir()) == [], "something was left in the work dir"
@@ -385,36 +515,10 @@ def assert_rejected(data: Path, work: Path, read_only, *fragments: str) -> str:
     return message
 
 
-def test_bad_missing_train_csv(kaggle, work, read_only):
-    (kaggle / "train.csv").unlink()
-    assert_rejected(kaggle, work, read_only, "train.csv", str(kaggle))
-
-
-def test_bad_no_images_at_all(kaggle, work, read_only):
-    for path in (kaggle / KAGGLE_SUBDIR).iterdir():
-        path.unlink()
-    assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"))
-
-
-def test_bad_missing_id_column(kaggle, work, read_only):
-    edit_train(kaggle, lambda frame: frame.rename(columns={"id": "ident"}))
-    assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"), "'id'")
-
-
-def test_bad_missing_glasses_column(kaggle, work, read_only):
-    edit_train(kaggle, lambda frame: frame.drop(columns=["glasses"]))
-    assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"), "'glasses'")
-
-
-def test_bad_id_without_an_image(kaggle, work, read_only):
-    (kaggle / KAGGLE_SUBDIR / "face-7.png").unlink()
-    message = assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"), "row 8", "id 7")
-    assert "face-7" in message
-
-
-def test_bad_duplicate_ids(kaggle, work, read_only):
-    set_cell(kaggle, 9, "id", "5")  # line 9 repeats line 6's id
-    assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"), "rows 6, 9", "duplicate id 5")
+@pytest.mark.parametrize("case", BAD_DATASETS)
+def test_bad_dataset_is_rejected_naming_the_file_and_row(tmp_path, work, read_only, case):
+    data_dir, fragments = write_bad_dataset(tmp_path / "data", case)
+    assert_rejected(tmp_path / "data", work, read_only, *fragments, data_dir=data_dir)
 
 
 @pytest.mark.parametrize("value", ["2", "yes", "-1", ""])
@@ -431,35 +535,56 @@ def test_bad_empty_class(tmp_path, work, read_only, label):
     assert_rejected(data, work, read_only, str(data / "train.csv"), f"glasses={missing}", FOLDER[missing])
 
 
-def test_bad_image_of_garbage_bytes(kaggle, work, read_only):
-    bad = kaggle / KAGGLE_SUBDIR / "face-5.png"
-    bad.write_bytes(b"this is not a PNG file" * 10)
-    assert_rejected(kaggle, work, read_only, str(bad.resolve()), "unreadable image")
-
-
-def test_bad_truncated_png(kaggle, work, read_only):
-    bad = kaggle / KAGGLE_SUBDIR / "face-9.png"
-    write_image(bad, size=(32, 32), seed=9)  # noise: the pixel data dominates the file
-    data = bad.read_bytes()
-    bad.write_bytes(data[: len(data) * 2 // 3])
-    assert_rejected(kaggle, work, read_only, str(bad.resolve()), "unreadable image")
-
-
-def test_bad_truncated_jpeg(kaggle, work, read_only):
-    image_dir = kaggle / KAGGLE_SUBDIR
-    (image_dir / "face-9.png").unlink()
-    bad = write_image(image_dir / "face-9.jpg", size=(32, 32), seed=9)
-    data = bad.read_bytes()
-    cut = len(data) * 3 // 4
-    assert 0 < data.find(b"\xff\xda") < cut  # headers intact, scan data cut: only decoding finds it
-    bad.write_bytes(data[:cut])
-    assert_rejected(kaggle, work, read_only, str(bad.resolve()), "unreadable image")
-
-
-@pytest.mark.parametrize("value", ["../x", "-3", "1.5", "1e3", "", "x7"])
+@pytest.mark.parametrize("value", ["../x", "-3", "1.5", "1e3", "", "x7", "0x10", "٣"])
 def test_bad_id_not_a_plain_integer(kaggle, work, read_only, value):
     set_cell(kaggle, 5, "id", value)
     assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"), "row 5", repr(value))
+
+
+@pytest.mark.parametrize("value", ["9223372036854775808", "99999999999999999999", "1" + "0" * 40])
+def test_bad_id_beyond_int64_names_the_row_and_value(kaggle, work, read_only, value):
+    set_cell(kaggle, 5, "id", value)
+    assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"), "row 5", repr(value), "too large")
+
+
+def test_the_largest_int64_id_is_accepted(kaggle, tmp_path):
+    set_cell(kaggle, 5, "id", "9223372036854775807")
+    (kaggle / KAGGLE_SUBDIR / "face-4.png").rename(kaggle / KAGGLE_SUBDIR / "face-9223372036854775807.png")
+    assert "face-9223372036854775807.png" in organized_labels(organize(kaggle, tmp_path / "organized").dir)
+
+
+def test_bad_image_over_the_pixel_limit_names_its_size_and_the_limit(kaggle, work, read_only, monkeypatch):
+    monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 24 * 24 - 1)  # the images are 24x24
+    bad = (kaggle / KAGGLE_SUBDIR / "face-1.png").resolve()
+    assert_rejected(kaggle, work, read_only, str(bad), "24x24", "576 pixels", "limit of 575")
+
+
+def test_the_pixel_limit_is_read_from_the_header_before_decoding(tmp_path, monkeypatch):
+    bomb = write_png_header(tmp_path / "bomb.png", 9000, 9000)  # 81 M: under PIL's limit, over ours
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("decoded an image over the limit")
+
+    monkeypatch.setattr(dataset.Image.Image, "load", must_not_decode)
+    with pytest.raises(DatasetError, match=r"9000x9000 is 81000000 pixels, more than the limit of 67108864"):
+        dataset.read_image_info(bomb)
+
+
+@pytest.mark.parametrize("errors", ["a cell", "a whole row"])
+def test_blank_lines_keep_errors_on_the_physical_line(kaggle, work, read_only, errors):
+    lines = (kaggle / "train.csv").read_text().splitlines()
+    lines[5] = lines[5].replace("5,", "5x,", 1) if errors == "a cell" else lines[5] + ",1,2"
+    # 3 blank lines and an empty spreadsheet row before the bad line, which is line 6 as written
+    text = "\n".join(lines[:2] + ["", "", ",,,,,", ""] + lines[2:]) + "\n"
+    (kaggle / "train.csv").write_text(text)
+    assert_rejected(kaggle, work, read_only, str(kaggle / "train.csv"), "row 10")
+
+
+def test_a_quoted_value_over_two_lines_counts_both(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_text('id,note,glasses\n1,"two\nlines",1\n2,x,0\nbad,x,1\n')
+    with pytest.raises(DatasetError, match="row 5: id 'bad'"):
+        read_labels(csv)
 
 
 def test_bad_input_keeps_a_previous_good_result_intact(kaggle, tmp_path):

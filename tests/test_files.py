@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from glasses.files import atomic_dir, temporary_file, write_json, write_text
+from glasses.files import OUTPUT_MARKER, atomic_dir, temporary_file, write_json, write_text
 
 
 @pytest.fixture
@@ -50,13 +50,14 @@ def test_atomic_dir_replaces_a_full_target_only_when_asked(tmp_path):
     target = tmp_path / "data"
     target.mkdir()
     (target / "theirs").write_text("another writer's output")
+    (target / OUTPUT_MARKER).touch()  # even one of ours stays without replace
     with pytest.raises(OSError), atomic_dir(target, replace=False) as tmp:
         (tmp / "ours").write_text("x")
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
-    assert [p.name for p in target.iterdir()] == ["theirs"]
+    assert sorted(p.name for p in target.iterdir()) == [OUTPUT_MARKER, "theirs"]
     with atomic_dir(target) as tmp:
         (tmp / "ours").write_text("x")
-    assert [p.name for p in target.iterdir()] == ["ours"]
+    assert sorted(p.name for p in target.iterdir()) == [OUTPUT_MARKER, "ours"]
 
 
 def test_atomic_dir_fills_an_empty_target_without_replace(tmp_path):
@@ -64,5 +65,5 @@ def test_atomic_dir_fills_an_empty_target_without_replace(tmp_path):
     target.mkdir()
     with atomic_dir(target, replace=False) as tmp:
         (tmp / "ours").write_text("x")
-    assert [p.name for p in target.iterdir()] == ["ours"]
+    assert sorted(p.name for p in target.iterdir()) == [OUTPUT_MARKER, "ours"]
     assert [p.name for p in tmp_path.iterdir()] == ["data"]

@@ -1,12 +1,23 @@
-"""The tf.data cache: shapes, value range, labels, counts, reuse."""
+"""The tf.data cache: shapes, value range, labels, counts, reuse, and the images it decodes."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from glasses import dataset, inputs
+from glasses.errors import DatasetError
 from glasses.files import read_json
-from tests.conftest import NUM_SAMPLES, balanced_labels, write_kaggle_dataset
+from tests.conftest import (
+    KAGGLE_SUBDIR,
+    NUM_SAMPLES,
+    balanced_labels,
+    write_image,
+    write_kaggle_dataset,
+    write_odd_dataset,
+    write_png_header,
+)
 
 
 def test_cache_has_every_subset_at_the_size_in_unit_range(tiny_cache):
@@ -37,7 +48,7 @@ def test_grey_rgba_and_non_square_images_become_rgb_at_the_size(tmp_path):
     labels = balanced_labels(20)
     source = write_kaggle_dataset(tmp_path / "grey", labels, size=(40, 24), mode="L")
     organized = dataset.organize(source, tmp_path / "organized")
-    split = dataset.split(organized.dir, tmp_path / "split", (0.8, 0.1, 0.1), seed=1)
+    split = dataset.split(organized.dir, tmp_path / "split", (0.6, 0.2, 0.2), seed=1)  # 6 no glasses: 1 in val
     cache = inputs.build_cache(split.dir, tmp_path / "cache", 12)
     images, _ = inputs.subset_arrays(cache, "train")
     assert images.shape[1:] == (12, 12, 3)
@@ -56,3 +67,48 @@ def test_a_complete_cache_is_reused(tiny_cache):
     assert inputs.build_cache(split_dir, cache_dir.parent, 16) == cache_dir
     assert marker.stat().st_mtime_ns == before
     assert not [p for p in cache_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_odd_images_decode_to_rgb_uint8(tmp_path):
+    images = write_odd_dataset(tmp_path / "data", "semicolons") / KAGGLE_SUBDIR
+    grey16, cmyk, strip = (inputs.read_rgb(images / name) for name in ("face-1.png", "face-2.jpg", "face-3.png"))
+    assert (grey16.shape, cmyk.shape, strip.shape) == ((24, 24, 3), (16, 16, 3), (50, 2000, 3))
+    assert all(a.dtype == np.uint8 for a in (grey16, cmyk, strip))
+    expected = np.asarray(Image.open(images / "face-1.png"), dtype=np.uint16) >> 8  # 16 bits -> the top 8
+    assert np.abs(grey16[..., 0].astype(int) - expected).max() <= 1
+    assert np.array_equal(grey16[..., 0], grey16[..., 2])
+    assert cmyk.reshape(-1, 3).std(axis=0).max() < 3  # one flat colour, whatever the CMYK -> RGB rule
+
+
+def test_read_rgb_refuses_an_image_over_the_pixel_limit_before_decoding(tmp_path, monkeypatch):
+    bomb = write_png_header(tmp_path / "bomb.png", 20000, 20000)
+    with pytest.raises(DatasetError, match=f"{bomb}: too large to decode .*at most 67108864 pixels"):
+        inputs.read_rgb(bomb)
+    monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 100)
+    small = write_image(tmp_path / "small.png", size=(11, 10))
+    with pytest.raises(DatasetError, match=f"{small}: 11x10 is 110 pixels, more than the limit of 100"):
+        inputs.read_rgb(small)
+
+
+def test_a_replaced_image_under_an_unchanged_csv_rebuilds_organize_split_and_cache(tmp_path):
+    source = write_kaggle_dataset(tmp_path / "source", balanced_labels(20))
+    csv_bytes = (source / "train.csv").read_bytes()
+
+    def build() -> tuple[dict, dict, dict]:
+        organized = dataset.organize(source, tmp_path / "organized")
+        split = dataset.split(organized.dir, tmp_path / "split", (0.6, 0.2, 0.2), seed=1)
+        cache = inputs.build_cache(split.dir, tmp_path / "cache", 8)
+        return (read_json(organized.dir / "organized.json"), read_json(split.dir / "split.json")["key"],
+                read_json(cache / "cache.json")["key"])
+
+    first = build()
+    assert build() == first  # unchanged: everything reused
+    image = source / KAGGLE_SUBDIR / "face-4.png"
+    write_image(image, size=(24, 24), seed=404)  # same name and size class, other pixels, a new mtime
+    second = build()
+    assert (source / "train.csv").read_bytes() == csv_bytes
+    assert second[0]["source"]["images"] != first[0]["source"]["images"]
+    assert second[1] != first[1] and second[2] != first[2]
+    assert second[2] == second[1]  # the cache is keyed on the split it was built from
+    organized_copy = next((tmp_path / "organized").rglob("face-4.png"))
+    assert organized_copy.read_bytes() == image.read_bytes()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from glasses.model import ModelSpec, build_model
-from glasses.space import model_spec, spec_from_values
+from glasses.space import MAX_CONV_LAYERS, allowed_values, check_fixed, model_spec, spec_from_values
 
 
 def test_model_maps_images_to_one_probability():
@@ -64,3 +64,28 @@ def test_a_trials_values_rebuild_the_same_spec():
 def test_spec_rejects_missing_layers():
     with pytest.raises(ValueError, match="3 conv layers"):
         ModelSpec(image_size=16, conv_layers=3, filters=(8,), pooling=("max",))
+
+
+def _declared(hp: kt.HyperParameters) -> dict[str, list]:
+    values = {}
+    for p in hp.space:
+        if isinstance(p, kt.engine.hyperparameters.Int):
+            values[p.name] = list(range(p.min_value, p.max_value + 1, p.step))
+        else:
+            values[p.name] = list(p.values)
+    return values
+
+
+def test_space_declares_exactly_what_fixed_may_hold():
+    hp = kt.HyperParameters()
+    hp.values["conv_layers"] = MAX_CONV_LAYERS  # the deepest model declares every layer's hyperparameters
+    model_spec(hp, 64)
+    declared = _declared(hp)
+    assert declared == {name: list(values) for name, values in allowed_values().items()}
+    for name, values in declared.items():
+        for value in values:
+            check_fixed({name: value})
+        with pytest.raises(ValueError, match=f"fixed {name} .* is not one of"):
+            check_fixed({name: "none" if isinstance(values[0], int) else 8})
+    with pytest.raises(ValueError, match=f"unknown hyperparameter 'filters_{MAX_CONV_LAYERS}'"):
+        check_fixed({f"filters_{MAX_CONV_LAYERS}": 8})

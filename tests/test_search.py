@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 def _spec(tmp_path: Path, cache_dir: Path, max_trials: int = 4, epochs: int = 1, patience: int = 1,
           **overrides) -> Path:
     stage = StageConfig(batch_size=8, max_trials=max_trials, epochs=epochs, patience=patience)
-    values = dict(directory=tmp_path / "kt", project_name="size16", cache_dir=cache_dir, image_size=16,
+    values = dict(search_id="test-search", directory=tmp_path / "kt", project_name="size16", cache_dir=cache_dir, image_size=16,
                   stage=stage, fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=2,
                   worker_timeout_s=30, chief_timeout_s=300, gpus_per_worker=1)
     values.update(overrides)
@@ -184,3 +185,63 @@ def test_workers_stop_waiting_for_a_chief_marked_down(tiny_cache, tmp_path):
     # it stops because of the marker, not after its 120 s of waiting for a listener
     assert any("is down" in line and "code 3" in line for line in tuner0.lines)
     assert not any("no chief listening" in line for line in tuner0.lines)
+
+
+def test_a_second_chief_on_a_taken_port_is_a_clear_error(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], worker_timeout_s=20)
+    first = Role(spec_path, "chief")
+    first.start()
+    spec = SearchSpec.load(spec_path)
+    while not search.records.chief_is_up(spec):
+        assert first.is_alive(), "\n".join(first.lines[-20:])
+        time.sleep(0.2)
+    other = _spec(tmp_path / "other", tiny_cache[1], port=spec.port)  # another search, the same port
+    with pytest.raises(SearchError, match=f"port {spec.port} on 127.0.0.1 is in use"):
+        run_chief(other, lambda line: None)
+    _join(first)  # no worker came: the first chief gives up on its own
+
+
+def test_a_worker_does_not_take_a_stranger_on_the_port_for_its_chief(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], worker_timeout_s=6)
+    port = SearchSpec.load(spec_path).port
+    with socket.create_server(("127.0.0.1", port)):  # something else listens there
+        tuner0 = Role(spec_path, "worker", 0)
+        tuner0.start()
+        _join(tuner0)
+    assert "exited with code 1" in str(tuner0.error)
+    assert any("no chief of search test-search" in line and "has not published" in line for line in tuner0.lines)
+
+
+def test_a_truncated_trial_json_is_named_before_any_role_starts(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=1)
+    chief, tuners = _search(spec_path, workers=1)
+    _join(chief, *tuners)
+    trial_json = next(SearchSpec.load(spec_path).project_dir.glob("trial_*/trial.json"))
+    trial_json.write_text(trial_json.read_text()[:40])  # a kill mid-write (before writes were atomic)
+    with pytest.raises(SearchError, match=f"{trial_json} is truncated or corrupt"):
+        run_chief(spec_path, lambda line: None)
+
+
+def _nan_cache(root: Path) -> Path:
+    """A cache whose images are NaN: any model's loss is NaN from the first step."""
+    import numpy as np
+    import tensorflow as tf
+
+    from glasses.files import write_json
+
+    x = np.full((8, 16, 16, 3), np.nan, dtype=np.float32)
+    y = np.array([[0.0], [1.0]] * 4, dtype=np.float32)
+    for subset in ("train", "val", "test"):
+        tf.data.Dataset.from_tensor_slices((x, y)).save(str(root / subset))
+    write_json(root / "cache.json", {"key": "nan", "size": 16, "counts": {"train": 8, "val": 8, "test": 8}})
+    return root
+
+
+def test_a_trial_whose_loss_becomes_nan_is_recorded_failed(tmp_path):
+    spec_path = _spec(tmp_path, _nan_cache(tmp_path / "cache"), max_trials=2, epochs=3, patience=3, workers=1)
+    chief, tuners = _search(spec_path, workers=1)
+    _join(chief, *tuners)
+    records = trial_records(SearchSpec.load(spec_path).project_dir)
+    assert [r["status"] for r in records] == ["FAILED", "FAILED"]
+    # the worker says why (the chief's trial.json keeps no message for a distributed trial)
+    assert sum("loss became nan at epoch 1" in line for line in tuners[0].lines) >= 2, tuners[0].lines[-30:]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from glasses.errors import GlassesError
 from glasses.search.spec import SearchSpec
+from glasses.watchdog import exit_with_parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role == "worker" and (not args.tuner_id or "chief" in args.tuner_id):
         parser.error("a worker needs --tuner-id, and it must not contain 'chief'")
+    exit_with_parent()  # a role never outlives the run that started it, however that run ends
     spec = SearchSpec.load(args.spec)
     try:
         if args.role == "chief":

@@ -3,21 +3,23 @@ its timeout; the oracle's state is on disk, so a re-run continues the search."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from glasses.search.keras_tuner_private import LivenessServicer, start_server
-from glasses.search.records import ENDED
+from glasses.search.records import ENDED, publish_chief
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, set_role
 
 EXIT_INCOMPLETE = 3
+EXIT_PORT_IN_USE = 4
 
 
 def serve(spec: SearchSpec) -> int:
     """Serves the search's oracle on spec.host:spec.port until it ends.
 
-    Returns 0 when every trial has ended, EXIT_INCOMPLETE otherwise (timeout, no worker
-    left, a port it cannot bind), after saying why on stdout.
+    Returns 0 when every trial has ended, EXIT_PORT_IN_USE when it cannot bind its port, and
+    EXIT_INCOMPLETE otherwise (timeout, no worker left), after saying why on stdout.
     """
     set_role(spec, "chief")
     tuner = build_tuner(spec)
@@ -26,8 +28,9 @@ def serve(spec: SearchSpec) -> int:
     address = f"{spec.host}:{spec.port}"
     servicer, server = start_server(oracle, address, spec.worker_timeout_s)
     if server is None:
-        print(f"chief: cannot bind {address}", flush=True)
-        return EXIT_INCOMPLETE
+        print(f"chief: cannot bind {address}: the port is in use", flush=True)
+        return EXIT_PORT_IN_USE
+    publish_chief(spec, os.getpid())
     print(f"chief: oracle serving at {address}, {_ended(oracle)}/{oracle.max_trials} trials ended", flush=True)
     reason = _wait(servicer, spec)
     server.stop(grace=2).wait()

@@ -9,7 +9,10 @@ and to put the trial of a silent worker back on the oracle's private retry queue
 (`Oracle._retry_queue`), answers an idle worker with an IDLE trial (`keras_tuner.src.engine.
 trial.Trial`) so that it stays to take such a trial over, and builds its responses with the
 generated protos (`keras_tuner.src.protos`). Workers shorten the client's module-level
-`TIMEOUT`. Nothing outside this module imports `keras_tuner.src` or touches `_retry_queue`.
+`TIMEOUT`. Both roles replace `keras_tuner.src.utils.save_json` (which writes `oracle.json` and
+each `trial.json` in place: a process killed mid-write leaves a truncated file the next run
+cannot read) with an atomic write. Nothing outside this module imports `keras_tuner.src` or
+touches `_retry_queue`.
 
 Imported only inside the role processes (it imports keras-tuner's generated protos).
 """
@@ -26,6 +29,23 @@ from keras_tuner.src.engine import trial as trial_module
 from keras_tuner.src.protos import get_service, get_service_grpc
 
 from glasses.search.records import ENDED
+
+
+def make_json_writes_atomic() -> None:
+    """Keras Tuner's state files (oracle.json, trial.json, tuner0.json) written to a temporary
+    name and renamed, so a kill mid-write never leaves half a file."""
+    import json
+
+    from keras_tuner.src import utils
+
+    from glasses.files import write_text
+
+    def save_json(path, obj):
+        text = json.dumps(obj)
+        write_text(path, text)
+        return text
+
+    utils.save_json = save_json
 
 
 def set_client_timeout(seconds: float) -> None:
@@ -128,11 +148,19 @@ class LivenessServicer(oracle_chief.OracleServicer):
 
 
 def start_server(oracle, address: str, worker_timeout_s: float) -> tuple[LivenessServicer, grpc.Server | None]:
-    """Serves `oracle` at `address` ("host:port"); the server is None if it cannot bind."""
+    """Serves `oracle` at `address` ("host:port"); the server is None if it cannot bind.
+
+    The port is bound exclusively: gRPC sets SO_REUSEPORT by default, which would let a
+    second chief bind the same port and take half of the workers' calls.
+    """
     servicer = LivenessServicer(oracle, worker_timeout_s)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
     get_service_grpc().add_OracleServicer_to_server(servicer, server)
-    if server.add_insecure_port(address) == 0:
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio >= 1.60 raises "Failed to bind" where older ones returned 0
+        bound = 0
+    if bound == 0:
         return servicer, None
     server.start()
     return servicer, server

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from glasses.errors import SearchError
-from glasses.search.records import chief_down_marker, is_complete, mark_chief_down
+from glasses.search.records import chief_card, chief_down_marker, check_state, is_complete, mark_chief_down
 from glasses.search.spec import SearchSpec
 
+EXIT_PORT_IN_USE = 4  # glasses.search.chief's, not imported: that module imports keras-tuner
 KILL_GRACE_S = 30  # past the chief's own timeout, its process is killed
 _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
@@ -38,14 +39,21 @@ def run_chief(spec_path: Path, on_line: Callable[[str], None] = print) -> Path:
             a port it cannot bind); its workers are told (a marker beside the search) and stop.
     """
     spec = SearchSpec.load(Path(spec_path))
+    check_state(spec)
     if is_complete(spec):
         on_line(f"search {spec.project_dir} already complete: nothing to run")
         return Path(spec_path)
     # A new chief: an earlier one's failure is past. (Its workers start seconds later, after
     # their imports, so they never see this search's old marker.)
     chief_down_marker(spec).unlink(missing_ok=True)
+    chief_card(spec).unlink(missing_ok=True)
     env = {**_QUIET, "CUDA_VISIBLE_DEVICES": "-1"}  # the oracle needs no GPU
     code = run_process(role_command("chief", spec_path), on_line, spec.chief_timeout_s + KILL_GRACE_S, env)
+    if code == EXIT_PORT_IN_USE:
+        reason = (f"chief of {spec.project_dir}: port {spec.port} on {spec.host} is in use by another "
+                  "process; leave search.oracle_port unset (a free port is picked) or pick a free one")
+        mark_chief_down(spec, reason)
+        raise SearchError(reason)
     if code != 0:
         reason = (f"chief of {spec.project_dir} ended with code {code} before all "
                   f"{spec.stage.max_trials} trials ended; re-run to continue the search")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from glasses.errors import SearchError
 from glasses.files import read_json, write_json
 from glasses.search.spec import SearchSpec
 
@@ -18,9 +19,9 @@ def trial_records(project_dir: Path) -> list[dict[str, Any]]:
     """One record per trial of a project: id, status, values, score and who ran it how long."""
     records = []
     for trial_json in sorted(Path(project_dir).glob("trial_*/trial.json")):
-        trial = read_json(trial_json)
+        trial = read_state(trial_json)
         meta_path = trial_json.parent / "worker.json"
-        meta = read_json(meta_path) if meta_path.is_file() else {}
+        meta = read_state(meta_path) if meta_path.is_file() else {}
         records.append({
             "trial_id": trial["trial_id"], "status": trial["status"], "score": trial.get("score"),
             "values": trial["hyperparameters"]["values"], "worker": meta.get("tuner_id"),
@@ -28,6 +29,22 @@ def trial_records(project_dir: Path) -> list[dict[str, Any]]:
             "checkpoint": str(trial_json.parent / "checkpoint.weights.h5"),
         })
     return records
+
+
+def read_state(path: Path) -> Any:
+    """A JSON state file of a search; a truncated or corrupt one is a SearchError naming it."""
+    try:
+        return read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise SearchError(f"{path} is truncated or corrupt ({error}); a run killed mid-write left it: "
+                          "remove it (its trial is then run again) or restore it from a backup") from error
+
+
+def check_state(spec: SearchSpec) -> None:
+    """Reads every state file of the search (oracle, trials), so a corrupt one is named before
+    a role starts (Keras Tuner would fail on it with a bare JSONDecodeError)."""
+    for path in sorted(spec.project_dir.glob("*.json")) + sorted(spec.project_dir.glob("trial_*/*.json")):
+        read_state(path)
 
 
 def ended_trials(spec: SearchSpec) -> int:
@@ -77,3 +94,21 @@ def chief_down_reason(spec: SearchSpec) -> str | None:
         return None
     found = read_json(marker)
     return found["reason"] if found.get("port") == spec.port else None
+
+
+def chief_card(spec: SearchSpec) -> Path:
+    """What a chief publishes once it listens: its search id, address and pid."""
+    return spec.directory / f"{spec.project_name}.chief.json"
+
+
+def publish_chief(spec: SearchSpec, pid: int) -> None:
+    write_json(chief_card(spec), {"search_id": spec.search_id, "host": spec.host, "port": spec.port, "pid": pid})
+
+
+def chief_is_up(spec: SearchSpec) -> bool:
+    """Whether this search's own chief (same search id and port) has said it listens."""
+    card = chief_card(spec)
+    if not card.is_file():
+        return False
+    found = read_json(card)
+    return found.get("search_id") == spec.search_id and found.get("port") == spec.port

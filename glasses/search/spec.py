@@ -21,6 +21,7 @@ class SearchSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    search_id: str  # this attempt's id: workers talk only to a chief that publishes it
     directory: Path
     project_name: str
     cache_dir: Path

@@ -33,15 +33,23 @@ def _hypermodel(spec: SearchSpec):
 
 def build_tuner(spec: SearchSpec, strategy=None):
     """The search's RandomSearch, continuing its project on disk (never overwriting it)."""
+    import keras
     import keras_tuner as kt
 
+    from glasses.search.keras_tuner_private import make_json_writes_atomic
+
+    make_json_writes_atomic()
+
     class GlassesTuner(kt.RandomSearch):
-        """RandomSearch that records who ran each trial, for how long and for how many epochs."""
+        """RandomSearch that records who ran each trial, for how long and for how many epochs,
+        and fails a trial whose loss became NaN (instead of scoring its last good epoch)."""
 
         def run_trial(self, trial, *args, **kwargs):
             started = time.monotonic()
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), keras.callbacks.TerminateOnNaN()]
             with Heartbeat(self.oracle, trial.trial_id):
                 histories = super().run_trial(trial, *args, **kwargs)
+            _fail_on_nan(histories)
             epochs = max(len(h.history.get("loss", [])) for h in histories)
             write_json(Path(self.get_trial_dir(trial.trial_id)) / "worker.json",
                        {"tuner_id": self.tuner_id, "seconds": round(time.monotonic() - started, 2),
@@ -78,3 +86,18 @@ class Heartbeat:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
+
+
+def _fail_on_nan(histories) -> None:
+    """Raises keras-tuner's FailedTrialError (the trial is recorded FAILED, not retried) when a
+    loss became NaN or infinite: TerminateOnNaN stopped training there."""
+    import math
+
+    import keras_tuner as kt
+
+    for history in histories:
+        losses = history.history.get("loss", [])
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise kt.errors.FailedTrialError(f"loss became {losses[bad]} at epoch {bad + 1}: "
+                                             "training diverged (lower the learning rate)")

@@ -13,7 +13,7 @@ import socket
 import time
 
 from glasses.errors import SearchError
-from glasses.search.records import chief_down_reason, is_complete
+from glasses.search.records import chief_down_reason, chief_is_up, is_complete
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, set_role
 
@@ -50,20 +50,35 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
 
 
 def wait_for_chief(spec: SearchSpec) -> None:
-    """Returns once the chief listens; raises SearchError if it is marked down or never comes."""
+    """Returns once this search's own chief listens: it has published the spec's search id and
+    port (so a stranger listening on that port is never taken for it) and accepts a connection.
+
+    Raises:
+        SearchError: the chief is marked down, or has not come within `worker_timeout_s`.
+    """
     deadline = time.monotonic() + spec.worker_timeout_s
     while True:
         reason = chief_down_reason(spec)
         if reason:
             raise SearchError(f"the chief at {spec.host}:{spec.port} is down: {reason}")
-        try:
-            with socket.create_connection((spec.host, spec.port), timeout=2):
-                return
-        except OSError as error:
-            if time.monotonic() > deadline:
-                raise SearchError(f"no chief listening at {spec.host}:{spec.port} after "
-                                  f"{spec.worker_timeout_s:.0f}s ({error})") from error
-            time.sleep(0.5)
+        problem = _reach(spec)
+        if problem is None:
+            return
+        if time.monotonic() > deadline:
+            raise SearchError(f"no chief of search {spec.search_id} at {spec.host}:{spec.port} after "
+                              f"{spec.worker_timeout_s:.0f}s ({problem})")
+        time.sleep(0.5)
+
+
+def _reach(spec: SearchSpec) -> str | None:
+    """None when the search's chief is up and reachable, else what is wrong."""
+    if not chief_is_up(spec):
+        return "it has not published this search's id"
+    try:
+        with socket.create_connection((spec.host, spec.port), timeout=2):
+            return None
+    except OSError as error:
+        return str(error)
 
 
 def _limit_threads() -> None:

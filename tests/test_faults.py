@@ -1,0 +1,56 @@
+"""`glasses run` killed outright (SIGKILL: no handler, no `finally`) mid-search leaves no process
+behind, and a re-run on the same work dir continues the searches with no trial run twice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _run(work: Path, home: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("PREFECT_API_URL", None)  # its own embedded server, as a user's `glasses run`
+    return subprocess.Popen([sys.executable, "-m", "glasses", "run", "--preset", "smoke", "--work-dir", str(work)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _finished_trials(work: Path) -> dict[str, int]:
+    """Each completed trial and when its weights were written (a trial run again rewrites them)."""
+    found = {}
+    for trial in (work / "stages").rglob("trial_*/trial.json"):
+        weights = trial.parent / "checkpoint.weights.h5"
+        if '"status": "COMPLETED"' in trial.read_text() and weights.is_file():
+            found[str(trial.parent)] = weights.stat().st_mtime_ns
+    return found
+
+
+def test_sigkill_mid_search_leaves_no_process_and_a_rerun_continues(tmp_path):
+    work, home = tmp_path / "work", tmp_path / "prefect"
+    run = _run(work, home, tmp_path / "first.log")
+    deadline = time.monotonic() + 240
+    while not _finished_trials(work):  # mid-search: a trial has ended, others are to come
+        assert run.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no trial finished in 240 s"
+        time.sleep(0.5)
+    started = psutil.Process(run.pid).children(recursive=True)
+    assert any("glasses.search" in " ".join(p.cmdline()) for p in started if p.is_running())
+    run.kill()
+    run.wait()
+    gone, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
+
+    before = _finished_trials(work)
+    again = _run(work, home, tmp_path / "second.log")
+    assert again.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    after = _finished_trials(work)
+    assert {k: v for k, v in after.items() if k in before} == before  # none run twice
+    assert len(after) == 4 + 2 + 2  # stage 1 (2 sizes x 2 trials), stage 2, stage 3 (keeps 2): none lost
+    assert (work / "model" / "ensemble.keras").is_file()

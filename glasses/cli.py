@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -102,7 +102,7 @@ def _report_lines(report, kinds_shown: int = 5) -> list[str]:
     """`glasses check`'s output: one line per finding, the split as a small table."""
     layout, total = report.layout, sum(report.per_class.values())
     kinds = [f"{count} {fmt} {mode} {width}x{height}" for (fmt, mode, width, height), count in report.kinds]
-    more = f", and {len(kinds) - kinds_shown} more kinds" if len(kinds) > kinds_shown else ""
+    more = f"; and {len(kinds) - kinds_shown} more" if len(kinds) > kinds_shown else ""
     lines = [f"labels: {layout.csv}",
              f"images: {layout.image_dir}",
              f"labelled: {total} images: " + ", ".join(f"{n} {name}" for name, n in report.per_class.items()),
@@ -124,9 +124,18 @@ def _load_model(path: Path):
     try:
         return keras.models.load_model(path)
     except Exception as error:  # a text file, a truncated zip, a folder, another format: one line, no traceback
-        why = next((line for line in str(error).splitlines() if line.strip()), "")
-        _fail(GlassesError(f"{path} is not a Keras model ({type(error).__name__}: {why}); "
+        _fail(GlassesError(f"{path} is not a Keras model ({_why_not_a_model(path, error)}); "
                            "pass the .keras file `glasses run` wrote"))
+
+
+def _why_not_a_model(path: Path, error: Exception) -> str:
+    """Keras says "File not found" for a folder or a file that is no zip; say what it is instead."""
+    if path.is_dir():
+        return "a directory"
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        return "not a zip archive, which every .keras file is"
+    why = next((line for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {why}"
 
 
 @app.command()

@@ -254,8 +254,8 @@ def _column_indices(csv: Path, header: list[str], names: list[str]) -> list[int]
     for name in names:
         found = [i for i, column in enumerate(header) if column == name]
         if not found:
-            shown = ", ".join(header[:5]) + (", ..." if len(header) > 5 else "") if header else "no header"
-            raise DatasetError(f"{csv}: missing column {name!r} (found {shown})")
+            shown = ", ".join(repr(n[:20]) for n in header[:5]) + (", ..." if len(header) > 5 else "")
+            raise DatasetError(f"{csv}: missing column {name!r} (found {shown or 'no header'})")
         if len(found) > 1:
             raise DatasetError(f"{csv} row 1: column {name!r} appears {len(found)} times "
                                f"(columns {', '.join(str(i + 1) for i in found)}); keep one")
@@ -343,13 +343,13 @@ def _dask_columns(csv: Path, form: CsvFormat, names: list[str]) -> pd.DataFrame:
 
 
 def _require_text(csv: Path, frame: pd.DataFrame, names: list[str], encoding: str) -> None:
-    """A DatasetError naming the row of the first value we read that was not valid text."""
-    for name in names:
-        bad = frame[name].str.contains("\ufffd", regex=False)
-        if bad.any():
-            row = frame[bad].iloc[0]
-            raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: the {name} value {row[name]!r} is not valid "
-                               f"{encoding} text; save the file as CSV UTF-8")
+    """A DatasetError naming the first row (then column) holding a value we read that was not valid text."""
+    bad = np.column_stack([frame[name].str.contains("\ufffd", regex=False).to_numpy(bool) for name in names])
+    if bad.any():
+        index, column = np.argwhere(bad)[0]  # row-major: the first bad row, then its first bad column
+        name, row = names[column], frame[ROW_COLUMN].iat[index]
+        raise DatasetError(f"{csv} row {row}: the {name} value {frame[name].iat[index]!r} is not valid "
+                           f"{encoding} text; save the file as CSV UTF-8")
 
 
 def read_labels(csv: Path) -> pd.DataFrame:
@@ -367,9 +367,12 @@ def read_labels(csv: Path) -> pd.DataFrame:
             0/1, or an empty class.
     """
     frame = read_columns(csv, (ID_COLUMN, LABEL_COLUMN))
+    if frame.empty:
+        raise DatasetError(f"{csv}: no rows below the header; add one row (id, glasses) per labelled image")
     texts = _require_ids(csv, frame)
     labels = _require_labels(csv, frame)
-    frame = pd.DataFrame({ID_COLUMN: texts.map(int).astype("int64"), LABEL_COLUMN: labels,
+    ids = np.array([int(text) for text in texts], dtype=np.int64)
+    frame = pd.DataFrame({ID_COLUMN: ids, LABEL_COLUMN: labels.to_numpy(),
                           ROW_COLUMN: frame[ROW_COLUMN].astype(int), ID_TEXT_COLUMN: texts})
     _require_unique_ids(csv, frame)
     for label, name in enumerate(CLASSES):
@@ -389,7 +392,7 @@ def _require_ids(csv: Path, frame: pd.DataFrame) -> pd.Series:
     if bad.any():
         row = _first_bad(frame, bad)
         raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: id {row[ID_COLUMN]!r} is not a plain integer")
-    too_large = texts.map(lambda text: int(text) > MAX_ID)
+    too_large = np.array([int(text) > MAX_ID for text in texts], dtype=bool)  # Python ints: no overflow
     if too_large.any():
         row = _first_bad(frame, too_large)
         raise DatasetError(f"{csv} row {row[ROW_COLUMN]}: id {row[ID_COLUMN]!r} is too large "

@@ -113,5 +113,6 @@ def labelled_images(data_dir: Path) -> list[tuple[Path, int]]:
         raise DatasetError(f"{data_dir}: neither train.csv (Kaggle layout) nor glasses/ and no_glasses/ folders")
     layout = find_layout(data_dir)
     labels = read_labels(layout.csv)
-    return [(require_image(layout, image_id, row), int(label))
-            for image_id, label, row in zip(labels["id"], labels["glasses"], labels["row"])]
+    return [(require_image(layout, image_id, row, spelled), int(label))
+            for image_id, label, row, spelled in zip(labels["id"], labels["glasses"], labels["row"],
+                                                     labels["id_text"])]

@@ -1,10 +1,16 @@
-"""The CLI as a user runs it: predict, evaluate, synth, config, download."""
+"""The CLI as a user runs it: predict, evaluate, check, synth, config, download.
+
+Every bad input is one line `error: ...` on stderr and exit code 1 (2 is typer's own, for a
+misused command), raised on purpose (SystemExit), never a traceback.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import types
+import zipfile
 
 import keras
 import numpy as np
@@ -15,9 +21,30 @@ from typer.testing import CliRunner
 from glasses.cli import app
 from glasses.ensemble import average_ensemble, save_model
 from glasses.model import ModelSpec, build_model
-from tests.conftest import balanced_labels, write_kaggle_dataset
+from glasses import dataset
+from tests.conftest import (
+    BAD_DATASETS,
+    CSV_DIALECTS,
+    DATASET_LABELS,
+    balanced_labels,
+    snapshot,
+    write_bad_dataset,
+    write_kaggle_dataset,
+    write_odd_dataset,
+)
 
 runner = CliRunner()
+
+
+def assert_error(result, *fragments: str) -> str:
+    """The command failed on purpose: exit 1, one stderr line `error: ...` naming each fragment."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # an uncaught error is itself
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +87,30 @@ def test_predict_on_a_single_file_and_a_missing_model(model_path, tmp_path):
     result = runner.invoke(app, ["predict", str(folder / "b.jpg"), "--model", str(model_path)])
     assert result.exit_code == 0 and len(result.stdout.strip().splitlines()) == 1
     missing = runner.invoke(app, ["predict", str(folder), "--model", str(tmp_path / "none.keras")])
-    assert missing.exit_code == 2 and "none.keras" in missing.stderr
+    assert_error(missing, f"no model at {tmp_path / 'none.keras'}")
+
+
+@pytest.mark.parametrize("kind, why", [("a text file", "not a zip archive"), ("an empty file", "not a zip archive"),
+                                       ("a truncated .keras zip", "not a zip archive"), ("a directory", "a directory"),
+                                       ("a zip of something else", "ValueError: ")])
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_model_file_that_is_not_a_keras_model_is_one_error_line(model_path, tmp_path, kind, why, command):
+    bad = tmp_path / "bad.keras"
+    if kind == "a text file":
+        bad.write_text("these are not the weights you are looking for\n")
+    elif kind == "an empty file":
+        bad.touch()
+    elif kind == "a truncated .keras zip":
+        bad.write_bytes(model_path.read_bytes()[:2000])
+    elif kind == "a directory":
+        bad.mkdir()
+    else:
+        with zipfile.ZipFile(bad, "w") as archive:
+            archive.writestr("config.json", "{}")
+    folder = _photos(tmp_path / "photos")
+    data = ["--data-dir", str(write_kaggle_dataset(tmp_path / "kaggle", balanced_labels(12)))]
+    args = [command, *([str(folder)] if command == "predict" else data), "--model", str(bad)]
+    assert_error(runner.invoke(app, args), f"error: {bad} is not a Keras model ({why}")
 
 
 def test_evaluate_on_class_folders_and_on_the_kaggle_layout(model_path, tmp_path):
@@ -81,7 +131,10 @@ def test_evaluate_on_class_folders_and_on_the_kaggle_layout(model_path, tmp_path
 
 def test_evaluate_names_a_directory_it_cannot_read(model_path, tmp_path):
     result = runner.invoke(app, ["evaluate", "--data-dir", str(tmp_path), "--model", str(model_path)])
-    assert result.exit_code == 2 and "train.csv" in result.stderr
+    assert_error(result, str(tmp_path), "train.csv")
+    for path, why in ((tmp_path / "nowhere", "does not exist"), (model_path, "is not a folder")):
+        result = runner.invoke(app, ["evaluate", "--data-dir", str(path), "--model", str(model_path)])
+        assert_error(result, f"data dir {path} {why}")
 
 
 def test_synth_and_config_commands(tmp_path):
@@ -95,7 +148,7 @@ def test_synth_and_config_commands(tmp_path):
 def test_download_without_kagglehub_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "kagglehub", None)  # an import of it fails, as when not installed
     result = runner.invoke(app, ["download", "--out", str(tmp_path / "k")])
-    assert result.exit_code == 2
+    assert_error(result)
     assert result.stderr.strip() == "error: kagglehub is not installed: pip install 'glasses[download]'"
 
 
@@ -105,7 +158,82 @@ def test_a_failed_download_is_one_line_and_links_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=offline))
     result = runner.invoke(app, ["download", "--out", str(tmp_path / "k")])
-    assert result.exit_code == 2
+    assert_error(result)
     assert result.stderr.strip() == ("error: cannot download jeffheaton/glasses-or-no-glasses: ConnectionError: "
                                      "cannot reach the hub for jeffheaton/glasses-or-no-glasses")
     assert not (tmp_path / "k").exists()
+
+
+def test_a_misused_command_is_still_typers_usage_error_2(tmp_path):
+    result = runner.invoke(app, ["check"])  # --data-dir is required
+    assert result.exit_code == 2 and "--data-dir" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# glasses check: every dataset check of a run, nothing written
+
+
+@pytest.fixture
+def quiet_tmp(tmp_path, monkeypatch):
+    """A fresh cwd and temp dir, so that a test can prove nothing was written to either."""
+    for name in ("cwd", "tmp"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    return tmp_path
+
+
+def _check(data_dir, *options: str):
+    return runner.invoke(app, ["check", "--data-dir", str(data_dir), *options])
+
+
+@pytest.mark.parametrize("dialect", CSV_DIALECTS)
+def test_check_passes_odd_but_valid_data_prints_what_it_found_and_writes_nothing(quiet_tmp, dialect):
+    data = write_odd_dataset(quiet_tmp / "data", dialect)
+    before = snapshot(quiet_tmp)
+    result = _check(data)
+    assert result.exit_code == 0, result.output
+    assert snapshot(quiet_tmp) == before  # the data, the cwd and the temp dir
+    out = result.stdout
+    assert f"labelled: {len(DATASET_LABELS)} images: 12 no_glasses, 20 glasses" in out
+    for kind in ("27 PNG RGB 24x24", "1 PNG I;16 24x24", "1 JPEG CMYK 16x16", "1 PNG RGB 2000x50"):
+        assert kind in out, kind
+    assert "latents v1..v512: absent" in out
+    assert "split 0.8/0.1/0.1, seed 1337:" in out
+    table = [line.split() for line in out.splitlines() if line.split()[:1] in (["train"], ["val"], ["test"])]
+    assert table == [["train", "9", "16"], ["val", "1", "2"], ["test", "2", "2"]]
+    assert out.strip().endswith("ok: a run would accept this dataset")
+
+
+def test_check_plans_the_split_of_a_preset_or_config_file(quiet_tmp):
+    data = write_kaggle_dataset(quiet_tmp / "data", DATASET_LABELS, latents=512)
+    config = quiet_tmp / "cwd" / "my.yaml"
+    config.write_text("data:\n  fractions: [0.5, 0.25, 0.25]\n  seed: 7\n")
+    result = _check(data, "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert "split 0.5/0.25/0.25, seed 7:" in result.stdout and "latents v1..v512: present" in result.stdout
+    table = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["train"], ["val"])]
+    assert table == [["train", "6", "10"], ["val", "3", "5"]]
+    assert_error(_check(data, "--preset", "nonesuch"), "nonesuch")
+
+
+@pytest.mark.parametrize("case", BAD_DATASETS)
+def test_check_rejects_each_bad_dataset_with_one_error_line(quiet_tmp, case):
+    data_dir, fragments = write_bad_dataset(quiet_tmp / "data", case)
+    before = snapshot(quiet_tmp)
+    assert_error(_check(data_dir), *fragments)
+    assert snapshot(quiet_tmp) == before
+
+
+def test_check_rejects_a_class_too_small_for_the_split(quiet_tmp):
+    data = write_kaggle_dataset(quiet_tmp / "data", [1] * 12 + [0] * 9)
+    before = snapshot(quiet_tmp)
+    assert_error(_check(data), "class no_glasses has 9 images: the split 0.8/0.1/0.1 gives val 0, need at least 1")
+    assert snapshot(quiet_tmp) == before
+
+
+def test_check_rejects_an_image_over_the_pixel_limit(quiet_tmp, monkeypatch):
+    monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 24 * 24 - 1)
+    data = write_kaggle_dataset(quiet_tmp / "data", DATASET_LABELS)
+    assert_error(_check(data), "face-1.png: 24x24 is 576 pixels, more than the limit of 575")

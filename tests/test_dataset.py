@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import ImageFile
 
 from glasses import dataset
 from glasses.dataset import (
@@ -42,7 +43,6 @@ from tests.conftest import (
     CSV_DIALECTS,
     DATASET_LABELS,
     KAGGLE_SUBDIR,
-    edit_train,
     set_cell,
     snapshot,
     write_bad_dataset,
@@ -263,6 +263,34 @@ def test_a_utf_16_file_without_a_bom_is_an_error_saying_how_to_save_it(tmp_path)
     csv = tmp_path / "train.csv"
     csv.write_bytes("id,glasses\n1,1\n2,0\n".encode("utf-16-le"))
     with pytest.raises(DatasetError, match="row 1: the header holds NUL characters; save the file as CSV"):
+        read_labels(csv)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (b"", "missing column 'id' (found no header)"),
+    (b"id,glasses\n", "no rows below the header"),
+    (b"id,glasses\n\n,\n\n", "no rows below the header"),
+    (b"\x89PNG\r\n\x1a\nIHDR", "missing column 'id' (found '\ufffdPNG')"),
+    (b"id,note,glasses\n1,x,1\n2," + b"x" * 200_000 + b",0\n", "row 3: field larger than field limit"),
+    (b'id,note,glasses\n1,x,1\n2,"open,0\n3,x,1\n', "row 3: only 2 values, so no 'glasses'"),
+])
+def test_broken_csv_text_is_one_error_naming_the_file(tmp_path, text, fragment):
+    csv = tmp_path / "train.csv"
+    csv.write_bytes(text)
+    with pytest.raises(DatasetError) as info:
+        read_labels(csv)
+    assert str(info.value).startswith(str(csv)) and fragment in str(info.value)
+
+
+def test_a_csv_that_cannot_be_opened_is_one_error_naming_it(tmp_path, monkeypatch):
+    csv = tmp_path / "train.csv"
+    csv.write_text("id,glasses\n1,1\n2,0\n")
+
+    def refuse(*args, **kwargs):  # the tests run as root, whom a chmod does not stop
+        raise PermissionError(13, "Permission denied", str(csv))
+
+    monkeypatch.setattr(dataset, "open", refuse, raising=False)
+    with pytest.raises(DatasetError, match=f"cannot read {csv}: Permission denied"):
         read_labels(csv)
 
 
@@ -565,9 +593,9 @@ def test_the_pixel_limit_is_read_from_the_header_before_decoding(tmp_path, monke
     def must_not_decode(*args, **kwargs):
         raise AssertionError("decoded an image over the limit")
 
-    monkeypatch.setattr(dataset.Image.Image, "load", must_not_decode)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", must_not_decode)  # every PNG/JPEG decodes through it
     with pytest.raises(DatasetError, match=r"9000x9000 is 81000000 pixels, more than the limit of 67108864"):
-        dataset.read_image_info(bomb)
+        dataset.check_image(bomb)  # the decoding check stops at the header
 
 
 @pytest.mark.parametrize("errors", ["a cell", "a whole row"])

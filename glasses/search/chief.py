@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from glasses.search.keras_tuner_private import LivenessServicer, start_server
+from glasses.search.keras_tuner_private import LivenessServicer, settle_ended_trials, start_server
 from glasses.search.records import ENDED, publish_chief
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, set_role
@@ -25,6 +25,8 @@ def serve(spec: SearchSpec) -> int:
     tuner = build_tuner(spec)
     tuner.save()
     oracle = tuner.oracle
+    for trial_id in settle_ended_trials(oracle):
+        print(f"chief: trial {trial_id} had ended before the last chief stopped: not run again", flush=True)
     address = f"{spec.host}:{spec.port}"
     servicer, server = start_server(oracle, address, spec.worker_timeout_s)
     if server is None:

@@ -48,6 +48,23 @@ def make_json_writes_atomic() -> None:
     utils.save_json = save_json
 
 
+def settle_ended_trials(oracle) -> list[str]:
+    """Takes trials that ended (their trial.json says so) off the retry queue; returns their ids.
+
+    Keras Tuner's `Oracle.end_trial` writes trial.json, then oracle.json. A chief killed between
+    the two leaves the trial 'ongoing' in oracle.json, and `Oracle.reload` puts every ongoing
+    trial on the retry queue: the next run would train an ended trial again.
+    """
+    settled = [t for t in oracle._retry_queue if oracle.trials[t].status in ENDED]
+    for trial_id in settled:
+        oracle._retry_queue.remove(trial_id)
+        if trial_id not in oracle.end_order:
+            oracle.end_order.append(trial_id)
+    if settled:
+        oracle.save()
+    return settled
+
+
 def set_client_timeout(seconds: float) -> None:
     """How long a worker's oracle client waits for the chief's answer (keras-tuner: 1 hour)."""
     oracle_client.TIMEOUT = seconds

@@ -245,3 +245,30 @@ def test_a_trial_whose_loss_becomes_nan_is_recorded_failed(tmp_path):
     assert [r["status"] for r in records] == ["FAILED", "FAILED"]
     # the worker says why (the chief's trial.json keeps no message for a distributed trial)
     assert sum("loss became nan at epoch 1" in line for line in tuners[0].lines) >= 2, tuners[0].lines[-30:]
+
+
+def test_three_failures_in_a_row_end_the_search_naming_the_trials_and_errors(tmp_path):
+    spec_path = _spec(tmp_path, _nan_cache(tmp_path / "cache"), max_trials=6, epochs=2, patience=2, workers=1)
+    chief, tuners = _search(spec_path, workers=1)
+    _join(chief, *tuners)
+    message = str(chief.error)
+    assert "before all 6 trials ended (3 trials failed in a row (trial 0: " in message, message
+    assert message.count("loss became nan at epoch 1") == 3, message
+    records = trial_records(SearchSpec.load(spec_path).project_dir)
+    assert [r["status"] for r in records] == ["FAILED"] * 3  # no trial after the third failure
+
+
+def test_a_trial_whose_worker_dies_on_it_twice_is_failed_not_requeued_forever(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=3, epochs=40, patience=40, workers=1,
+                      worker_timeout_s=60)
+    chief, (tuner0,) = _search(spec_path, workers=1)
+    for attempt in range(2):  # killed (as by the OOM killer) twice on trial 0; the task retries it
+        _kill_when_training(tuner0)
+        tuner0.join(60)
+        tuner0 = Role(spec_path, "worker", 0)
+        tuner0.start()
+    _join(chief, tuner0)
+    assert chief.ok and tuner0.ok, "\n".join(chief.lines[-20:])
+    records = {r["trial_id"]: r for r in trial_records(SearchSpec.load(spec_path).project_dir)}
+    assert records["0"]["status"] == "FAILED"
+    assert [r["status"] for k, r in sorted(records.items()) if k != "0"] == ["COMPLETED", "COMPLETED"]

@@ -7,7 +7,7 @@ import os
 import time
 
 from glasses.search.keras_tuner_private import LivenessServicer, settle_ended_trials, start_server
-from glasses.search.records import ENDED, publish_chief
+from glasses.search.records import ENDED, last_error_line, publish_chief
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, set_role
 
@@ -50,12 +50,25 @@ def _wait(servicer: LivenessServicer, spec: SearchSpec) -> str:
         time.sleep(0.5)
         for dropped in servicer.drop_silent():
             print(f"chief: worker {dropped}: silent for over {spec.worker_timeout_s:.0f}s", flush=True)
+        if servicer.fatal:
+            return _failures_in_a_row(servicer, spec)
         if _finished(servicer):
             return "complete"
         if _nobody_left(servicer, spec.worker_timeout_s):
             return "no worker left"
         if time.monotonic() > deadline:
             return f"timeout after {spec.chief_timeout_s:.0f}s"
+
+
+def _failures_in_a_row(servicer: LivenessServicer, spec: SearchSpec) -> str:
+    """The trials that failed in a row, each with the last line of its error."""
+    oracle = servicer.oracle
+    with servicer.lock:
+        failed = [t for t in oracle.end_order if oracle.trials[t].status == "FAILED"]
+        last = failed[-oracle.max_consecutive_failed_trials:]
+        lines = [f"trial {t}: {last_error_line(spec, t) or oracle.trials[t].message or 'no error recorded'}"
+                 for t in last]
+    return f"{len(last)} trials failed in a row ({'; '.join(lines)}); fix the cause, then re-run"
 
 
 def _ended(oracle) -> int:

@@ -80,9 +80,14 @@ def pending_retries(oracle) -> int:
     return len(oracle._retry_queue)
 
 
+DEATHS_BEFORE_FAILED = 2  # a trial whose worker died this often (OOM-killed, say) is FAILED
+
+
 class LivenessServicer(oracle_chief.OracleServicer):
     """Serialises all calls, notes when each worker was last heard from, and hands the trial of
-    a silent worker to the next worker that asks."""
+    a silent worker to the next worker that asks. A trial whose worker died on it twice is
+    recorded FAILED instead of handed out again forever; too many failures in a row (Keras
+    Tuner's `max_consecutive_failed_trials`) set `fatal`, and the chief ends the search."""
 
     def __init__(self, oracle, worker_timeout_s: float):
         super().__init__(oracle)
@@ -90,6 +95,30 @@ class LivenessServicer(oracle_chief.OracleServicer):
         self.worker_timeout_s = worker_timeout_s
         self.last_seen: dict[str, float] = {}
         self.started = time.monotonic()
+        self.deaths: dict[str, int] = {}
+        self.fatal: str | None = None
+
+    def _died_on(self, trial) -> bool:
+        """Counts a worker's death while running `trial`; True once the trial should fail."""
+        self.deaths[trial.trial_id] = self.deaths.get(trial.trial_id, 0) + 1
+        return self.deaths[trial.trial_id] >= DEATHS_BEFORE_FAILED
+
+    def _fail(self, trial, why: str) -> None:
+        trial.status = trial_module.TrialStatus.FAILED
+        trial.message = why
+        self._end(trial)
+
+    def _end(self, trial) -> None:
+        try:
+            self.oracle.end_trial(trial)
+        except RuntimeError as error:  # "Number of consecutive failures exceeded the limit"
+            # raised before end_trial saved the trial and the oracle: finish its bookkeeping
+            self.fatal = str(error).splitlines()[0]
+            self.oracle._save_trial(self.oracle.trials[trial.trial_id])
+            self.oracle.save()
+            owner = self._owner(trial.trial_id)
+            if owner is not None:
+                self.oracle.ongoing_trials.pop(owner)
 
     def _seen(self, tuner_id: str | None) -> None:
         if tuner_id:
@@ -109,12 +138,20 @@ class LivenessServicer(oracle_chief.OracleServicer):
             for tuner_id in known:
                 if now - self.last_seen.get(tuner_id, self.started) > self.worker_timeout_s:
                     trial = self.oracle.ongoing_trials.pop(tuner_id, None)
-                    if trial is not None:
-                        self.oracle._retry_queue.append(trial.trial_id)
-                        self.oracle.save()
+                    fate = self._after_death(trial, tuner_id) if trial is not None else "-"
                     self.oracle.tuner_ids.discard(tuner_id)
-                    dropped.append(f"{tuner_id} (trial {trial.trial_id if trial else '-'} requeued)")
+                    dropped.append(f"{tuner_id} (trial {trial.trial_id if trial else '-'} {fate})")
         return dropped
+
+    def _after_death(self, trial, tuner_id: str) -> str:
+        """A worker died running `trial`: the trial goes back to the queue, or fails."""
+        if self._died_on(trial):
+            self._fail(trial, f"its worker died {DEATHS_BEFORE_FAILED} times running it "
+                              f"(last {tuner_id}; killed by the OOM killer?)")
+            return "failed"
+        self.oracle._retry_queue.append(trial.trial_id)
+        self.oracle.save()
+        return "requeued"
 
     def _all_handed_out(self) -> bool:
         return len(self.oracle.trials) >= self.oracle.max_trials and not pending_retries(self.oracle)
@@ -122,6 +159,13 @@ class LivenessServicer(oracle_chief.OracleServicer):
     def CreateTrial(self, request, context):
         with self.lock:
             self._seen(request.tuner_id)
+            if self.fatal:  # the search is over: tell the worker to stop, start no trial
+                stop = trial_module.Trial(self.oracle.get_space(), status=trial_module.TrialStatus.STOPPED)
+                return get_service().CreateTrialResponse(trial=stop.to_proto())
+            ongoing = self.oracle.ongoing_trials.get(request.tuner_id)
+            if ongoing is not None and self._died_on(ongoing):  # it asks again: it restarted mid-trial
+                self._fail(ongoing, f"its worker died {DEATHS_BEFORE_FAILED} times running it "
+                                    f"(last {request.tuner_id}; killed by the OOM killer?)")
             others_running = any(t != request.tuner_id for t in self.oracle.ongoing_trials)
             if (request.tuner_id not in self.oracle.ongoing_trials and self._all_handed_out()
                     and others_running):
@@ -149,7 +193,8 @@ class LivenessServicer(oracle_chief.OracleServicer):
             if owner is None and self.oracle.trials[request.trial.trial_id].status in ENDED:
                 # A worker we had given up on finished after all; the trial was redone elsewhere.
                 return get_service().EndTrialResponse()
-            return super().EndTrial(request, context)
+            self._end(trial_module.Trial.from_proto(request.trial))
+            return get_service().EndTrialResponse()
 
     def GetSpace(self, request, context):
         with self.lock:

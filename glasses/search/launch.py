@@ -48,7 +48,14 @@ def run_chief(spec_path: Path, on_line: Callable[[str], None] = print) -> Path:
     chief_down_marker(spec).unlink(missing_ok=True)
     chief_card(spec).unlink(missing_ok=True)
     env = {**_QUIET, "CUDA_VISIBLE_DEVICES": "-1"}  # the oracle needs no GPU
-    code = run_process(role_command("chief", spec_path), on_line, spec.chief_timeout_s + KILL_GRACE_S, env)
+    said: list[str] = []
+
+    def note(line: str) -> None:
+        if line.startswith("chief: "):
+            said[:] = [line.removeprefix("chief: ")]
+        on_line(line)
+
+    code = run_process(role_command("chief", spec_path), note, spec.chief_timeout_s + KILL_GRACE_S, env)
     if code == EXIT_PORT_IN_USE:
         reason = (f"chief of {spec.project_dir}: port {spec.port} on {spec.host} is in use by another "
                   "process; leave search.oracle_port unset (a free port is picked) or pick a free one")
@@ -56,7 +63,8 @@ def run_chief(spec_path: Path, on_line: Callable[[str], None] = print) -> Path:
         raise SearchError(reason)
     if code != 0:
         reason = (f"chief of {spec.project_dir} ended with code {code} before all "
-                  f"{spec.stage.max_trials} trials ended; re-run to continue the search")
+                  f"{spec.stage.max_trials} trials ended ({said[0] if said else 'no reason given'}); "
+                  "re-run to continue the search")
         mark_chief_down(spec, reason)  # workers still waiting for it fail now, not later
         raise SearchError(reason)
     return Path(spec_path)

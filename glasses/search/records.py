@@ -112,3 +112,15 @@ def chief_is_up(spec: SearchSpec) -> bool:
         return False
     found = read_json(card)
     return found.get("search_id") == spec.search_id and found.get("port") == spec.port
+
+
+def error_file(spec: SearchSpec, trial_id: str) -> Path:
+    """Where a worker writes the end of a failed trial's traceback."""
+    return spec.project_dir / f"trial_{trial_id}" / "error.txt"
+
+
+def last_error_line(spec: SearchSpec, trial_id: str) -> str | None:
+    """The last non-empty line of a failed trial's error, if a worker wrote one."""
+    path = error_file(spec, trial_id)
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return lines[-1].strip() if lines else None

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 from pathlib import Path
 
-from glasses.files import write_json
+from glasses.files import write_json, write_text
+from glasses.search.records import error_file
 from glasses.search.spec import SearchSpec
 
 HEARTBEAT_S = 3.0
@@ -47,9 +49,13 @@ def build_tuner(spec: SearchSpec, strategy=None):
         def run_trial(self, trial, *args, **kwargs):
             started = time.monotonic()
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), keras.callbacks.TerminateOnNaN()]
-            with Heartbeat(self.oracle, trial.trial_id):
-                histories = super().run_trial(trial, *args, **kwargs)
-            _fail_on_nan(histories)
+            try:
+                with Heartbeat(self.oracle, trial.trial_id):
+                    histories = super().run_trial(trial, *args, **kwargs)
+                _fail_on_nan(histories)
+            except Exception:  # the chief names it if trials keep failing; Keras Tuner records it
+                write_text(error_file(spec, trial.trial_id), traceback.format_exc(limit=3))
+                raise
             epochs = max(len(h.history.get("loss", [])) for h in histories)
             write_json(Path(self.get_trial_dir(trial.trial_id)) / "worker.json",
                        {"tuner_id": self.tuner_id, "seconds": round(time.monotonic() - started, 2),

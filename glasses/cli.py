@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from glasses.config import PRESETS, build_config
+from glasses.config import PRESETS, RETUNE_CRON, build_config, default_home, read_config_file
 from glasses.errors import GlassesError
 from glasses.workdir import check_apart
 
@@ -57,13 +57,19 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
         _fail(error)
     # The embedded server's telemetry heartbeat only logs sqlite lock errors here; opt out unless set.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "glasses")  # the library's lines in the run's logs
+    from prefect import tags
+
     from flows.pipeline import pipeline  # imports prefect; only this command needs it
     from glasses.report import summary_markdown
     from glasses.watchdog import reap_on_death, say_goodbye
 
     watcher = reap_on_death()  # if this process is killed outright, it ends what the run started
     try:
-        summary = Path(pipeline(config))
+        with tags("glasses", config.preset):
+            summary = Path(pipeline(preset=config.preset, data_dir=_text(config.data.data_dir),
+                                    work_dir=str(config.work_dir.resolve()),
+                                    overrides=config.model_dump(mode="json", exclude={"work_dir", "preset"})))
     except GlassesError as error:
         _fail(error)
     finally:
@@ -71,6 +77,51 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
     typer.echo(summary_markdown(summary))
     result = json.loads(summary.read_text())["ensemble"]
     typer.echo(f"ensemble test accuracy: {result['test_accuracy']:.4f}  ({summary})")
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+@app.command()
+def serve(preset: str = typer.Option("quick", "--preset", help=f"One of {', '.join(PRESETS)}."),
+          data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default: the built-in dataset."),
+          work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Default: $GLASSES_HOME or ~/.glasses."),
+          config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON overrides."),
+          name: str = typer.Option("weekly-retune", "--name", help="The deployment's name."),
+          cron: str = typer.Option(RETUNE_CRON, "--cron", help="When to re-tune (UTC).")) -> None:
+    """Serve the pipeline as a Prefect deployment on a schedule, one run at a time (needs a
+    Prefect server: set PREFECT_API_URL). Runs can be started and retried from the UI."""
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "glasses")
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    from flows.pipeline import pipeline
+
+    try:
+        overrides = read_config_file(config_file) if config_file else None
+        build_config(preset, settings=overrides, overrides={"data.data_dir": data_dir})
+        if data_dir is not None:
+            check_apart(data_dir, work_dir or default_home())
+    except GlassesError as error:
+        _fail(error)
+    parameters = {"preset": preset, "data_dir": _text(data_dir), "work_dir": _text(work_dir), "overrides": overrides}
+    ui = PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")
+    typer.echo(f"serving deployment glasses-pipeline/{name} (cron '{cron}' UTC, one run at a time) "
+               f"with {parameters}; UI: {ui or 'set PREFECT_API_URL to a server'}/deployments")
+    pipeline.serve(name=name, cron=cron, parameters=parameters, tags=["glasses", preset], limit=1,
+                   global_limit=1, print_starting_message=False)
+
+
+@app.command()
+def status(work_dir: Path = typer.Option(None, "--work-dir", help="Default: $GLASSES_HOME or ~/.glasses.")) -> None:
+    """Which steps of a work dir's run are done, running, failed or not started."""
+    from glasses.workdir import status as read_status
+
+    root = work_dir or default_home()
+    if not Path(root).is_dir():
+        _fail(GlassesError(f"no work dir at {root}: nothing has run there"))
+    for step, state in read_status(Path(root)).items():
+        typer.echo(f"{step:9} {state}")
 
 
 @app.command("config")

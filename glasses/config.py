@@ -10,6 +10,8 @@ import copy
 import hashlib
 import ipaddress
 import json
+import os
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -249,18 +251,22 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
-def build_config(preset: str = "quick", file: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Builds a config: a preset, then a YAML/JSON file on top, then dotted overrides on top.
+def build_config(preset: str = "quick", file: Path | None = None, overrides: dict[str, Any] | None = None,
+                 settings: dict[str, Any] | None = None) -> Config:
+    """Builds a config: a preset, then a YAML/JSON file, then `settings`, then dotted overrides.
 
     Args:
-        preset: One of `PRESETS`; a file's own `preset` key wins over this.
+        preset: One of `PRESETS`; a file's (or the settings') own `preset` key wins over this.
         file: Optional YAML or JSON file with any subset of the config's fields.
         overrides: Dotted keys to values, e.g. `{"search.workers": 1}`; None values are ignored.
+        settings: Any subset of the config's fields, nested in its shape (a flow parameter).
 
     Raises:
         ConfigError: naming the preset, the file or the field at fault.
     """
-    layer = read_config_file(file) if file else {}
+    if settings is not None and not isinstance(settings, dict):
+        raise ConfigError(f"overrides must be a mapping in the config's shape, got {type(settings).__name__}")
+    layer = _merge(read_config_file(file) if file else {}, settings or {})
     name = layer.get("preset", preset)
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -304,3 +310,18 @@ def fingerprint(section: BaseModel | dict | list, length: int = 10) -> str:
     """A short stable hash of a config piece, used to key stage outputs on disk."""
     data = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:length]
+
+
+RETUNE_CRON = "0 3 * * 1"  # the deployment's schedule: weekly, Mondays 03:00 UTC
+
+
+def default_home() -> Path:
+    """Where runs keep their state unless told otherwise: $GLASSES_HOME, else ~/.glasses (absolute,
+    so that every run of a deployment, started from any folder, shares it)."""
+    return Path(os.environ.get("GLASSES_HOME") or "~/.glasses").expanduser().resolve()
+
+
+def run_name(preset: str, data_dir: str | Path | None, day: date) -> str:
+    """A flow run's name: preset, data and day, e.g. `quick-builtin-2026-11-29`."""
+    data = Path(data_dir).name if data_dir else "builtin"
+    return f"{preset}-{data}-{day.isoformat()}"

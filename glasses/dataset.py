@@ -562,6 +562,14 @@ def _source_stamp(layout: Layout) -> dict:
             "image_dir": str(layout.image_dir), "images": images.hexdigest()}
 
 
+def fingerprint(data_dir: Path) -> str:
+    """A short hash of the dataset as organize sees it: train.csv and every face image (size,
+    mtime, inode). Cheap (one stat a file); it changes whenever an input does."""
+    from glasses.config import fingerprint as digest
+
+    return digest(_source_stamp(find_layout(data_dir)), length=16)
+
+
 def organize(data_dir: Path, out_dir: Path) -> Organized:
     """Validates a dataset and places each labelled image into `glasses/` or `no_glasses/`.
 

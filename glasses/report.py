@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 from pathlib import Path
 
@@ -148,6 +150,38 @@ def render_report(summary: dict) -> str:
              *_stage_lines(summary), *_ensemble_lines(summary), *_evaluation_lines(summary),
              *_latent_lines(summary), "## Timings", "", timings, ""]
     return "\n".join(lines)
+
+
+def embed_figures(markdown: str, root: Path) -> str:
+    """The report with each linked PNG (`](figures/x.png)`) inlined as a data URI, for a viewer
+    that cannot read the work dir (the Prefect UI renders these)."""
+
+    def inline(match: re.Match) -> str:
+        path = Path(root) / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        return f"](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return re.sub(r"\]\((figures/[^)]+\.png)\)", inline, markdown)
+
+
+def ensembles_rows(summary: dict) -> list[dict]:
+    """The best single model and each ensemble method: val and test accuracy, one row each."""
+    shipped = summary["ensemble"]["method"]
+    return [{"model": name.replace("_", " "), "val_accuracy": row["val_accuracy"],
+             "val_log_loss": row.get("val_log_loss"), "test_accuracy": row["test_accuracy"],
+             "shipped": name == shipped} for name, row in summary["ensembles"].items()]
+
+
+def metrics_rows(summary: dict) -> list[dict]:
+    """The shipped model's test metrics and confusion matrix as rows."""
+    e = summary["evaluation"]
+    (tn, fp), (fn, tp) = e["confusion"]
+    keys = ("n", "accuracy", "precision", "recall", "f1", "roc_auc")
+    return ([{"metric": k, "value": e[k]} for k in keys]
+            + [{"metric": f"confusion: {name}", "value": value}
+               for name, value in (("true no glasses", tn), ("false glasses", fp), ("missed glasses", fn),
+                                   ("true glasses", tp))])
 
 
 def write_report(config: Config) -> Path:

@@ -39,18 +39,26 @@ def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image
         chosen: Earlier stages' choices; the stage's own `fixed` wins over them.
         cache_dir: The tf.data cache at `image_size`.
     """
-    fixed = {**chosen, **stage.fixed}
-    split_key = read_json(Path(cache_dir) / "cache.json")["key"]
-    key = fingerprint({"stage": stage.model_dump(mode="json"), "size": image_size, "fixed": fixed,
-                       "seed": search.seed, "split": split_key})
-    directory = (Path(stage_dir) / f"kt-{key}").resolve()
+    path = spec_path_for(stage_dir, stage, search, image_size, chosen, cache_dir)
+    directory, key = path.parent, path.parent.name.removeprefix("kt-")
     spec = SearchSpec(
-        search_id=f"{key}-{image_size}-{uuid.uuid4().hex[:8]}", directory=directory, project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(),
-        image_size=image_size, stage=stage, fixed=fixed, seed=search.seed, host=search.oracle_host,
+        search_id=f"{key}-{image_size}-{uuid.uuid4().hex[:8]}", directory=directory,
+        project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(), image_size=image_size,
+        stage=stage, fixed={**chosen, **stage.fixed}, seed=search.seed, host=search.oracle_host,
         port=search.oracle_port or free_port(search.oracle_host), workers=search.workers,
         worker_timeout_s=search.worker_timeout_s, chief_timeout_s=search.chief_timeout_s,
         gpus_per_worker=search.gpus_per_worker)
-    return spec.save(directory / f"size{image_size}.json")
+    return spec.save(path)
+
+
+def spec_path_for(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
+                  chosen: dict[str, Any], cache_dir: Path) -> Path:
+    """Where `plan_search` writes the spec of this search: `kt-<key>/size<px>.json`, the key a
+    hash of everything that defines the search (its stage config, size, fixed values, seed, data)."""
+    split_key = read_json(Path(cache_dir) / "cache.json")["key"]
+    key = fingerprint({"stage": stage.model_dump(mode="json"), "size": image_size,
+                       "fixed": {**chosen, **stage.fixed}, "seed": search.seed, "split": split_key})
+    return (Path(stage_dir) / f"kt-{key}").resolve() / f"size{image_size}.json"
 
 
 def smallest_within(table: pd.DataFrame, column: str, tolerance: float) -> Any:

@@ -64,6 +64,11 @@ class WorkDir:
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def results(self) -> Path:
+        """Prefect's persisted task results (what makes a finished stage Cached on a retry)."""
+        return self.root / ".prefect-results"
+
 
 def check_apart(data_dir: Path | None, work_dir: Path) -> None:
     """Raises OutputError unless the data dir and the work dir are apart: neither is the other
@@ -128,3 +133,39 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     for path in stale:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return stale
+
+
+def status(root: Path) -> dict[str, str]:
+    """Each step of a work dir's run: done, running, failed or not started (read from its files
+    and its lock), plus who holds it."""
+    work = WorkDir(Path(root))
+    holder = _holder(work.root)
+    steps = {"data": (work.split / "split.json").is_file()}
+    steps.update({stage: (work.stage(stage) / "stage.json").is_file() for stage in ("stage1", "stage2", "stage3")})
+    steps.update({"ensemble": work.model.is_file(), "analyses": work.report.is_file()})
+    found, first_open = {}, True
+    for step, done in steps.items():
+        failed = step.startswith("stage") and any(work.stage(step).glob("kt-*/*.chief-down"))
+        if done:
+            found[step] = "done"
+        elif first_open:  # the step a run is at, or stopped at
+            found[step] = "running" if holder else "failed" if failed else "not started"
+        else:
+            found[step] = "not started"
+        first_open = first_open and done
+    return {**found, "held by": holder or "nobody"}
+
+
+def _holder(root: Path) -> str | None:
+    """Who holds the work dir's lock now (its pid and host), or None."""
+    lock = root / LOCK_FILE
+    if not lock.is_file():
+        return None
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None

@@ -1,18 +1,33 @@
-"""Data tasks: the source (the user's or the built-in dataset), organise, split, cache."""
+"""Data tasks: the config, the source (the user's or the built-in dataset), its fingerprint,
+organise, split, cache. Each data task is Cached while its output is current (tasks/caching.py)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
 
 from glasses import dataset, inputs, synth
-from glasses.config import Config
+from glasses.config import Config, build_config, default_home
 from glasses.workdir import WorkDir
+from tasks import caching
 
 
-@task(name="source", retries=1)
+@task(name="configure", cache_policy=NONE)
+def configure(preset: str, data_dir: str | None, work_dir: str | None, overrides: dict[str, Any] | None) -> Config:
+    """The run's config: the preset, the overrides (in the config's shape), the data dir and the
+    work dir (default $GLASSES_HOME or ~/.glasses); a bad value fails here with its message."""
+    config = build_config(preset, settings=overrides, overrides={
+        "data.data_dir": data_dir, "work_dir": str(Path(work_dir or default_home()).expanduser().resolve())})
+    get_run_logger().info("%s run in %s on %s", config.preset, config.work_dir,
+                          config.data.data_dir or "the built-in dataset")
+    return config
+
+
+@task(name="source", cache_key_fn=caching.source_key, persist_result=True, retries=1)
 def source(config: Config) -> str:
     """The dataset to read: the config's data dir, or the built-in one written into the work dir."""
     path = synth.source_dir(config.data, WorkDir(config.work_dir).synth)
@@ -20,8 +35,14 @@ def source(config: Config) -> str:
     return str(path)
 
 
-@task(name="organize")
-def organize(config: Config, data_dir: str) -> dict:
+@task(name="fingerprint", cache_policy=NONE)
+def fingerprint(data_dir: str) -> str:
+    """A hash of train.csv and every image (size, mtime, inode): what the data stage is keyed on."""
+    return dataset.fingerprint(Path(data_dir))
+
+
+@task(name="organize", cache_key_fn=caching.organize_key, persist_result=True)
+def organize(config: Config, data_dir: str, fingerprint: str) -> dict:
     """Validates the source and places labelled images into class folders."""
     result = dataset.organize(Path(data_dir), WorkDir(config.work_dir).organized)
     get_run_logger().info("%d labelled: %d glasses, %d no glasses (%.2f glasses per no-glasses)",
@@ -29,8 +50,8 @@ def organize(config: Config, data_dir: str) -> dict:
     return _plain(asdict(result))
 
 
-@task(name="split")
-def split(config: Config, organized_dir: str) -> dict:
+@task(name="split", cache_key_fn=caching.split_key, persist_result=True)
+def split(config: Config, organized_dir: str, fingerprint: str) -> dict:
     """Seeded stratified train/val/test folders."""
     result = dataset.split(Path(organized_dir), WorkDir(config.work_dir).split, config.data.fractions,
                            config.data.seed)
@@ -38,8 +59,9 @@ def split(config: Config, organized_dir: str) -> dict:
     return _plain(asdict(result))
 
 
-@task(name="cache", task_run_name="cache-{size}px", retries=1)
-def cache(config: Config, split_dir: str, size: int) -> str:
+@task(name="cache", task_run_name="cache-{size}px", cache_key_fn=caching.cache_key, persist_result=True,
+      retries=1)
+def cache(config: Config, split_dir: str, fingerprint: str, size: int) -> str:
     """Decodes, resizes and rescales the split once for an image size; returns the cache dir."""
     return str(inputs.build_cache(Path(split_dir), WorkDir(config.work_dir).cache, size))
 

@@ -1,20 +1,26 @@
-"""Model tasks: ship the ensemble, draw the figures, the latent baseline, the summary and report."""
+"""Model tasks: ship the ensemble, draw the figures, the latent baseline, the summary and report.
+
+The summary task puts the run on the Prefect UI's pages: the report with its figures, the
+ensembles compared, the test metrics, and a link to the model file.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from glasses import ensemble as ensembles
 from glasses import dataset, figures, latent, report
+from glasses import ensemble as ensembles
 from glasses.config import Config
+from glasses.files import read_json
 from glasses.workdir import WorkDir
+from tasks import caching
 
 
-@task(name="ensemble", cache_policy=NONE)
+@task(name="ensemble", cache_key_fn=caching.ensemble_key, persist_result=True)
 def ensemble(config: Config, spec_paths: list[str], split_dir: str) -> dict:
     """Ensembles of the kept models above the threshold compared, the best on val shipped and scored."""
     work = WorkDir(config.work_dir)
@@ -29,15 +35,15 @@ def ensemble(config: Config, spec_paths: list[str], split_dir: str) -> dict:
     return result
 
 
-@task(name="figures", cache_policy=NONE, retries=1)
+@task(name="figures", cache_key_fn=caching.figures_key, persist_result=True, retries=1)
 def draw_figures(config: Config, shipped: dict, stages: list[dict]) -> dict[str, str]:
     """Augmentation samples, misclassified test images, confusion matrix, stage plots (PNG)."""
     work = WorkDir(config.work_dir)
     return figures.render_figures(work.figures, work.predictions, shipped, stages, seed=config.search.seed)
 
 
-@task(name="latent-baseline")
-def latent_baseline(config: Config, data_dir: str) -> dict:
+@task(name="latent-baseline", cache_key_fn=caching.latent_key, persist_result=True)
+def latent_baseline(config: Config, data_dir: str, fingerprint: str) -> dict:
     """The report's Dense 128-16-1 on the 512-d latents; skipped with one line without them."""
     result = latent.latent_baseline(dataset.find_layout(Path(data_dir)).csv, fractions=config.data.fractions,
                                     seed=config.data.seed)
@@ -52,10 +58,24 @@ def latent_baseline(config: Config, data_dir: str) -> dict:
 @task(name="summary", cache_policy=NONE)
 def summary(config: Config, dataset: dict, split: dict, stages: list[dict], shipped: dict, drawn: dict,
             latent: dict, durations: dict) -> str:
-    """Writes summary.json and report.md, and publishes the summary as a markdown artifact."""
+    """Writes summary.json and report.md, and publishes them as artifacts."""
+    work = WorkDir(config.work_dir)
     path = report.write_summary(config, dataset=dataset, split=split, stages=stages, shipped=shipped,
                                 figures=drawn, latent=latent, durations=durations)
     report.write_report(config)
-    create_markdown_artifact(report.summary_markdown(path), key="glasses-summary",
-                             description="glasses run summary")
+    _publish(read_json(path), work)
     return str(path)
+
+
+def _publish(run: dict, work: WorkDir) -> None:
+    """The run's artifacts, under stable keys (each run adds a version)."""
+    create_markdown_artifact(report.summary_markdown(work.summary), key="glasses-summary",
+                             description="glasses run summary")
+    create_markdown_artifact(report.embed_figures(work.report.read_text(), work.root), key="glasses-report",
+                             description="the run's report, figures included")
+    create_table_artifact(report.ensembles_rows(run), key="ensembles",
+                          description="best single model and each ensemble: val and test accuracy")
+    create_table_artifact(report.metrics_rows(run), key="test-metrics",
+                          description="the shipped model on the test images")
+    create_link_artifact(work.model.resolve().as_uri(), link_text=str(work.model.resolve()), key="model",
+                         description="the shipped model: keras.models.load_model(path)")

@@ -1,22 +1,34 @@
-"""Search tasks: plan a search, run its chief and its workers (each a process), finish a stage."""
+"""Search tasks: plan a search, run its chief and its workers (each a process), finish a stage.
+
+Every one of them is Cached once its search is complete on disk (tasks/caching.py); the chief
+task shows the search's progress as an artifact while it runs.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NONE
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import task_run
 
 from glasses import search, stages
 from glasses.config import Config
+from glasses.search.records import ended_trials
 from glasses.workdir import WorkDir
+from tasks import caching
+
+PROGRESS_EVERY_S = 5.0
 
 
-@task(name="plan-search", task_run_name="plan-{stage}-{image_size}px", cache_policy=NONE)
+@task(name="plan-search", task_run_name="plan-{stage}-{image_size}px", cache_key_fn=caching.plan_key,
+      persist_result=True)
 def plan(config: Config, stage: str, image_size: int, chosen: dict[str, Any], cache_dir: str) -> str:
     """Writes the search's spec (directory keyed by config, a free port) and returns its path."""
     return str(stages.plan_search(WorkDir(config.work_dir).stage(stage), getattr(config.search, stage),
@@ -32,46 +44,76 @@ def _run_name(role: str):
     return name
 
 
-@task(name="chief", task_run_name=_run_name("chief"), cache_policy=NONE)
+@task(name="chief", task_run_name=_run_name("chief"), cache_key_fn=caching.search_key, persist_result=True)
 def chief(spec_path: str) -> str:
     """Runs the oracle process until the search is complete; fails if trials remain.
 
     Its time limit is the spec's chief_timeout_s, kept by the chief itself and, as a backstop,
     by killing the process (a Prefect timeout cannot interrupt a task blocked in a thread).
     """
-    return str(search.run_chief(Path(spec_path), get_run_logger().info))
+    with _progress(Path(spec_path)):
+        return str(search.run_chief(Path(spec_path), get_run_logger().info))
 
 
-@task(name="worker", task_run_name=_run_name("worker"), cache_policy=NONE, retry_delay_seconds=2)
+@contextmanager
+def _progress(spec_path: Path) -> Iterator[None]:
+    """A progress artifact of the search (trials ended / planned), updated while the block runs."""
+    spec = search.SearchSpec.load(spec_path)
+    key = f"progress-{spec.directory.parent.name}-{spec.project_name}"
+
+    def percent() -> float:
+        return round(100.0 * min(1.0, ended_trials(spec) / spec.stage.max_trials), 1)
+
+    artifact = create_progress_artifact(percent(), key=key,
+                                        description=f"{spec.directory.parent.name} {spec.project_name}: trials ended")
+    done = threading.Event()
+
+    def update() -> None:
+        while not done.wait(PROGRESS_EVERY_S):
+            update_progress_artifact(artifact, percent())
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(update,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        update_progress_artifact(artifact, percent())
+
+
+@task(name="worker", task_run_name=_run_name("worker"), cache_key_fn=caching.search_key, persist_result=True,
+      retry_delay_seconds=2)
 def worker(spec_path: str, index: int) -> str:
     """Runs tuner process `tuner<index>` against the chief; a retry keeps the same id."""
     return search.run_worker(Path(spec_path), index, get_run_logger().info)
 
 
 def _published(summary: dict) -> dict:
-    """Logs the stage's choice and publishes its trials as a table artifact."""
+    """Logs the stage's choice and publishes its trials, best first, as a table artifact."""
     stage = summary["stage"]
     get_run_logger().info("%s: %d trials, chose %s", stage, summary["trials"], summary["chosen"])
-    rows = pd.read_csv(summary["table"]).fillna("").to_dict(orient="records")
-    create_table_artifact(rows, key=f"{stage}-trials", description=f"{stage}: one row per trial")
+    table = pd.read_csv(summary["table"]).sort_values("val_accuracy", ascending=False, na_position="last")
+    create_table_artifact(table.fillna("").to_dict(orient="records"), key=f"{stage}-leaderboard",
+                          description=f"{stage}: every trial, best val accuracy first; chose {summary['chosen']}")
     return summary
 
 
-@task(name="finish-stage1", cache_policy=NONE)
+@task(name="finish-stage1", cache_key_fn=caching.finish_key, persist_result=True)
 def finish_stage1(config: Config, spec_paths: list[str]) -> dict:
     """Stage 1's table and plot; chooses the image size."""
     return _published(stages.finish_stage1([Path(p) for p in spec_paths], config.search.stage1,
                                            WorkDir(config.work_dir).stage("stage1"), config.search.size_tolerance))
 
 
-@task(name="finish-stage2", cache_policy=NONE)
+@task(name="finish-stage2", cache_key_fn=caching.finish_key, persist_result=True)
 def finish_stage2(config: Config, spec_paths: list[str]) -> dict:
     """Stage 2's table and plots; chooses conv_layers and the optimizer."""
     return _published(stages.finish_stage2([Path(p) for p in spec_paths], config.search.stage2,
                                            WorkDir(config.work_dir).stage("stage2"), config.search.layers_tolerance))
 
 
-@task(name="finish-stage3", cache_policy=NONE)
+@task(name="finish-stage3", cache_key_fn=caching.finish_key, persist_result=True)
 def finish_stage3(config: Config, spec_paths: list[str]) -> dict:
     """Stage 3's table and plot; keeps the best models' checkpoints."""
     return _published(stages.finish_stage3([Path(p) for p in spec_paths], config.search.stage3,

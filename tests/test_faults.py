@@ -1,8 +1,10 @@
 """`glasses run` killed outright (SIGKILL: no handler, no `finally`) mid-search leaves no process
-behind, and a re-run on the same work dir continues the searches with no trial run twice."""
+behind, and a re-run on the same work dir continues the searches with no trial run twice. The
+data is a real download's layout of grey, non-square images, which must stay untouched."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,14 +14,17 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.conftest import balanced_labels, snapshot, write_kaggle_dataset
+
 pytestmark = pytest.mark.slow
 
 
-def _run(work: Path, home: Path, log: Path) -> subprocess.Popen:
+def _run(data: Path, work: Path, home: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)  # its own embedded server, as a user's `glasses run`
-    return subprocess.Popen([sys.executable, "-m", "glasses", "run", "--preset", "smoke", "--work-dir", str(work)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    command = ["run", "--preset", "smoke", "--data-dir", str(data), "--work-dir", str(work)]
+    return subprocess.Popen([sys.executable, "-m", "glasses", *command], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def _finished_trials(work: Path) -> dict[str, int]:
@@ -34,7 +39,9 @@ def _finished_trials(work: Path) -> dict[str, int]:
 
 def test_sigkill_mid_search_leaves_no_process_and_a_rerun_continues(tmp_path):
     work, home = tmp_path / "work", tmp_path / "prefect"
-    run = _run(work, home, tmp_path / "first.log")
+    data = write_kaggle_dataset(tmp_path / "download", balanced_labels(40), size=(30, 20), mode="L", latents=512)
+    source = snapshot(data)
+    run = _run(data, work, home, tmp_path / "first.log")
     deadline = time.monotonic() + 240
     while not _finished_trials(work):  # mid-search: a trial has ended, others are to come
         assert run.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
@@ -48,9 +55,12 @@ def test_sigkill_mid_search_leaves_no_process_and_a_rerun_continues(tmp_path):
     assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
 
     before = _finished_trials(work)
-    again = _run(work, home, tmp_path / "second.log")
+    again = _run(data, work, home, tmp_path / "second.log")
     assert again.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
     after = _finished_trials(work)
     assert {k: v for k, v in after.items() if k in before} == before  # none run twice
     assert len(after) == 4 + 2 + 2  # stage 1 (2 sizes x 2 trials), stage 2, stage 3 (keeps 2): none lost
     assert (work / "model" / "ensemble.keras").is_file()
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["dataset"]["labelled"] == 40 and summary["latent"]["skipped"] is False
+    assert snapshot(data) == source  # the download is byte for byte as it was

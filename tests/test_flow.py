@@ -1,31 +1,46 @@
-"""The whole pipeline as a Prefect flow on a real (test) Prefect server, smoke preset."""
+"""The whole pipeline as a Prefect flow on a real (test) Prefect server, smoke preset: its
+outputs, its artifacts, a re-run that is all Cached, a changed stage config, a run failed in
+stage 3 and its retry (the same flow run) resuming there."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import FlowRunSort
 
-from glasses.config import build_config
-from tests.conftest import balanced_labels, write_kaggle_dataset
 
 pytestmark = pytest.mark.slow
 
 
-def _trial_stamps(work: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in (work / "stages").rglob("trial.json")}
+def _weights(work: Path) -> dict[str, int]:
+    """Each completed trial and when its weights were written (a trial run again rewrites them)."""
+    return {str(p.parent): p.stat().st_mtime_ns for p in (work / "stages").rglob("checkpoint.weights.h5")}
+
+
+def _last_stage_runs() -> dict[str, str]:
+    """Task run name -> state name of the latest `glasses-stages` flow run."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["glasses-stages"])),
+                                     sort=FlowRunSort.START_TIME_DESC, limit=1)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id])))
+    # run names end in a short suffix ("organize-3fa") unless the task names its runs ("cache-16px")
+    return {re.sub(r"-[0-9a-f]{3}$", "", t.name): t.state.name for t in tasks}
 
 
 def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server, tmp_path):
     from flows.pipeline import pipeline
 
-    config = build_config("smoke", overrides={"work_dir": tmp_path / "work"})
-    pipeline(config)
-    work = config.work_dir
+    work = tmp_path / "work"
+    state = pipeline(preset="smoke", work_dir=str(work), return_state=True)
+    assert state.is_completed(), state.message
     summary = json.loads((work / "summary.json").read_text())
     dataset, split = summary["dataset"], summary["split"]
     assert dataset["labelled"] == 60 == dataset["glasses"] + dataset["no_glasses"]
@@ -68,24 +83,95 @@ def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server,
         out = model.predict(np.random.default_rng(0).integers(0, 256, shape).astype("float32"), verbose=0)
         assert out.shape == (shape[0], 1) and np.all((out >= 0) & (out <= 1))
 
-    # A re-run (as after a failure, or a retry from the UI) reuses every finished stage.
-    stamps = _trial_stamps(work)
-    pipeline(config)
-    assert _trial_stamps(work) == stamps
+    _assert_artifacts()
+
+    # A re-run reuses every finished stage: each stage task is Cached, no trial runs again.
+    stamps = _weights(work)
+    pipeline(preset="smoke", work_dir=str(work))
+    assert _weights(work) == stamps
+    runs = _last_stage_runs()
+    stage_tasks = {name: state for name, state in runs.items() if name not in ("fingerprint", "summary")}
+    assert {name: state for name, state in stage_tasks.items() if state != "Cached"} == {}
+    assert {"organize", "split", "cache-16px", "finish-stage1", "finish-stage3", "ensemble"} <= set(runs)
     again = json.loads((work / "summary.json").read_text())
     assert again["ensemble"]["test_accuracy"] == summary["ensemble"]["test_accuracy"]
 
+    # Stage 3 changed and failing mid-search (the test-only fault switch): stages 1-2 stay
+    # Cached; the retry of that same flow run continues stage 3 and reruns no finished trial.
+    overrides = {"search": {"stage3": {"max_trials": 3}}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GLASSES_FAULT", "stage3")
+        once = pipeline.with_options(retries=0)  # (the flow's own retry would fail the same way)
+        failed = once(preset="smoke", work_dir=str(work), overrides=overrides, return_state=True)
+    assert failed.is_failed()
+    assert "fault injected by GLASSES_FAULT=stage3" in str(failed.message) + _messages()
+    before_retry = _weights(work)
+    _retry(failed.state_details.flow_run_id)
+    runs = _last_stage_runs()
+    for name in ("organize", "split", "finish-stage1", "finish-stage2"):
+        assert runs[name] == "Cached", runs
+    assert runs["finish-stage3"] == "Completed"
+    after = _weights(work)  # (stage 3 keeps the 2 best: a third checkpoint is pruned)
+    kept = {k: v for k, v in before_retry.items() if k in after}
+    assert {k: after[k] for k in kept} == kept and any("stage3" in k for k in kept)
+    stage3 = pd.read_csv(work / "stages" / "stage3" / "trials.csv")
+    assert len(stage3) == 3 and (stage3["status"] == "COMPLETED").all()
 
-def test_smoke_flow_on_a_real_layout_of_grey_non_square_images(prefect_server, tmp_path):
+
+def _messages() -> str:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=3)
+    return " ".join(str(r.state.message) for r in runs if r.state)
+
+
+def _retry(flow_run_id) -> None:
+    """What `prefect flow-run retry ID --entrypoint flows/pipeline.py:pipeline` does for a run
+    without a deployment: schedule the same flow run again and run it here."""
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
     from flows.pipeline import pipeline
 
-    source = write_kaggle_dataset(tmp_path / "download", balanced_labels(40), size=(30, 20), mode="L",
-                                  latents=512)
-    listing = sorted(str(p.relative_to(source)) for p in source.rglob("*"))
-    config = build_config("smoke", overrides={"work_dir": tmp_path / "work", "data.data_dir": source})
-    pipeline(config)
-    summary = json.loads((config.work_dir / "summary.json").read_text())
-    assert summary["dataset"]["labelled"] == 40
-    assert summary["split"]["test"] >= 4
-    assert (config.work_dir / "model" / "ensemble.keras").is_file()
-    assert sorted(str(p.relative_to(source)) for p in source.rglob("*")) == listing  # source untouched
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Scheduled(message="retry"), force=True)
+        flow_run = client.read_flow_run(flow_run_id)
+    state = run_flow(flow=pipeline, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+    assert state.is_completed(), state.message
+
+
+def _assert_artifacts() -> None:
+    with get_client(sync_client=True) as client:
+        latest = {a.key: a for a in client.read_latest_artifacts(limit=200)}
+    for key in ("glasses-summary", "glasses-report", "ensembles", "test-metrics", "model", "stage1-leaderboard",
+                "stage2-leaderboard", "stage3-leaderboard", "progress-stage1-size16", "progress-stage3-size16",
+                "progress-stage3-size24"):
+        assert key in latest or key.startswith("progress-stage3"), sorted(latest)
+    assert any(latest[k].data == 100 for k in latest if k.startswith("progress-stage3"))
+    assert latest["progress-stage1-size16"].data == 100
+    report = latest["glasses-report"].data
+    assert report.count("](data:image/png;base64,") >= 7 and "](figures/" not in report
+    ensembles = json.loads(latest["ensembles"].data)
+    assert {row["model"] for row in ensembles} == {"best single", "average", "majority", "greedy"}
+    assert sum(row["shipped"] for row in ensembles) == 1
+    leaderboard = json.loads(latest["stage1-leaderboard"].data)
+    scores = [row["val_accuracy"] for row in leaderboard]
+    assert len(leaderboard) == 4 and scores == sorted(scores, reverse=True)
+    assert "(file:///" in latest["model"].data and latest["model"].data.endswith("ensemble.keras)")
+
+
+def test_the_flow_takes_no_required_parameter_and_fails_on_a_bad_value(prefect_server, tmp_path):
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import pipeline
+
+    schema = parameter_schema(pipeline.fn).model_dump()
+    assert not schema.get("required")
+    assert {name: prop.get("default") for name, prop in schema["properties"].items()} == {
+        "preset": "quick", "data_dir": None, "work_dir": None, "overrides": None}
+    pipeline.validate_parameters({})  # "Quick run" in the UI: nothing to fill in
+    state = pipeline.with_options(retries=0)(preset="smoke", work_dir=str(tmp_path / "w"),
+                                             overrides={"search": {"workers": 0}}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="search.workers: Input should be greater than or equal to 1"):
+        state.result()
+    assert not (tmp_path / "w").exists()

@@ -40,16 +40,35 @@ def serve(spec: SearchSpec) -> int:
         oracle.save()
     ended = _ended(oracle)
     print(f"chief: {reason}; {ended}/{oracle.max_trials} trials ended", flush=True)
-    return 0 if ended >= oracle.max_trials else EXIT_INCOMPLETE
+    injected = reason.startswith("fault injected")
+    return 0 if ended >= oracle.max_trials and not injected else EXIT_INCOMPLETE
+
+
+FAULT_ENV = "GLASSES_FAULT"  # for tests and demos only: GLASSES_FAULT=stage3 fails stage 3's chief
+
+
+def _fault(servicer: LivenessServicer, spec: SearchSpec, ended_at_start: int) -> str | None:
+    """Why this chief must fail now: $GLASSES_FAULT names its stage (`stages/<stage>/kt-...`) and
+    a trial has ended since it started. A real failure mid-search, to show that a retry resumes."""
+    if os.environ.get(FAULT_ENV) != spec.directory.parent.name:
+        return None
+    with servicer.lock:
+        if _ended(servicer.oracle) > ended_at_start:
+            return f"fault injected by {FAULT_ENV}={spec.directory.parent.name} (for tests)"
+    return None
 
 
 def _wait(servicer: LivenessServicer, spec: SearchSpec) -> str:
     """Watches the search until it ends; returns why it did."""
     deadline = time.monotonic() + spec.chief_timeout_s
+    ended_at_start = _ended(servicer.oracle)
     while True:
         time.sleep(0.5)
         for dropped in servicer.drop_silent():
             print(f"chief: worker {dropped}: silent for over {spec.worker_timeout_s:.0f}s", flush=True)
+        fault = _fault(servicer, spec, ended_at_start)
+        if fault:
+            return fault
         if servicer.fatal:
             return _failures_in_a_row(servicer, spec)
         if _finished(servicer):

@@ -43,9 +43,13 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     val = load_subset(spec.cache_dir, "val", batch)
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=stage.patience,
                                          restore_best_weights=True, start_from_epoch=stage.warmup_epochs)
+    # Keras Tuner gives each trial its own folder below this and adds its hyperparameters:
+    # `tensorboard --logdir <work>/stages` shows the HParams dashboard.
+    board = keras.callbacks.TensorBoard(log_dir=str(spec.directory / "tensorboard" / spec.project_name),
+                                        write_graph=False, profile_batch=0)
     print(f"{tuner_id}: {replicas} replica(s), batch {batch}, {os.environ.get('GLASSES_THREADS')} threads",
           flush=True)
-    tuner.search(train, validation_data=val, epochs=stage.epochs, callbacks=[stop], verbose=2)
+    tuner.search(train, validation_data=val, epochs=stage.epochs, callbacks=[stop, board], verbose=2)
     return 0
 
 

@@ -1,0 +1,132 @@
+"""When a stage task is Cached: its cache key is a hash of what defines its output (the config
+section it uses, the data's fingerprint, the searches it reads), and a cached result whose
+output is no longer on disk (or whose search is not complete) is forgotten before Prefect looks
+it up. So a Cached task always stands for real files: a retry of a failed run shows the
+finished stages Cached and runs the rest; a changed config section changes the keys of its
+stage and of those after it, never of those before.
+
+The results themselves are persisted in the work dir (`flows/pipeline.py` sets the storage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.filesystems import LocalFileSystem
+
+from glasses import inputs, stages
+from glasses.config import Config, fingerprint
+from glasses.search import SearchSpec, is_complete
+from glasses.workdir import WorkDir
+
+
+@task(name="result-storage", cache_policy=NONE)
+def result_storage(config: Config) -> str:
+    """A storage block for the run's task results, in its work dir (saved: Prefect requires a
+    result storage it can name on the server); returns its slug."""
+    root = WorkDir(Path(config.work_dir).resolve())
+    name = f"glasses-results-{fingerprint([str(root.root)], length=12)}"
+    LocalFileSystem(basepath=str(root.results)).save(name, overwrite=True)
+    return f"local-file-system/{name}"
+
+
+def _key(parameters: dict, present: bool, *parts: Any) -> str:
+    """The hash of `parts`; when the output it stands for is not `present`, its record goes first."""
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    if not present:
+        (_work(parameters).results / key).unlink(missing_ok=True)
+    return key
+
+
+def _work(parameters: dict) -> WorkDir:
+    return WorkDir(Path(parameters["config"].work_dir).resolve())
+
+
+def source_key(context, parameters: dict) -> str:
+    config: Config = parameters["config"]
+    present = config.data.data_dir is not None or (_work(parameters).synth / "synth.json").is_file()
+    return _key(parameters, present, "source", config.data.model_dump(mode="json"), _work(parameters).root)
+
+
+def organize_key(context, parameters: dict) -> str:
+    present = (_work(parameters).organized / "organized.json").is_file()
+    return _key(parameters, present, "organize", parameters["fingerprint"], _work(parameters).root)
+
+
+def split_key(context, parameters: dict) -> str:
+    data = parameters["config"].data
+    present = (_work(parameters).split / "split.json").is_file()
+    return _key(parameters, present, "split", parameters["fingerprint"], data.fractions, data.seed,
+                _work(parameters).root)
+
+
+def cache_key(context, parameters: dict) -> str:
+    data, size = parameters["config"].data, parameters["size"]
+    present = (inputs.cache_dir_for(_work(parameters).cache, size) / "cache.json").is_file()
+    return _key(parameters, present, "cache", parameters["fingerprint"], data.fractions, data.seed, size,
+                _work(parameters).root)
+
+
+def _complete(spec_path: Path) -> bool:
+    return spec_path.is_file() and is_complete(SearchSpec.load(spec_path))
+
+
+def plan_key(context, parameters: dict) -> str:
+    """Cached once its search is complete; until then, planned anew (a fresh port) every time."""
+    config: Config = parameters["config"]
+    stage = parameters["stage"]
+    path = stages.spec_path_for(_work(parameters).stage(stage), getattr(config.search, stage), config.search,
+                                parameters["image_size"], parameters["chosen"], Path(parameters["cache_dir"]))
+    return _key(parameters, _complete(path), "plan", path)
+
+
+def search_key(context, parameters: dict) -> str:
+    """Chief and worker: Cached once their search is complete."""
+    spec_path = Path(parameters["spec_path"])
+    return _key(_spec_parameters(spec_path), _complete(spec_path), context.task.name, spec_path,
+                parameters.get("index"))
+
+
+def _spec_parameters(spec_path: Path) -> dict:
+    """The chief and worker tasks get only a spec path: its work dir is 4 levels up
+    (`<work>/stages/<stage>/kt-<key>/size<px>.json`)."""
+    return {"config": Config.model_construct(work_dir=spec_path.resolve().parents[3])}
+
+
+def _rule(config: Config, stage: str) -> float:
+    """The one setting of a stage's choice rule (or plot) beyond its own section."""
+    return {"stage1": config.search.size_tolerance, "stage2": config.search.layers_tolerance,
+            "stage3": config.ensemble.threshold}[stage]
+
+
+def finish_key(context, parameters: dict) -> str | None:
+    config: Config = parameters["config"]
+    stage = context.task.name.removeprefix("finish-")
+    paths = [Path(p) for p in parameters["spec_paths"]]
+    present = (_work(parameters).stage(stage) / "stage.json").is_file() and all(map(_complete, paths))
+    return _key(parameters, present, "finish", stage, paths, getattr(config.search, stage).model_dump(mode="json"),
+                _rule(config, stage))
+
+
+def ensemble_key(context, parameters: dict) -> str:
+    config: Config = parameters["config"]
+    work = _work(parameters)
+    present = work.model.is_file() and work.predictions.is_file()
+    return _key(parameters, present, "ensemble", parameters["spec_paths"], config.ensemble.model_dump(mode="json"),
+                work.root)
+
+
+def figures_key(context, parameters: dict) -> str:
+    present = (_work(parameters).figures / "confusion.png").is_file()
+    return _key(parameters, present, "figures", parameters["shipped"], parameters["stages"],
+                parameters["config"].search.seed)
+
+
+def latent_key(context, parameters: dict) -> str:
+    data = parameters["config"].data
+    return _key(parameters, True, "latent", parameters["fingerprint"], data.fractions, data.seed)

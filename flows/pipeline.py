@@ -26,8 +26,11 @@ def run_search(config: Config, stage: str, size: int, chosen: dict[str, Any], sp
     """One distributed search: a chief task and `workers` concurrent worker task runs."""
     cache_dir = data.cache(config, split["dir"], fingerprint, size)
     spec = search.plan(config, stage, size, chosen, cache_dir)
-    chief = search.chief.submit(spec)  # its own limit: chief_timeout_s, enforced on the process
-    worker = search.worker.with_options(retries=config.search.worker_retries)
+    # The search's own limit is chief_timeout_s, kept by the chief and enforced on its process;
+    # the tasks' timeouts are backstops a minute above it.
+    limit = config.search.chief_timeout_s + 60
+    chief = search.chief.with_options(timeout_seconds=limit).submit(spec)
+    worker = search.worker.with_options(retries=config.search.worker_retries, timeout_seconds=limit)
     workers = [worker.submit(spec, index) for index in range(config.search.workers)]
     wait(workers)
     return chief.result()

@@ -58,6 +58,9 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
     # The embedded server's telemetry heartbeat only logs sqlite lock errors here; opt out unless set.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "glasses")  # the library's lines in the run's logs
+    # A new embedded server migrates its database first: on a busy 2-core machine that can take
+    # longer than Prefect's default 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from prefect import tags
 
     from flows.pipeline import pipeline  # imports prefect; only this command needs it

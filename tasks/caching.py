@@ -35,11 +35,11 @@ def result_storage(config: Config) -> str:
     return f"local-file-system/{name}"
 
 
-def _key(parameters: dict, present: bool, *parts: Any) -> str:
+def _key(work: WorkDir, present: bool, *parts: Any) -> str:
     """The hash of `parts`; when the output it stands for is not `present`, its record goes first."""
     key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
     if not present:
-        (_work(parameters).results / key).unlink(missing_ok=True)
+        (work.results / key).unlink(missing_ok=True)
     return key
 
 
@@ -49,27 +49,27 @@ def _work(parameters: dict) -> WorkDir:
 
 def source_key(context, parameters: dict) -> str:
     config: Config = parameters["config"]
-    present = config.data.data_dir is not None or (_work(parameters).synth / "synth.json").is_file()
-    return _key(parameters, present, "source", config.data.model_dump(mode="json"), _work(parameters).root)
+    work = _work(parameters)
+    present = config.data.data_dir is not None or (work.synth / "synth.json").is_file()
+    return _key(work, present, "source", config.data.model_dump(mode="json"), work.root)
 
 
 def organize_key(context, parameters: dict) -> str:
-    present = (_work(parameters).organized / "organized.json").is_file()
-    return _key(parameters, present, "organize", parameters["fingerprint"], _work(parameters).root)
+    work = _work(parameters)
+    return _key(work, (work.organized / "organized.json").is_file(), "organize", parameters["fingerprint"],
+                work.root)
 
 
 def split_key(context, parameters: dict) -> str:
-    data = parameters["config"].data
-    present = (_work(parameters).split / "split.json").is_file()
-    return _key(parameters, present, "split", parameters["fingerprint"], data.fractions, data.seed,
-                _work(parameters).root)
+    data, work = parameters["config"].data, _work(parameters)
+    return _key(work, (work.split / "split.json").is_file(), "split", parameters["fingerprint"], data.fractions,
+                data.seed, work.root)
 
 
 def cache_key(context, parameters: dict) -> str:
-    data, size = parameters["config"].data, parameters["size"]
-    present = (inputs.cache_dir_for(_work(parameters).cache, size) / "cache.json").is_file()
-    return _key(parameters, present, "cache", parameters["fingerprint"], data.fractions, data.seed, size,
-                _work(parameters).root)
+    data, work, size = parameters["config"].data, _work(parameters), parameters["size"]
+    present = (inputs.cache_dir_for(work.cache, size) / "cache.json").is_file()
+    return _key(work, present, "cache", parameters["fingerprint"], data.fractions, data.seed, size, work.root)
 
 
 def _complete(spec_path: Path) -> bool:
@@ -79,23 +79,17 @@ def _complete(spec_path: Path) -> bool:
 def plan_key(context, parameters: dict) -> str:
     """Cached once its search is complete; until then, planned anew (a fresh port) every time."""
     config: Config = parameters["config"]
-    stage = parameters["stage"]
-    path = stages.spec_path_for(_work(parameters).stage(stage), getattr(config.search, stage), config.search,
+    work, stage = _work(parameters), parameters["stage"]
+    path = stages.spec_path_for(work.stage(stage), getattr(config.search, stage), config.search,
                                 parameters["image_size"], parameters["chosen"], Path(parameters["cache_dir"]))
-    return _key(parameters, _complete(path), "plan", path)
+    return _key(work, _complete(path), "plan", path)
 
 
 def search_key(context, parameters: dict) -> str:
     """Chief and worker: Cached once their search is complete."""
     spec_path = Path(parameters["spec_path"])
-    return _key(_spec_parameters(spec_path), _complete(spec_path), context.task.name, spec_path,
-                parameters.get("index"))
-
-
-def _spec_parameters(spec_path: Path) -> dict:
-    """The chief and worker tasks get only a spec path: its work dir is 4 levels up
-    (`<work>/stages/<stage>/kt-<key>/size<px>.json`)."""
-    return {"config": Config.model_construct(work_dir=spec_path.resolve().parents[3])}
+    work = WorkDir(spec_path.resolve().parents[3])  # <work>/stages/<stage>/kt-<key>/size<px>.json
+    return _key(work, _complete(spec_path), context.task.name, spec_path, parameters.get("index"))
 
 
 def _rule(config: Config, stage: str) -> float:
@@ -104,29 +98,29 @@ def _rule(config: Config, stage: str) -> float:
             "stage3": config.ensemble.threshold}[stage]
 
 
-def finish_key(context, parameters: dict) -> str | None:
+def finish_key(context, parameters: dict) -> str:
     config: Config = parameters["config"]
-    stage = context.task.name.removeprefix("finish-")
+    work, stage = _work(parameters), context.task.name.removeprefix("finish-")
     paths = [Path(p) for p in parameters["spec_paths"]]
-    present = (_work(parameters).stage(stage) / "stage.json").is_file() and all(map(_complete, paths))
-    return _key(parameters, present, "finish", stage, paths, getattr(config.search, stage).model_dump(mode="json"),
-                _rule(config, stage))
+    present = (work.stage(stage) / "stage.json").is_file() and all(map(_complete, paths))
+    section = getattr(config.search, stage).model_dump(mode="json")
+    return _key(work, present, "finish", stage, paths, section, _rule(config, stage))
 
 
 def ensemble_key(context, parameters: dict) -> str:
     config: Config = parameters["config"]
     work = _work(parameters)
     present = work.model.is_file() and work.predictions.is_file()
-    return _key(parameters, present, "ensemble", parameters["spec_paths"], config.ensemble.model_dump(mode="json"),
+    return _key(work, present, "ensemble", parameters["spec_paths"], config.ensemble.model_dump(mode="json"),
                 work.root)
 
 
 def figures_key(context, parameters: dict) -> str:
-    present = (_work(parameters).figures / "confusion.png").is_file()
-    return _key(parameters, present, "figures", parameters["shipped"], parameters["stages"],
-                parameters["config"].search.seed)
+    work = _work(parameters)
+    return _key(work, (work.figures / "confusion.png").is_file(), "figures", parameters["shipped"],
+                parameters["stages"], parameters["config"].search.seed)
 
 
 def latent_key(context, parameters: dict) -> str:
     data = parameters["config"].data
-    return _key(parameters, True, "latent", parameters["fingerprint"], data.fractions, data.seed)
+    return _key(_work(parameters), True, "latent", parameters["fingerprint"], data.fractions, data.seed)

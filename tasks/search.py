@@ -7,6 +7,7 @@ task shows the search's progress as an artifact while it runs.
 from __future__ import annotations
 
 import contextvars
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from typing import Any
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.context import TaskRunContext
 from prefect.runtime import task_run
 
 from glasses import search, stages
@@ -57,9 +59,13 @@ def chief(spec_path: str) -> str:
 
 @contextmanager
 def _progress(spec_path: Path) -> Iterator[None]:
-    """A progress artifact of the search (trials ended / planned), updated while the block runs."""
+    """A progress artifact of the search (trials ended / planned), updated while the block runs
+    (only in a task run: a direct `.fn()` call has no run to attach it to)."""
+    if TaskRunContext.get() is None:
+        yield
+        return
     spec = search.SearchSpec.load(spec_path)
-    key = f"progress-{spec.directory.parent.name}-{spec.project_name}"
+    key = re.sub(r"[^a-z0-9-]+", "-", f"progress-{spec.directory.parent.name}-{spec.project_name}".lower())
 
     def percent() -> float:
         return round(100.0 * min(1.0, ended_trials(spec) / spec.stage.max_trials), 1)

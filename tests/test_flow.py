@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 def _weights(work: Path) -> dict[str, int]:
     """Each completed trial and when its weights were written (a trial run again rewrites them)."""
-    return {str(p.parent): p.stat().st_mtime_ns for p in (work / "stages").rglob("checkpoint.weights.h5")}
+    return {str(p.parent): p.stat().st_mtime_ns for p in (work / "stages").rglob("checkpoint.weights.h5")
+            if json.loads((p.parent / "trial.json").read_text())["status"] == "COMPLETED"}
 
 
 def _last_stage_runs() -> dict[str, str]:

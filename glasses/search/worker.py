@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 
 from glasses.errors import SearchError
@@ -36,6 +37,7 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     set_client_timeout(max(10.0, spec.worker_timeout_s))
     strategy, replicas = _strategy()
     wait_for_chief(spec)
+    _stop_when_chief_down(spec, tuner_id)
     tuner = build_tuner(spec, strategy)
     tuner.oracle = _PatientClient(tuner.oracle)
     stage, batch = spec.stage, spec.stage.batch_size * replicas
@@ -83,6 +85,21 @@ def _reach(spec: SearchSpec) -> str | None:
             return None
     except OSError as error:
         return str(error)
+
+
+def _stop_when_chief_down(spec: SearchSpec, tuner_id: str) -> None:
+    """Ends this worker as soon as its chief is marked down, instead of after its calls to the
+    dead chief time out (`worker_timeout_s` each, and keras-tuner retries them)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(IDLE_POLL_S)
+            reason = chief_down_reason(spec)
+            if reason:
+                print(f"{tuner_id}: error: the chief is down: {reason}", flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="chief-down", daemon=True).start()
 
 
 def _limit_threads() -> None:

@@ -61,18 +61,15 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
     # A new embedded server migrates its database first: on a busy 2-core machine that can take
     # longer than Prefect's default 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from prefect import tags
-
     from flows.pipeline import pipeline  # imports prefect; only this command needs it
     from glasses.report import summary_markdown
     from glasses.watchdog import reap_on_death, say_goodbye
 
     watcher = reap_on_death()  # if this process is killed outright, it ends what the run started
     try:
-        with tags("glasses", config.preset):
-            summary = Path(pipeline(preset=config.preset, data_dir=_text(config.data.data_dir),
-                                    work_dir=str(config.work_dir.resolve()),
-                                    overrides=config.model_dump(mode="json", exclude={"work_dir", "preset"})))
+        summary = Path(pipeline(preset=config.preset, data_dir=_text(config.data.data_dir),
+                                work_dir=str(config.work_dir.resolve()),
+                                overrides=config.model_dump(mode="json", exclude={"work_dir", "preset"})))
     except GlassesError as error:
         _fail(error)
     finally:
@@ -96,10 +93,6 @@ def serve(preset: str = typer.Option("quick", "--preset", help=f"One of {', '.jo
     """Serve the pipeline as a Prefect deployment on a schedule, one run at a time (needs a
     Prefect server: set PREFECT_API_URL). Runs can be started and retried from the UI."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "glasses")
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
-
-    from flows.pipeline import pipeline
-
     try:
         overrides = read_config_file(config_file) if config_file else None
         build_config(preset, settings=overrides, overrides={"data.data_dir": data_dir})
@@ -107,12 +100,10 @@ def serve(preset: str = typer.Option("quick", "--preset", help=f"One of {', '.jo
             check_apart(data_dir, work_dir or default_home())
     except GlassesError as error:
         _fail(error)
+    from deployments.serve import serve as serve_deployment  # imports prefect; only this command needs it
+
     parameters = {"preset": preset, "data_dir": _text(data_dir), "work_dir": _text(work_dir), "overrides": overrides}
-    ui = PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")
-    typer.echo(f"serving deployment glasses-pipeline/{name} (cron '{cron}' UTC, one run at a time) "
-               f"with {parameters}; UI: {ui or 'set PREFECT_API_URL to a server'}/deployments")
-    pipeline.serve(name=name, cron=cron, parameters=parameters, tags=["glasses", preset], limit=1,
-                   global_limit=1, print_starting_message=False)
+    serve_deployment(name, cron, parameters, tags=["glasses", preset])
 
 
 @app.command()

@@ -1,0 +1,23 @@
+"""`glasses serve`: the pipeline as a deployment served from this process, on a schedule, one
+run at a time; runs started from the UI or the API run here, each in its own process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+from flows.pipeline import pipeline
+
+
+def ui_url() -> str | None:
+    """The UI of the Prefect server this process talks to, if any."""
+    return PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api") or None
+
+
+def serve(name: str, cron: str, parameters: dict[str, Any], tags: list[str]) -> None:
+    """Registers the deployment `glasses-pipeline/<name>` with its schedule and serves its runs."""
+    print(f"serving deployment glasses-pipeline/{name} (cron '{cron}' UTC, one run at a time) with "
+          f"{parameters}; UI: {ui_url() or 'set PREFECT_API_URL to a server'}/deployments", flush=True)
+    pipeline.serve(name=name, cron=cron, parameters=parameters, tags=tags, limit=1, global_limit=1,
+                   print_starting_message=False)

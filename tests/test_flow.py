@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import keras
@@ -26,12 +27,20 @@ def _weights(work: Path) -> dict[str, int]:
             if json.loads((p.parent / "trial.json").read_text())["status"] == "COMPLETED"}
 
 
-def _last_stage_runs() -> dict[str, str]:
-    """Task run name -> state name of the latest `glasses-stages` flow run."""
+def _last_stage_runs(wait_s: float = 60) -> dict[str, str]:
+    """Task run name -> final state name of the latest `glasses-stages` flow run.
+
+    Task run states reach the server as events, a moment after the flow returns: wait for them.
+    """
+    deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["glasses-stages"])),
                                      sort=FlowRunSort.START_TIME_DESC, limit=1)
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id])))
+        while True:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id])))
+            if all(t.state.is_final() for t in tasks) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
     # run names end in a short suffix ("organize-3fa") unless the task names its runs ("cache-16px")
     return {re.sub(r"-[0-9a-f]{3}$", "", t.name): t.state.name for t in tasks}
 

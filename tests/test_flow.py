@@ -38,11 +38,12 @@ def _last_stage_runs(wait_s: float = 60) -> dict[str, str]:
                                      sort=FlowRunSort.START_TIME_DESC, limit=1)
         while True:
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id])))
-            if all(t.state.is_final() for t in tasks) or time.monotonic() > deadline:
+            # (a task run can reach the server before its first state does: state None)
+            if all(t.state is not None and t.state.is_final() for t in tasks) or time.monotonic() > deadline:
                 break
             time.sleep(1)
     # run names end in a short suffix ("organize-3fa") unless the task names its runs ("cache-16px")
-    return {re.sub(r"-[0-9a-f]{3}$", "", t.name): t.state.name for t in tasks}
+    return {re.sub(r"-[0-9a-f]{3}$", "", t.name): t.state.name if t.state else "None" for t in tasks}
 
 
 def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server, tmp_path):

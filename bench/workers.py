@@ -1,10 +1,10 @@
 """Benchmark: the same search with 1 worker and with N workers; wall time, median, ratio.
 
 Runs the real roles (`python -m glasses.search chief|worker`) as the Prefect tasks do, on the
-built-in data, with early stopping off (patience = epochs) so every trial trains the same
-number of epochs and both runs do the same work (same seed, same trials).
+built-in data, with early stopping off (patience = the whole budget) so every trial trains the same
+number of steps and both runs do the same work (same seed, same trials).
 
-    .venv/bin/python bench/workers.py --trials 8 --epochs 6 --repeats 3 --workers 1 2
+    .venv/bin/python bench/workers.py --trials 8 --steps 200 --repeats 3 --workers 1 2
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def prepare(root: Path, n: int, resolution: int, size: int) -> Path:
 
 
 def run_search(root: Path, cache: Path, workers: int, args: argparse.Namespace, tag: str) -> float:
-    stage = StageConfig(batch_size=args.batch, max_trials=args.trials, epochs=args.epochs, patience=args.epochs)
+    stage = StageConfig(batch_size=args.batch, max_trials=args.trials, max_steps=args.steps, patience_steps=args.steps)
     spec = SearchSpec(search_id=tag, directory=root / "kt", project_name=tag, cache_dir=cache, image_size=args.size, stage=stage,
-                      fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=workers,
+                      folds=0, fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=workers,
                       worker_timeout_s=120, chief_timeout_s=3600, gpus_per_worker=1)
     spec_path = spec.save(root / f"{tag}.json")
     started = time.monotonic()
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=200, help="Optimizer steps per trial.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
@@ -69,7 +69,7 @@ def main() -> None:
                 times[workers].append(seconds)
                 print(f"repeat {repeat}: {workers} worker(s): {seconds:.1f} s", flush=True)
     base = statistics.median(times[args.workers[0]])
-    print(f"\n{args.trials} trials x {args.epochs} epochs, {args.n} images at {args.size}px, batch {args.batch}")
+    print(f"\n{args.trials} trials x {args.steps} steps, {args.n} images at {args.size}px, batch {args.batch}")
     for workers, values in times.items():
         median = statistics.median(values)
         print(f"workers={workers}: median {median:.1f} s over {len(values)} runs {[round(v, 1) for v in values]}"

@@ -104,3 +104,50 @@ def subset_arrays(cache_dir: Path, subset: str) -> tuple[np.ndarray, np.ndarray]
         images.append(x.numpy())
         labels.append(y.numpy())
     return np.concatenate(images), np.concatenate(labels).reshape(-1).astype(int)
+
+
+def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each image's fold, 0 to folds-1: stratified (each class spread evenly over the folds, in a
+    seeded order), so every fold keeps the dataset's class ratio and folds differ by at most one."""
+    labels = np.asarray(labels).reshape(-1)
+    rng = np.random.default_rng(seed)
+    ids, start = np.empty(len(labels), dtype=np.int64), 0
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        ids[members] = (start + np.arange(len(members))) % folds
+        start += len(members)
+    return ids
+
+
+def cross_validation_folds(cache_dir: Path, folds: int, batch_size: int, seed: int) -> list[tuple]:
+    """k stratified folds over the cached train and val subsets together.
+
+    Returns:
+        One (train, val, train_images) per fold: the other folds as shuffled batches, this fold
+        as batches in file order, and how many images the fold trains on.
+    """
+    import tensorflow as tf
+
+    counts = read_json(Path(cache_dir) / "cache.json")["counts"]
+    data = tf.data.Dataset.load(str(Path(cache_dir) / "train")).concatenate(
+        tf.data.Dataset.load(str(Path(cache_dir) / "val")))
+    labels = np.concatenate([y.numpy().reshape(-1) for _, y in data.batch(1024)])
+    if len(labels) != counts["train"] + counts["val"]:
+        raise ValueError(f"{cache_dir} holds {len(labels)} train+val images, its cache.json says "
+                         f"{counts['train'] + counts['val']}: rebuild the cache")
+    assigned = fold_ids(labels, folds, seed)
+    table = tf.constant(assigned)
+    indexed = data.enumerate()
+
+    def part(fold: int, inside: bool):
+        chosen = indexed.filter(lambda i, _: tf.equal(tf.gather(table, i) == fold, inside))
+        return chosen.map(lambda i, xy: xy)
+
+    result = []
+    for fold in range(folds):
+        train, val = part(fold, False), part(fold, True)
+        size = int((assigned != fold).sum())
+        train = train.shuffle(size, seed=seed + fold, reshuffle_each_iteration=True)
+        result.append((train.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+                       val.batch(batch_size).prefetch(tf.data.AUTOTUNE), size))
+    return result

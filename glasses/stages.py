@@ -1,11 +1,14 @@
 """The report's three search stages: what each searches, and how its winner is chosen.
 
-- stage1: one search per image size; choose the smallest size whose mean val accuracy is
-  within `size_tolerance` of the best (bigger only if it truly helps).
-- stage2: conv_layers and optimizer at that size; the fewest conv layers within
-  `layers_tolerance` of the best, and the optimizer with the best mean at that depth (over
-  all trials if one optimizer was never tried there).
+- stage1: one search per image size; the smallest size, unless a bigger one has a lower mean
+  val log loss by more than the standard error of the difference (`compare`).
+- stage2: conv_layers and optimizer at that size; the fewest conv layers by the same rule, then
+  the optimizer at that depth (over all trials if one optimizer was never tried there): adam,
+  the report's, unless sgd is better beyond noise.
 - stage3: with those fixed, the large search that keeps the K best models.
+
+Stages 1-2 score each trial on the val split, or, when it is small (under `search.cv_below`
+images), by k-fold cross-validation over train+val: a choice on 37 val images is noise.
 
 Each search lives in `stages/<stage>/kt-<key>/size<px>`, keyed by everything that defines it,
 so a re-run with the same config continues (or reuses) it and a changed config starts anew.
@@ -18,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from glasses.config import SearchConfig, StageConfig, fingerprint
@@ -28,71 +32,143 @@ from glasses.search import SearchSpec, free_port, keep_best, trials_table
 
 
 def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
-                chosen: dict[str, Any], cache_dir: Path) -> Path:
+                chosen: dict[str, Any], cache_dir: Path, cross_validate: bool = False) -> Path:
     """Writes the spec of one search (a free port picked now) and returns its path.
 
     Args:
         stage_dir: The stage's folder; the search goes into `kt-<key>/` below it.
         stage: The stage's config (budget, fixed hyperparameters).
-        search: The roles' settings (workers, oracle address, timeouts, seed).
+        search: The roles' settings (workers, oracle address, timeouts, seed, cross-validation).
         image_size: The size the search trains at.
         chosen: Earlier stages' choices; the stage's own `fixed` wins over them.
         cache_dir: The tf.data cache at `image_size`.
+        cross_validate: Whether this stage may score its trials by k-fold cross-validation
+            (stages 1-2, which choose; it then does when the val split is under `search.cv_below`).
     """
-    path = spec_path_for(stage_dir, stage, search, image_size, chosen, cache_dir)
+    path = spec_path_for(stage_dir, stage, search, image_size, chosen, cache_dir, cross_validate)
     directory, key = path.parent, path.parent.name.removeprefix("kt-")
     spec = SearchSpec(
         search_id=f"{key}-{image_size}-{uuid.uuid4().hex[:8]}", directory=directory,
         project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(), image_size=image_size,
-        stage=stage, fixed={**chosen, **stage.fixed}, seed=search.seed, host=search.oracle_host,
-        port=search.oracle_port or free_port(search.oracle_host), workers=search.workers,
-        worker_timeout_s=search.worker_timeout_s, chief_timeout_s=search.chief_timeout_s,
-        gpus_per_worker=search.gpus_per_worker)
+        stage=stage, folds=folds_for(search, cache_dir, cross_validate), fixed={**chosen, **stage.fixed},
+        seed=search.seed, host=search.oracle_host, port=search.oracle_port or free_port(search.oracle_host),
+        workers=search.workers, worker_timeout_s=search.worker_timeout_s,
+        chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker)
     return spec.save(path)
 
 
+def folds_for(search: SearchConfig, cache_dir: Path, cross_validate: bool) -> int:
+    """k when this search scores trials by k-fold cross-validation (a stage that may, and a val
+    split under `search.cv_below` images), else 0."""
+    val = read_json(Path(cache_dir) / "cache.json")["counts"]["val"]
+    return search.cv_folds if cross_validate and val < search.cv_below else 0
+
+
 def spec_path_for(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
-                  chosen: dict[str, Any], cache_dir: Path) -> Path:
+                  chosen: dict[str, Any], cache_dir: Path, cross_validate: bool = False) -> Path:
     """Where `plan_search` writes the spec of this search: `kt-<key>/size<px>.json`, the key a
-    hash of everything that defines the search (its stage config, size, fixed values, seed, data)."""
+    hash of everything that defines the search (its stage config, size, fixed values, seed,
+    folds, data)."""
     split_key = read_json(Path(cache_dir) / "cache.json")["key"]
     key = fingerprint({"stage": stage.model_dump(mode="json"), "size": image_size,
-                       "fixed": {**chosen, **stage.fixed}, "seed": search.seed, "split": split_key})
+                       "fixed": {**chosen, **stage.fixed}, "seed": search.seed, "split": split_key,
+                       "folds": folds_for(search, cache_dir, cross_validate)})
     return (Path(stage_dir) / f"kt-{key}").resolve() / f"size{image_size}.json"
 
 
-def smallest_within(table: pd.DataFrame, column: str, tolerance: float) -> Any:
-    """The smallest value of `column` whose mean val accuracy is within `tolerance` of the best."""
-    means = _means(table, column)
-    best = means.max()
-    return min(value for value, mean in means.items() if mean >= best - tolerance - 1e-12)
+def compare(table: pd.DataFrame, column: str, preference: list) -> dict[str, Any]:
+    """Chooses a value of `column` by its trials' val log loss, telling signal from noise.
+
+    Per value: the trials, the mean and standard error of val log loss and val accuracy. The
+    standard errors use the spread of trials within a value, pooled over all values (two
+    trials a value give a poor spread each). A value other than the rule's favourite wins only
+    when its mean loss is lower by more than the standard error of the difference; among the
+    values within that of the best, the first in `preference` (the tie-break) is chosen.
+
+    Returns:
+        {"column", "chosen", "best" (the lowest mean loss), "within_noise" (the values tied with
+        it), "decided_by" ("difference": no other value was within noise; else "tie-break"),
+        "metric" ("val_loss", or "val_accuracy" where losses are missing), "values": {value:
+        {"trials", "val_loss", "val_loss_se", "val_accuracy", "val_accuracy_se"}}}
+    """
+    done = _completed(table, column)
+    metric = "val_loss" if "val_loss" in done and done["val_loss"].notna().all() else "val_accuracy"
+    sign = 1.0 if metric == "val_loss" else -1.0  # lower is better
+    score = done[metric].astype(float) * sign
+    stats = {(value, name): _mean(done, column, value, name) for value in done[column].unique()
+             for name in ("val_loss", "val_accuracy")}
+    pooled = {name: _pooled_sd(done, column, name) for name in ("val_loss", "val_accuracy")}
+    means = score.groupby(done[column]).mean()
+    counts = done.groupby(column).size()
+    best = means.idxmin()
+    se = pooled[metric] / np.sqrt(counts)
+    within = [value for value in means.index
+              if means[value] - means[best] <= np.hypot(se[value], se[best]) + 1e-12]
+    ordered = [v for v in preference if v in within] + sorted(v for v in within if v not in preference)
+    values = {}
+    for value in sorted(means.index, key=lambda v: (preference.index(v) if v in preference else len(preference), v)):
+        row = {"trials": int(counts[value])}
+        for name in ("val_loss", "val_accuracy"):
+            mean = stats[(value, name)]
+            row[name] = None if mean is None else round(mean, 4)
+            row[f"{name}_se"] = None if mean is None else round(float(pooled[name] / np.sqrt(counts[value])), 4)
+        values[_plain(value)] = row
+    return {"column": column, "chosen": _plain(ordered[0]), "best": _plain(best),
+            "within_noise": [_plain(v) for v in ordered], "metric": metric,
+            "decided_by": "tie-break" if len(within) > 1 else "difference", "values": values}
 
 
-def best_mean(table: pd.DataFrame, column: str) -> Any:
-    """The value of `column` with the best mean val accuracy (first in sort order on a tie)."""
-    means = _means(table, column).sort_index()
-    return means.idxmax()
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the plain Python value (for JSON and for comparing with config values)."""
+    return value.item() if hasattr(value, "item") else value
 
 
-def _means(table: pd.DataFrame, column: str) -> pd.Series:
+def _mean(done: pd.DataFrame, column: str, value: Any, name: str) -> float | None:
+    values = done.loc[done[column] == value, name].dropna().astype(float) if name in done else pd.Series()
+    return None if values.empty else float(values.mean())
+
+
+def _pooled_sd(done: pd.DataFrame, column: str, name: str) -> float:
+    """The trials' spread within a value, pooled over the values; with one trial a value, the
+    spread of all trials (an upper bound: it holds the differences between values too)."""
+    if name not in done or done[name].isna().all():
+        return 0.0
+    groups = done.dropna(subset=[name]).groupby(column)[name]
+    dof = int((groups.size() - 1).sum())
+    if dof > 0:
+        return float(np.sqrt((groups.var(ddof=1).fillna(0) * (groups.size() - 1)).sum() / dof))
+    values = done[name].dropna().astype(float)
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _completed(table: pd.DataFrame, column: str) -> pd.DataFrame:
     done = table[(table["status"] == "COMPLETED") & table["val_accuracy"].notna()]
     if done.empty:
         raise SearchError(f"no completed trial to choose {column} from: every trial failed; "
                           "see the workers' logs and trials.csv")
-    return done.groupby(column)["val_accuracy"].mean()
+    return done
 
 
-def choose_image_size(table: pd.DataFrame, size_tolerance: float) -> dict[str, Any]:
-    """Stage 1's winner: the smallest image size within `size_tolerance` of the best."""
-    return {"image_size": int(smallest_within(table, "image_size", size_tolerance))}
+def _means(table: pd.DataFrame, column: str) -> pd.Series:
+    return _completed(table, column).groupby(column)["val_accuracy"].mean()
 
 
-def choose_depth_and_optimizer(table: pd.DataFrame, layers_tolerance: float) -> dict[str, Any]:
-    """Stage 2's winner: the fewest conv layers within `layers_tolerance` of the best, and the
-    optimizer with the best mean at that depth."""
-    layers = int(smallest_within(table, "conv_layers", layers_tolerance))
-    return {"conv_layers": layers, "optimizer": str(best_mean(_compared_at(table, "conv_layers", layers),
-                                                              "optimizer"))}
+REPORT_OPTIMIZER = "adam"  # the report's default, the tie-break between optimizers
+
+
+def choose_image_size(table: pd.DataFrame) -> tuple[dict[str, Any], list[dict]]:
+    """Stage 1's winner: the smallest image size unless a bigger one is better beyond noise."""
+    sizes = compare(table, "image_size", sorted(table["image_size"].unique().tolist()))
+    return {"image_size": int(sizes["chosen"])}, [sizes]
+
+
+def choose_depth_and_optimizer(table: pd.DataFrame) -> tuple[dict[str, Any], list[dict]]:
+    """Stage 2's winner: the fewest conv layers unless more are better beyond noise; then the
+    optimizer at that depth, adam (the report's) unless another is better beyond noise."""
+    layers = compare(table, "conv_layers", sorted(table["conv_layers"].unique().tolist()))
+    at = _compared_at(table, "conv_layers", layers["chosen"])
+    optimizer = compare(at, "optimizer", [REPORT_OPTIMIZER])
+    return {"conv_layers": int(layers["chosen"]), "optimizer": str(optimizer["chosen"])}, [layers, optimizer]
 
 
 def _compared_at(table: pd.DataFrame, column: str, value: Any) -> pd.DataFrame:
@@ -105,35 +181,36 @@ def _compared_at(table: pd.DataFrame, column: str, value: Any) -> pd.DataFrame:
     return at if at["optimizer"].nunique() == table["optimizer"].nunique() else table
 
 
-def finish_stage1(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, size_tolerance: float) -> dict:
+def finish_stage1(spec_paths: list[Path], stage: StageConfig, stage_dir: Path) -> dict:
     """Stage 1's table, plot and choice of image size (see `finish_stage`)."""
-    return finish_stage(spec_paths, stage, stage_dir, ["image_size"],
-                        lambda table: choose_image_size(table, size_tolerance))
+    return finish_stage(spec_paths, stage, stage_dir, ["image_size"], choose_image_size)
 
 
-def finish_stage2(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, layers_tolerance: float) -> dict:
+def finish_stage2(spec_paths: list[Path], stage: StageConfig, stage_dir: Path) -> dict:
     """Stage 2's table, plots and choice of conv_layers and optimizer (see `finish_stage`)."""
-    return finish_stage(spec_paths, stage, stage_dir, ["conv_layers", "optimizer"],
-                        lambda table: choose_depth_and_optimizer(table, layers_tolerance))
+    return finish_stage(spec_paths, stage, stage_dir, ["conv_layers", "optimizer"], choose_depth_and_optimizer)
 
 
 def finish_stage3(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, threshold: float) -> dict:
     """Stage 3's table and the plot of every trial against the ensemble `threshold` (see `finish_stage`)."""
-    return finish_stage(spec_paths, stage, stage_dir, [], lambda table: {}, threshold=threshold)
+    return finish_stage(spec_paths, stage, stage_dir, [], lambda table: ({}, []), threshold=threshold)
 
 
 def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, compared: list[str],
-                 choose: Callable[[pd.DataFrame], dict[str, Any]], threshold: float | None = None) -> dict:
+                 choose: Callable[[pd.DataFrame], tuple[dict[str, Any], list[dict]]],
+                 threshold: float | None = None) -> dict:
     """Writes the stage's trials.csv, plots and stage.json; prunes to the stage's best `keep`.
 
     Args:
         compared: The columns whose mean val accuracy is plotted and reported per value.
-        choose: The stage's rule, from its trials table to its chosen values.
+        choose: The stage's rule, from its trials table to its chosen values and, per column,
+            how it chose (see `compare`).
         threshold: The ensemble threshold drawn on the plot of the kept trials.
 
     Returns:
-        The stage summary: stage, trials, chosen values, mean val accuracy per value, workers,
-        table, plots, and the kept trials (None when the stage keeps every checkpoint).
+        The stage summary: stage, trials, chosen values and how each was chosen (`choices`), mean
+        val accuracy per value, folds (k of the cross-validation that scored the trials, 0 if
+        none), workers, table, plots, and the kept trials (None when the stage keeps every checkpoint).
     """
     specs = [SearchSpec.load(p) for p in spec_paths]
     kept = [t for s in specs for t in keep_best(s, stage.keep)] if stage.keep else None
@@ -145,8 +222,10 @@ def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, co
     if kept is not None:
         plots.append(str(plot_ranked(table, kept, threshold or 0.0, out / "val_accuracy_by_rank.png",
                                      f"{name}: every trial, the {len(kept)} kept")))
+    chosen, choices = choose(table)
     summary = {"stage": name, "trials": len(table), "completed": int((table["status"] == "COMPLETED").sum()),
-               "failed": int((table["status"] == "FAILED").sum()), "chosen": choose(table),
+               "failed": int((table["status"] == "FAILED").sum()), "chosen": chosen, "choices": choices,
+               "folds": max(s.folds for s in specs),
                "means": {c: {str(k): round(v, 4) for k, v in _means(table, c).items()} for c in compared},
                "workers": sorted(table["worker"].dropna().unique().tolist()),
                "trials_by_worker": {str(k): int(v) for k, v in table["worker"].value_counts().items()},

@@ -81,7 +81,8 @@ def plan_key(context, parameters: dict) -> str:
     config: Config = parameters["config"]
     work, stage = _work(parameters), parameters["stage"]
     path = stages.spec_path_for(work.stage(stage), getattr(config.search, stage), config.search,
-                                parameters["image_size"], parameters["chosen"], Path(parameters["cache_dir"]))
+                                parameters["image_size"], parameters["chosen"], Path(parameters["cache_dir"]),
+                                cross_validate=stage != "stage3")
     return _key(work, _complete(path), "plan", path)
 
 
@@ -92,10 +93,12 @@ def search_key(context, parameters: dict) -> str:
     return _key(work, _complete(spec_path), context.task.name, spec_path, parameters.get("index"))
 
 
-def _rule(config: Config, stage: str) -> float:
+CHOICE_RULE = "val-log-loss-beyond-standard-error"  # stages 1-2's rule (glasses.stages.compare)
+
+
+def _rule(config: Config, stage: str) -> float | str:
     """The one setting of a stage's choice rule (or plot) beyond its own section."""
-    return {"stage1": config.search.size_tolerance, "stage2": config.search.layers_tolerance,
-            "stage3": config.ensemble.threshold}[stage]
+    return {"stage1": CHOICE_RULE, "stage2": CHOICE_RULE, "stage3": config.ensemble.threshold}[stage]
 
 
 def finish_key(context, parameters: dict) -> str:

@@ -34,7 +34,8 @@ PROGRESS_EVERY_S = 5.0
 def plan(config: Config, stage: str, image_size: int, chosen: dict[str, Any], cache_dir: str) -> str:
     """Writes the search's spec (directory keyed by config, a free port) and returns its path."""
     return str(stages.plan_search(WorkDir(config.work_dir).stage(stage), getattr(config.search, stage),
-                                  config.search, image_size, chosen, Path(cache_dir)))
+                                  config.search, image_size, chosen, Path(cache_dir),
+                                  cross_validate=stage != "stage3"))
 
 
 def _run_name(role: str):
@@ -109,14 +110,14 @@ def _published(summary: dict) -> dict:
 def finish_stage1(config: Config, spec_paths: list[str]) -> dict:
     """Stage 1's table and plot; chooses the image size."""
     return _published(stages.finish_stage1([Path(p) for p in spec_paths], config.search.stage1,
-                                           WorkDir(config.work_dir).stage("stage1"), config.search.size_tolerance))
+                                           WorkDir(config.work_dir).stage("stage1")))
 
 
 @task(name="finish-stage2", cache_key_fn=caching.finish_key, persist_result=True)
 def finish_stage2(config: Config, spec_paths: list[str]) -> dict:
     """Stage 2's table and plots; chooses conv_layers and the optimizer."""
     return _published(stages.finish_stage2([Path(p) for p in spec_paths], config.search.stage2,
-                                           WorkDir(config.work_dir).stage("stage2"), config.search.layers_tolerance))
+                                           WorkDir(config.work_dir).stage("stage2")))
 
 
 @task(name="finish-stage3", cache_key_fn=caching.finish_key, persist_result=True)

@@ -13,9 +13,11 @@ from glasses.errors import ConfigError
 def test_paper_preset_has_the_reports_exact_settings():
     config = build_config("paper")
     s1, s2, s3 = config.search.stage1, config.search.stage2, config.search.stage3
-    assert (s1.image_sizes, s1.batch_size, s1.max_trials, s1.epochs, s1.patience) == ([64, 128, 256], 16, 5, 50, 5)
-    assert (s2.batch_size, s2.max_trials, s2.epochs, s2.patience) == (64, 100, 50, 10)
-    assert (s3.batch_size, s3.max_trials, s3.epochs, s3.patience) == (64, 150, 100, 10)
+    # the report's epochs as steps on its 3,599 training images (tests/test_stages.py turns them back)
+    assert (s1.image_sizes, s1.batch_size, s1.max_trials, s1.max_steps, s1.patience_steps) == (
+        [64, 128, 256], 16, 5, 50 * 225, 5 * 225)
+    assert (s2.batch_size, s2.max_trials, s2.max_steps, s2.patience_steps) == (64, 100, 50 * 57, 10 * 57)
+    assert (s3.batch_size, s3.max_trials, s3.max_steps, s3.patience_steps) == (64, 150, 100 * 57, 10 * 57)
     assert s3.fixed == {"conv_layers": 3, "optimizer": "adam"} and s3.keep == 100
     assert config.search.seed == 1337 and config.data.seed == 1337
     assert config.data.fractions == (0.8, 0.1, 0.1)
@@ -26,7 +28,8 @@ def test_quick_is_the_default_and_smoke_is_tiny():
     assert build_config().preset == "quick"
     smoke = build_config("smoke")
     assert max(smoke.search.stage1.image_sizes) <= 32
-    assert smoke.search.stage3.epochs == 1 and smoke.search.stage3.max_trials == 2
+    assert smoke.search.stage3.max_steps == 6 and smoke.search.stage3.max_trials == 2
+    assert smoke.search.cv_below == 0  # no cross-validation in tests' pipeline runs
 
 
 def test_file_then_overrides_layer_on_the_preset(tmp_path):
@@ -36,7 +39,7 @@ def test_file_then_overrides_layer_on_the_preset(tmp_path):
     assert config.preset == "smoke"
     assert config.search.workers == 5  # the CLI wins over the file
     assert config.search.stage2.max_trials == 7  # the file wins over the preset
-    assert config.search.stage2.epochs == PRESETS["smoke"]["search"]["stage2"]["epochs"]
+    assert config.search.stage2.max_steps == PRESETS["smoke"]["search"]["stage2"]["max_steps"]
     assert config.work_dir == tmp_path / "w"
 
 
@@ -112,16 +115,18 @@ _WEEK = 7 * 24 * 3600
     ({"search.stage2.batch_size": 0}, ["search.stage2.batch_size", "got 0"]),
     ({"search.stage2.batch_size": 4097}, ["search.stage2.batch_size", "4096", "got 4097"]),
     ({"search.stage1.max_trials": 10_001}, ["search.stage1.max_trials", "10000", "got 10001"]),
-    ({"search.stage3.epochs": 0}, ["search.stage3.epochs", "got 0"]),
-    ({"search.stage3.epochs": 10_001}, ["search.stage3.epochs", "got 10001"]),
-    ({"search.stage2.patience": 0}, ["search.stage2.patience", "got 0"]),
-    ({"search.stage2.warmup_epochs": 1}, ["search.stage2", "warmup_epochs 1 must be below epochs 1"]),
+    ({"search.stage3.max_steps": 0}, ["search.stage3.max_steps", "got 0"]),
+    ({"search.stage3.max_steps": 10_000_001}, ["search.stage3.max_steps", "got 10000001"]),
+    ({"search.stage2.patience_steps": 0}, ["search.stage2.patience_steps", "got 0"]),
+    ({"search.stage2.min_steps": 6}, ["search.stage2", "min_steps 6 must be below max_steps 6"]),
+    ({"search.cv_folds": 1}, ["search.cv_folds", "got 1"]),
+    ({"search.cv_below": -1}, ["search.cv_below", "got -1"]),
+    ({"ensemble.selection": "test_accuracy"}, ["ensemble.selection", "got 'test_accuracy'"]),
     ({"search.stage3.keep": 3}, ["search.stage3", "keep 3 must be at most max_trials 2"]),
     ({"data.seed": -1}, ["data.seed", "greater than or equal to 0", "got -1"]),
     ({"search.seed": 2**32}, ["search.seed", f"got {2**32}"]),
     ({"data.fractions": [0.8, 0.1, float("nan")]}, ["data.fractions", "finite", "got nan"]),
     ({"data.fractions": [0.5, 0.5, 0.5]}, ["data.fractions", "summing to 1", "(0.5, 0.5, 0.5)"]),
-    ({"search.size_tolerance": float("nan")}, ["search.size_tolerance", "finite"]),
     ({"ensemble.threshold": 1.5}, ["ensemble.threshold", "got 1.5"]),
     ({"ensemble.fallback": 0}, ["ensemble.fallback", "got 0"]),
 ])
@@ -139,8 +144,9 @@ def test_out_of_range_values_name_the_field_value_and_limit(overrides, fragments
     {"search.gpus_per_worker": 0}, {"search.gpus_per_worker": "all"},
     {"search.stage1.image_sizes": [8, 1024]}, {"data.synth_resolution": 1024},
     {"search.stage2.batch_size": 1}, {"search.stage2.batch_size": 4096},
-    {"search.stage1.max_trials": 10_000, "search.stage3.epochs": 10_000},
-    {"search.stage2.epochs": 5, "search.stage2.warmup_epochs": 4}, {"search.stage3.keep": 2},
+    {"search.stage1.max_trials": 10_000, "search.stage3.max_steps": 10_000_000},
+    {"search.stage2.max_steps": 5, "search.stage2.min_steps": 4}, {"search.stage3.keep": 2},
+    {"search.cv_folds": 2, "search.cv_below": 0}, {"search.cv_folds": 20},
     {"data.seed": 0, "search.seed": 2**32 - 1},
 ])
 def test_values_at_the_limits_pass(overrides):

@@ -112,3 +112,29 @@ def test_a_replaced_image_under_an_unchanged_csv_rebuilds_organize_split_and_cac
     assert second[2] == second[1]  # the cache is keyed on the split it was built from
     organized_copy = next((tmp_path / "organized").rglob("face-4.png"))
     assert organized_copy.read_bytes() == image.read_bytes()
+
+
+def test_folds_are_stratified_disjoint_and_cover_train_and_val(tiny_cache):
+    labels = np.array([1] * 29 + [0] * 11)
+    ids = inputs.fold_ids(labels, 5, seed=1)
+    assert sorted(np.bincount(ids)) == [8, 8, 8, 8, 8]
+    assert all(np.bincount(labels[ids == fold], minlength=2).tolist() in ([2, 6], [3, 6], [2, 5], [3, 5])
+               for fold in range(5))
+    assert np.array_equal(ids, inputs.fold_ids(labels, 5, seed=1))
+    assert not np.array_equal(ids, inputs.fold_ids(labels, 5, seed=2))
+
+    counts = read_json(tiny_cache[1] / "cache.json")["counts"]
+    folds = inputs.cross_validation_folds(tiny_cache[1], 3, batch_size=4, seed=0)
+    seen = []
+    for train, val, size in folds:
+        train_images = np.concatenate([x.numpy() for x, _ in train])
+        val_images = np.concatenate([x.numpy() for x, _ in val])
+        assert len(train_images) == size and len(train_images) + len(val_images) == counts["train"] + counts["val"]
+        seen.append(val_images.reshape(len(val_images), -1).sum(axis=1))
+    assert sorted(np.concatenate(seen).round(3)) == sorted(_train_and_val_sums(tiny_cache[1]).round(3))
+
+
+def _train_and_val_sums(cache_dir) -> np.ndarray:
+    sums = [inputs.subset_arrays(cache_dir, subset)[0] for subset in ("train", "val")]
+    images = np.concatenate(sums)
+    return images.reshape(len(images), -1).sum(axis=1)

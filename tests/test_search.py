@@ -20,9 +20,10 @@ pytestmark = pytest.mark.slow
 
 def _spec(tmp_path: Path, cache_dir: Path, max_trials: int = 4, epochs: int = 1, patience: int = 1,
           **overrides) -> Path:
-    stage = StageConfig(batch_size=8, max_trials=max_trials, epochs=epochs, patience=patience)
+    """A search on the tiny cache (28 training images: 4 steps an epoch at batch 8)."""
+    stage = StageConfig(batch_size=8, max_trials=max_trials, max_steps=4 * epochs, patience_steps=4 * patience)
     values = dict(search_id="test-search", directory=tmp_path / "kt", project_name="size16", cache_dir=cache_dir, image_size=16,
-                  stage=stage, fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=2,
+                  stage=stage, folds=0, fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=2,
                   worker_timeout_s=30, chief_timeout_s=300, gpus_per_worker=1)
     values.update(overrides)
     return SearchSpec(**values).save(tmp_path / "spec.json")
@@ -95,6 +96,22 @@ def test_chief_and_two_workers_run_each_trial_once(tiny_cache, tmp_path):
     assert any("already complete" in line for line in again_chief.lines)
     after = trial_records(SearchSpec.load(spec_path).project_dir)
     assert {r["trial_id"]: Path(r["checkpoint"]).stat().st_mtime_ns for r in after} == stamps
+
+
+def test_cross_validation_scores_each_trial_by_the_mean_of_its_folds(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=2, workers=1, folds=3)
+    chief, tuners = _search(spec_path)
+    _join(chief, *tuners)
+    assert chief.ok, "\n".join(chief.lines[-20:])
+    assert any("scored by 3-fold cross-validation" in line for line in tuners[0].lines)
+    records = trial_records(SearchSpec.load(spec_path).project_dir)
+    assert len(records) == 2
+    for record in records:
+        assert record["status"] == "COMPLETED" and len(record["folds"]) == 3
+        folds = record["folds"]
+        assert record["score"] == pytest.approx(sum(f["val_accuracy"] for f in folds) / 3, abs=1e-6)
+        assert record["val_loss"] == pytest.approx(sum(f["val_loss"] for f in folds) / 3, abs=1e-5)
+    assert (search.trials_table(SearchSpec.load(spec_path))["folds"] == 3).all()
 
 
 def _kill_when_training(role: Role, timeout_s: float = 120) -> None:

@@ -1,61 +1,125 @@
-"""The stage choice rules, on made-up trial tables."""
+"""The stage choice rules on made-up trial tables, and a trial's budget in steps."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from glasses.budget import epochs_for
+from glasses.config import StageConfig, build_config
 from glasses.errors import SearchError
-from glasses.stages import best_mean, choose_depth_and_optimizer, choose_image_size, smallest_within
+from glasses.stages import choose_depth_and_optimizer, choose_image_size, compare
 
 
 def _table(column: str, groups: dict) -> pd.DataFrame:
-    rows = [{column: value, "val_accuracy": acc, "status": "COMPLETED"}
-            for value, accs in groups.items() for acc in accs]
-    rows.append({column: 999, "val_accuracy": 1.0, "status": "FAILED"})  # never counts
+    """Trials per value as (val_loss, val_accuracy) pairs, plus a failed trial that never counts."""
+    rows = [{column: value, "val_loss": loss, "val_accuracy": acc, "status": "COMPLETED"}
+            for value, trials in groups.items() for loss, acc in trials]
+    rows.append({column: 999, "val_loss": 0.0, "val_accuracy": 1.0, "status": "FAILED"})
     return pd.DataFrame(rows)
 
 
-def test_size_rule_takes_the_smallest_size_within_tolerance_of_the_best():
-    # The report: 64 ~0.81, 128 ~0.82, 256 ~0.81 -> no real gain from size -> 64.
-    table = _table("image_size", {64: [0.80, 0.82], 128: [0.815, 0.825], 256: [0.81, 0.81]})
-    assert choose_image_size(table, 0.01) == {"image_size": 64}
-    assert choose_image_size(table, 0.0) == {"image_size": 128}
+def test_a_bigger_size_within_noise_of_the_best_loses_to_the_smaller():
+    # 48 px has the lowest mean loss, but by less than the trials' spread: the tie-break decides.
+    table = _table("image_size", {32: [(0.42, 0.80), (0.50, 0.76)], 40: [(0.47, 0.79), (0.41, 0.82)],
+                                  48: [(0.40, 0.83), (0.44, 0.80)]})
+    chosen, [how] = choose_image_size(table)
+    assert chosen == {"image_size": 32}
+    assert how["best"] == 48 and how["decided_by"] == "tie-break" and how["within_noise"] == [32, 40, 48]
+    assert how["metric"] == "val_loss"
+    assert how["values"][48]["trials"] == 2 and how["values"][48]["val_loss"] == pytest.approx(0.42)
 
 
-def test_size_rule_takes_a_bigger_size_when_it_truly_helps():
-    table = _table("image_size", {64: [0.70, 0.72], 128: [0.85, 0.86], 256: [0.86, 0.86]})
-    assert smallest_within(table, "image_size", 0.01) == 128
+def test_a_bigger_size_better_beyond_noise_wins():
+    table = _table("image_size", {32: [(0.60, 0.70), (0.62, 0.69)], 48: [(0.35, 0.86), (0.36, 0.85)]})
+    chosen, [how] = choose_image_size(table)
+    assert chosen == {"image_size": 48} and how["decided_by"] == "difference" and how["within_noise"] == [48]
+    # its standard error: the spread within a size (variances 0.02²/2 and 0.01²/2), pooled, over sqrt(2)
+    assert how["values"][48]["val_loss_se"] == pytest.approx(np.sqrt((0.02**2 / 2 + 0.01**2 / 2) / 2) / np.sqrt(2),
+                                                             abs=1e-4)
 
 
-def test_layers_rule_reproduces_the_reports_choice_of_three():
-    # The report: 1 ~0.70, 2 ~0.83, 3 ~0.85, 4 ~0.85, 5 ~0.86 -> 3 conv layers.
-    table = _table("conv_layers", {1: [0.70], 2: [0.83], 3: [0.85], 4: [0.85], 5: [0.86]})
-    assert smallest_within(table, "conv_layers", 0.01) == 3
+def test_the_rule_compares_losses_not_accuracies():
+    # 32 px has the better mean accuracy, 48 the clearly lower loss (its models are confident and right).
+    table = _table("image_size", {32: [(0.60, 0.81), (0.61, 0.81)], 48: [(0.30, 0.80), (0.31, 0.80)]})
+    assert choose_image_size(table)[0] == {"image_size": 48}
 
 
-def test_optimizer_rule_takes_the_best_mean():
-    table = _table("optimizer", {"adam": [0.85, 0.86], "sgd": [0.80, 0.82, 0.90]})
-    assert best_mean(table, "optimizer") == "adam"
+def test_without_losses_the_rule_falls_back_to_accuracy():
+    table = _table("image_size", {32: [(None, 0.60), (None, 0.62)], 48: [(None, 0.85), (None, 0.86)]})
+    chosen, [how] = choose_image_size(table)
+    assert chosen == {"image_size": 48} and how["metric"] == "val_accuracy"
 
 
-def test_stage2_choice_of_depth_and_optimizer():
-    table = pd.concat([_table("conv_layers", {1: [0.7], 3: [0.85], 5: [0.86]}).assign(optimizer="adam"),
-                       _table("conv_layers", {2: [0.6]}).assign(optimizer="sgd")])
-    assert choose_depth_and_optimizer(table, 0.01) == {"conv_layers": 3, "optimizer": "adam"}
-    assert choose_depth_and_optimizer(table, 0.0) == {"conv_layers": 5, "optimizer": "adam"}
+def test_one_trial_a_value_uses_the_spread_of_all_trials():
+    # The report's stage 2 shape: one trial per depth, 3 to 5 alike, 1 clearly worse.
+    table = _table("conv_layers", {1: [(0.70, 0.70)], 2: [(0.45, 0.83)], 3: [(0.40, 0.85)], 5: [(0.39, 0.86)]})
+    how = compare(table, "conv_layers", [1, 2, 3, 5])
+    assert how["best"] == 5 and 1 not in how["within_noise"]
+    assert how["chosen"] == how["within_noise"][0] < 5 and how["decided_by"] == "tie-break"
 
 
-def test_no_completed_trial_is_an_error():
-    table = pd.DataFrame([{"image_size": 64, "val_accuracy": None, "status": "FAILED"}])
-    with pytest.raises(SearchError, match="no completed trial"):
-        smallest_within(table, "image_size", 0.01)
+def test_stage2_prefers_fewer_layers_and_adam_unless_beaten_beyond_noise():
+    rows = [(3, "adam", 0.40, 0.85), (3, "sgd", 0.41, 0.84), (3, "adam", 0.42, 0.84), (3, "sgd", 0.39, 0.86),
+            (4, "adam", 0.38, 0.86), (4, "sgd", 0.43, 0.83)]
+    table = pd.DataFrame([{"conv_layers": c, "optimizer": o, "val_loss": lo, "val_accuracy": a, "status": "COMPLETED"}
+                          for c, o, lo, a in rows])
+    chosen, (layers, optimizer) = choose_depth_and_optimizer(table)
+    assert chosen == {"conv_layers": 3, "optimizer": "adam"}
+    assert layers["decided_by"] == "tie-break" and optimizer["decided_by"] == "tie-break"
+    clear = table.assign(val_loss=np.where(table["optimizer"] == "sgd", table["val_loss"] - 0.3, table["val_loss"]))
+    assert choose_depth_and_optimizer(clear)[0]["optimizer"] == "sgd"
 
 
 def test_optimizer_is_compared_at_the_chosen_depth():
     # Marginally sgd looks better only because adam drew the shallow, bad trials.
-    rows = [(1, "adam", 0.55), (1, "adam", 0.57), (3, "adam", 0.93), (3, "sgd", 0.86), (5, "sgd", 0.85)]
-    table = pd.DataFrame([{"conv_layers": c, "optimizer": o, "val_accuracy": v, "status": "COMPLETED"}
-                          for c, o, v in rows])
-    assert best_mean(table, "optimizer") == "sgd"
-    assert choose_depth_and_optimizer(table, 0.01) == {"conv_layers": 3, "optimizer": "adam"}
+    rows = [(1, "adam", 0.9, 0.55), (1, "adam", 0.88, 0.57), (3, "adam", 0.2, 0.93), (3, "adam", 0.21, 0.93),
+            (3, "sgd", 0.4, 0.86), (3, "sgd", 0.41, 0.86), (5, "sgd", 0.42, 0.85)]
+    table = pd.DataFrame([{"conv_layers": c, "optimizer": o, "val_loss": lo, "val_accuracy": a, "status": "COMPLETED"}
+                          for c, o, lo, a in rows])
+    assert compare(table, "optimizer", ["adam"])["best"] == "sgd"
+    assert choose_depth_and_optimizer(table)[0] == {"conv_layers": 3, "optimizer": "adam"}
+
+
+def test_no_completed_trial_is_an_error():
+    table = pd.DataFrame([{"image_size": 64, "val_loss": None, "val_accuracy": None, "status": "FAILED"}])
+    with pytest.raises(SearchError, match="no completed trial"):
+        choose_image_size(table)
+
+
+def test_epochs_follow_from_steps_and_the_data_size():
+    stage = StageConfig(batch_size=32, max_trials=2, max_steps=720, min_steps=300, patience_steps=180)
+    small, large = epochs_for(stage, 303), epochs_for(stage, 4500)
+    assert (small.steps_per_epoch, small.epochs, small.warmup_epochs, small.patience) == (10, 72, 30, 18)
+    assert (large.steps_per_epoch, large.epochs, large.warmup_epochs, large.patience) == (141, 6, 2, 2)
+    # at least the steps asked for, and the warm-up stays below the epochs
+    for images in (1, 7, 303, 4500, 100_000):
+        got = epochs_for(stage, images)
+        assert got.epochs * got.steps_per_epoch >= 720 and got.warmup_epochs < got.epochs and got.patience >= 1
+    assert epochs_for(stage, 4500, replicas=2).steps_per_epoch == 71
+
+
+def test_paper_budgets_are_the_reports_epochs_on_its_training_split():
+    config = build_config("paper")
+    for stage, (epochs, patience) in zip((config.search.stage1, config.search.stage2, config.search.stage3),
+                                         [(50, 5), (50, 10), (100, 10)]):
+        budget = epochs_for(stage, 3599)
+        assert (budget.epochs, budget.patience, budget.warmup_epochs) == (epochs, patience, 0)
+
+
+@pytest.mark.parametrize("val, cross_validate, folds", [(37, True, 5), (299, True, 5), (300, True, 0),
+                                                        (37, False, 0)])
+def test_cross_validation_only_below_the_val_threshold_and_only_where_a_stage_chooses(tmp_path, val,
+                                                                                      cross_validate, folds):
+    from glasses.files import write_json
+    from glasses.stages import folds_for, spec_path_for
+
+    write_json(tmp_path / "cache.json", {"key": "k", "size": 32, "counts": {"train": 8 * val, "val": val, "test": val}})
+    search = build_config("quick").search
+    assert folds_for(search, tmp_path, cross_validate) == folds
+    assert folds_for(search.model_copy(update={"cv_below": 0}), tmp_path, cross_validate) == 0
+    # the search's folder is keyed by it: a search scored otherwise is another search
+    paths = {spec_path_for(tmp_path / "s", search.stage1, search.model_copy(update={"cv_below": below}), 32, {},
+                           tmp_path, cross_validate) for below in (0, 10_000)}
+    assert len(paths) == (2 if cross_validate else 1)

@@ -17,9 +17,9 @@ from tests.conftest import balanced_labels, write_kaggle_dataset
 
 
 def _spec(tmp_path: Path, cache_dir: Path, worker_timeout_s: float = 3) -> Path:
-    stage = StageConfig(batch_size=8, max_trials=2, epochs=1, patience=1)
+    stage = StageConfig(batch_size=8, max_trials=2, max_steps=4, patience_steps=4)
     spec = SearchSpec(search_id="test-search", directory=tmp_path / "kt", project_name="size16", cache_dir=cache_dir, image_size=16,
-                      stage=stage, fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=1,
+                      stage=stage, folds=0, fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=1,
                       worker_timeout_s=worker_timeout_s, chief_timeout_s=120, gpus_per_worker=1)
     return spec.save(tmp_path / "spec.json")
 

@@ -24,11 +24,19 @@ def trial_records(project_dir: Path) -> list[dict[str, Any]]:
         meta = read_state(meta_path) if meta_path.is_file() else {}
         records.append({
             "trial_id": trial["trial_id"], "status": trial["status"], "score": trial.get("score"),
+            "val_loss": _last_value(trial, "val_loss"),
             "values": trial["hyperparameters"]["values"], "worker": meta.get("tuner_id"),
-            "epochs": meta.get("epochs"), "seconds": meta.get("seconds"),
+            "epochs": meta.get("epochs"), "seconds": meta.get("seconds"), "folds": meta.get("folds"),
             "checkpoint": str(trial_json.parent / "checkpoint.weights.h5"),
         })
     return records
+
+
+def _last_value(trial: dict, metric: str) -> float | None:
+    """A metric as Keras Tuner recorded it at the trial's end: at the epoch of the best val
+    accuracy, averaged over the trial's fits (its folds, under cross-validation)."""
+    observations = trial.get("metrics", {}).get("metrics", {}).get(metric, {}).get("observations") or []
+    return float(observations[-1]["value"][0]) if observations else None
 
 
 def read_state(path: Path) -> Any:
@@ -58,13 +66,14 @@ def is_complete(spec: SearchSpec) -> bool:
 
 
 def trials_table(spec: SearchSpec) -> pd.DataFrame:
-    """The search's trials as a table: id, image size, hyperparameters, val accuracy, epochs,
-    seconds, worker id, status and checkpoint."""
+    """The search's trials as a table: id, image size, hyperparameters, val accuracy and loss,
+    epochs, seconds, worker id, folds (None without cross-validation), status and checkpoint."""
     rows = []
     for record in trial_records(spec.project_dir):
         rows.append({"trial_id": record["trial_id"], "image_size": spec.image_size, **record["values"],
-                     "val_accuracy": record["score"], "epochs": record["epochs"],
-                     "seconds": record["seconds"], "worker": record["worker"], "status": record["status"],
+                     "val_accuracy": record["score"], "val_loss": record["val_loss"], "epochs": record["epochs"],
+                     "seconds": record["seconds"], "worker": record["worker"],
+                     "folds": len(record["folds"]) if record["folds"] else None, "status": record["status"],
                      "checkpoint": record["checkpoint"]})
     return pd.DataFrame(rows)
 

@@ -26,7 +26,8 @@ class SearchSpec(BaseModel):
     project_name: str
     cache_dir: Path
     image_size: int
-    stage: StageConfig  # batch size, trials, epochs, patience, warm-up
+    stage: StageConfig  # batch size, trials, steps, patience, warm-up
+    folds: int  # k of the k-fold cross-validation that scores each trial; 0: train on train, score on val
     fixed: dict[str, int | str]  # what the search holds fixed: earlier stages' choices and stage.fixed
     seed: int
     host: str

@@ -46,12 +46,19 @@ def build_tuner(spec: SearchSpec, strategy=None):
         """RandomSearch that records who ran each trial, for how long and for how many epochs,
         and fails a trial whose loss became NaN (instead of scoring its last good epoch)."""
 
+        folds: list[tuple] = []  # (train, val, images) per fold under cross-validation, else empty
+
         def run_trial(self, trial, *args, **kwargs):
             started = time.monotonic()
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), keras.callbacks.TerminateOnNaN()]
             try:
                 with Heartbeat(self.oracle, trial.trial_id):
-                    histories = super().run_trial(trial, *args, **kwargs)
+                    if self.folds:  # one fit per fold; Keras Tuner averages their best epochs
+                        histories = []
+                        for train, val, _ in self.folds:
+                            histories += super().run_trial(trial, train, validation_data=val, **kwargs)
+                    else:
+                        histories = super().run_trial(trial, *args, **kwargs)
                 _fail_on_nan(histories)
             except Exception:  # the chief names it if trials keep failing; Keras Tuner records it
                 write_text(error_file(spec, trial.trial_id), traceback.format_exc(limit=3))
@@ -59,13 +66,20 @@ def build_tuner(spec: SearchSpec, strategy=None):
             epochs = max(len(h.history.get("loss", [])) for h in histories)
             write_json(Path(self.get_trial_dir(trial.trial_id)) / "worker.json",
                        {"tuner_id": self.tuner_id, "seconds": round(time.monotonic() - started, 2),
-                        "epochs": epochs})
+                        "epochs": epochs, "folds": [_best_epoch(h) for h in histories] if self.folds else None})
             return histories
 
     return GlassesTuner(
         _hypermodel(spec), objective="val_accuracy", max_trials=spec.stage.max_trials, seed=spec.seed,
         max_retries_per_trial=1, max_consecutive_failed_trials=3, directory=str(spec.directory),
         project_name=spec.project_name, overwrite=False, distribution_strategy=strategy)
+
+
+def _best_epoch(history) -> dict[str, float]:
+    """Val accuracy and loss at the epoch of the best val accuracy (what Keras Tuner scores)."""
+    accuracy = history.history["val_accuracy"]
+    best = max(range(len(accuracy)), key=accuracy.__getitem__)
+    return {"val_accuracy": float(accuracy[best]), "val_loss": float(history.history["val_loss"][best])}
 
 
 class Heartbeat:

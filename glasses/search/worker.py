@@ -30,7 +30,9 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     _limit_threads()
     import keras
 
-    from glasses.inputs import load_subset
+    from glasses.budget import epochs_for
+    from glasses.files import read_json
+    from glasses.inputs import cross_validation_folds, load_subset
     from glasses.search.keras_tuner_private import set_client_timeout
 
     # A chief that is gone should fail this worker's calls soon (the task retries), not in an hour.
@@ -41,17 +43,26 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     tuner = build_tuner(spec, strategy)
     tuner.oracle = _PatientClient(tuner.oracle)
     stage, batch = spec.stage, spec.stage.batch_size * replicas
-    train = load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed)
-    val = load_subset(spec.cache_dir, "val", batch)
-    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=stage.patience,
-                                         restore_best_weights=True, start_from_epoch=stage.warmup_epochs)
+    if spec.folds:
+        tuner.folds = cross_validation_folds(spec.cache_dir, spec.folds, batch, spec.seed)
+        train_images = min(size for _, _, size in tuner.folds)
+        data = {}
+    else:
+        train_images = read_json(spec.cache_dir / "cache.json")["counts"]["train"]
+        data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed),
+                "validation_data": load_subset(spec.cache_dir, "val", batch)}
+    budget = epochs_for(stage, train_images, replicas)
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=budget.patience,
+                                         restore_best_weights=True, start_from_epoch=budget.warmup_epochs)
     # Keras Tuner gives each trial its own folder below this and adds its hyperparameters:
     # `tensorboard --logdir <work>/stages` shows the HParams dashboard.
     board = keras.callbacks.TensorBoard(log_dir=str(spec.directory / "tensorboard" / spec.project_name),
                                         write_graph=False, profile_batch=0)
-    print(f"{tuner_id}: {replicas} replica(s), batch {batch}, {os.environ.get('GLASSES_THREADS')} threads",
-          flush=True)
-    tuner.search(train, validation_data=val, epochs=stage.epochs, callbacks=[stop, board], verbose=2)
+    scored = f"{spec.folds}-fold cross-validation" if spec.folds else "the val split"
+    print(f"{tuner_id}: {replicas} replica(s), batch {batch}, {os.environ.get('GLASSES_THREADS')} threads; "
+          f"{train_images} training images, {budget.steps_per_epoch} steps an epoch: up to {budget.epochs} "
+          f"epochs, warm-up {budget.warmup_epochs}, patience {budget.patience}; scored by {scored}", flush=True)
+    tuner.search(**data, epochs=budget.epochs, callbacks=[stop, board], verbose=2)
     return 0
 
 

@@ -1,0 +1,47 @@
+"""A trial's budget in optimizer steps, turned into the epochs Keras trains.
+
+A stage states how many steps a trial may train (`max_steps`), how many before early stopping
+may act (`min_steps`) and how many without progress stop it (`patience_steps`). The epochs
+follow from the training images and the global batch, so 300 images and 4,500 images both get
+trials that can learn: a small dataset trains more epochs of fewer steps each.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from glasses.config import StageConfig
+
+
+@dataclass(frozen=True)
+class Epochs:
+    """What Keras is told: epochs, the warm-up before early stopping, its patience."""
+
+    steps_per_epoch: int
+    epochs: int
+    warmup_epochs: int
+    patience: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def epochs_for(stage: StageConfig, train_images: int, replicas: int = 1) -> Epochs:
+    """The epochs that give a trial of `stage` its steps on `train_images` images.
+
+    Args:
+        stage: The stage's step budget and per-replica batch.
+        train_images: Images a trial trains on (the train split, or a fold's share of train+val).
+        replicas: Devices the batch is split over (the global batch is batch_size x replicas).
+
+    Every count rounds so that a trial gets at least its steps: epochs up, the warm-up down (it
+    is a minimum before stopping may act, and stays below the epochs), patience up, at least 1.
+    """
+    if train_images < 1:
+        raise ValueError(f"a trial needs training images, got {train_images}")
+    steps_per_epoch = math.ceil(train_images / (stage.batch_size * max(1, replicas)))
+    epochs = max(1, math.ceil(stage.max_steps / steps_per_epoch))
+    warmup = min(stage.min_steps // steps_per_epoch, epochs - 1)
+    patience = max(1, math.ceil(stage.patience_steps / steps_per_epoch))
+    return Epochs(steps_per_epoch, epochs, warmup, patience)

@@ -3,7 +3,11 @@
 A stage states how many steps a trial may train (`max_steps`), how many before early stopping
 may act (`min_steps`) and how many without progress stop it (`patience_steps`). The epochs
 follow from the training images and the global batch, so 300 images and 4,500 images both get
-trials that can learn: a small dataset trains more epochs of fewer steps each.
+trials that can learn: a small dataset trains more passes over its images.
+
+An "epoch" here is the period between two evaluations on the val split (what early stopping
+counts): one pass over the training images, but at least `MIN_STEPS_PER_EPOCH` steps (several
+passes over a small dataset), so evaluation and callbacks do not dominate a small dataset's time.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ from dataclasses import asdict, dataclass
 
 from glasses.config import StageConfig
 
+MIN_STEPS_PER_EPOCH = 50
+
 
 @dataclass(frozen=True)
 class Epochs:
-    """What Keras is told: epochs, the warm-up before early stopping, its patience."""
+    """What Keras is told: steps per epoch (the training data repeats), epochs, the warm-up
+    before early stopping, its patience."""
 
     steps_per_epoch: int
     epochs: int
@@ -40,7 +47,8 @@ def epochs_for(stage: StageConfig, train_images: int, replicas: int = 1) -> Epoc
     """
     if train_images < 1:
         raise ValueError(f"a trial needs training images, got {train_images}")
-    steps_per_epoch = math.ceil(train_images / (stage.batch_size * max(1, replicas)))
+    one_pass = math.ceil(train_images / (stage.batch_size * max(1, replicas)))
+    steps_per_epoch = max(one_pass, min(MIN_STEPS_PER_EPOCH, stage.max_steps))
     epochs = max(1, math.ceil(stage.max_steps / steps_per_epoch))
     warmup = min(stage.min_steps // steps_per_epoch, epochs - 1)
     patience = max(1, math.ceil(stage.patience_steps / steps_per_epoch))

@@ -79,14 +79,16 @@ def build_cache(split_dir: Path, cache_root: Path, size: int) -> Path:
     return target
 
 
-def load_subset(cache_dir: Path, subset: str, batch_size: int, shuffle_seed: int | None = None):
+def load_subset(cache_dir: Path, subset: str, batch_size: int, shuffle_seed: int | None = None,
+                repeat: bool = False):
     """Loads a cached subset as batches: shuffled each epoch when a seed is given, prefetched.
 
     Args:
         cache_dir: A directory made by `build_cache`.
         subset: "train", "val" or "test".
         batch_size: Global batch size.
-        shuffle_seed: Shuffle with this seed (reshuffled every epoch); None keeps file order.
+        shuffle_seed: Shuffle with this seed (reshuffled every pass); None keeps file order.
+        repeat: Repeat for ever (the caller says how many steps an epoch is).
     """
     import tensorflow as tf
 
@@ -94,6 +96,8 @@ def load_subset(cache_dir: Path, subset: str, batch_size: int, shuffle_seed: int
     if shuffle_seed is not None:
         count = read_json(Path(cache_dir) / "cache.json")["counts"][subset]
         data = data.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+        data = data.repeat()
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -123,8 +127,8 @@ def cross_validation_folds(cache_dir: Path, folds: int, batch_size: int, seed: i
     """k stratified folds over the cached train and val subsets together.
 
     Returns:
-        One (train, val, train_images) per fold: the other folds as shuffled batches, this fold
-        as batches in file order, and how many images the fold trains on.
+        One (train, val, train_images) per fold: the other folds as shuffled batches, repeated
+        for ever, this fold as batches in file order, and how many images the fold trains on.
     """
     import tensorflow as tf
 
@@ -147,7 +151,7 @@ def cross_validation_folds(cache_dir: Path, folds: int, batch_size: int, seed: i
     for fold in range(folds):
         train, val = part(fold, False), part(fold, True)
         size = int((assigned != fold).sum())
-        train = train.shuffle(size, seed=seed + fold, reshuffle_each_iteration=True)
+        train = train.shuffle(size, seed=seed + fold, reshuffle_each_iteration=True).repeat()
         result.append((train.batch(batch_size).prefetch(tf.data.AUTOTUNE),
                        val.batch(batch_size).prefetch(tf.data.AUTOTUNE), size))
     return result

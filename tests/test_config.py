@@ -208,3 +208,18 @@ def test_a_remote_oracle_is_refused_unless_allowed(host):
 def test_a_loopback_oracle_needs_no_flag(host):
     config = build_config("smoke", overrides={"search.oracle_host": host})
     assert config.search.oracle_host == host and config.search.allow_remote_oracle is False
+
+
+def test_quick_built_in_data_has_a_val_split_at_the_cross_validation_threshold():
+    # Each class's val share rounds down: 3,000 images gave 299 val images, and stages 1-2 of every
+    # quick run on the built-in data cross-validated (5 times the training).
+    import numpy as np
+
+    from glasses.dataset import subset_sizes
+    from glasses.synth import plan
+
+    config = build_config("quick")
+    drawn = plan(config.data.synth_n, config.data.seed)
+    labels = np.asarray(drawn.labels).reshape(-1)[:config.data.synth_n].astype(int)  # the labelled ones first
+    val = sum(subset_sizes(int(count), config.data.fractions)[1] for count in np.bincount(labels))
+    assert val >= config.search.cv_below

@@ -127,9 +127,10 @@ def test_folds_are_stratified_disjoint_and_cover_train_and_val(tiny_cache):
     folds = inputs.cross_validation_folds(tiny_cache[1], 3, batch_size=4, seed=0)
     seen = []
     for train, val, size in folds:
-        train_images = np.concatenate([x.numpy() for x, _ in train])
+        train_images = np.stack([x.numpy() for x, _ in train.unbatch().take(size + 1)])  # repeats for ever
         val_images = np.concatenate([x.numpy() for x, _ in val])
-        assert len(train_images) == size and len(train_images) + len(val_images) == counts["train"] + counts["val"]
+        assert size + len(val_images) == counts["train"] + counts["val"]
+        assert len({img.tobytes() for img in train_images[:size]}) == size  # one pass: each image once
         seen.append(val_images.reshape(len(val_images), -1).sum(axis=1))
     assert sorted(np.concatenate(seen).round(3)) == sorted(_train_and_val_sums(tiny_cache[1]).round(3))
 

@@ -91,9 +91,11 @@ def test_no_completed_trial_is_an_error():
 def test_epochs_follow_from_steps_and_the_data_size():
     stage = StageConfig(batch_size=32, max_trials=2, max_steps=720, min_steps=300, patience_steps=180)
     small, large = epochs_for(stage, 303), epochs_for(stage, 4500)
-    assert (small.steps_per_epoch, small.epochs, small.warmup_epochs, small.patience) == (10, 72, 30, 18)
+    # 303 images are 10 steps a pass: an epoch (between evaluations) is 50 steps, 5 passes
+    assert (small.steps_per_epoch, small.epochs, small.warmup_epochs, small.patience) == (50, 15, 6, 4)
     assert (large.steps_per_epoch, large.epochs, large.warmup_epochs, large.patience) == (141, 6, 2, 2)
     # at least the steps asked for, and the warm-up stays below the epochs
+    assert epochs_for(stage.model_copy(update={"max_steps": 6, "min_steps": 0}), 48).steps_per_epoch == 6
     for images in (1, 7, 303, 4500, 100_000):
         got = epochs_for(stage, images)
         assert got.epochs * got.steps_per_epoch >= 720 and got.warmup_epochs < got.epochs and got.patience >= 1

@@ -49,7 +49,7 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
         data = {}
     else:
         train_images = read_json(spec.cache_dir / "cache.json")["counts"]["train"]
-        data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed),
+        data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed, repeat=True),
                 "validation_data": load_subset(spec.cache_dir, "val", batch)}
     budget = epochs_for(stage, train_images, replicas)
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=budget.patience,
@@ -62,7 +62,8 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     print(f"{tuner_id}: {replicas} replica(s), batch {batch}, {os.environ.get('GLASSES_THREADS')} threads; "
           f"{train_images} training images, {budget.steps_per_epoch} steps an epoch: up to {budget.epochs} "
           f"epochs, warm-up {budget.warmup_epochs}, patience {budget.patience}; scored by {scored}", flush=True)
-    tuner.search(**data, epochs=budget.epochs, callbacks=[stop, board], verbose=2)
+    tuner.search(**data, epochs=budget.epochs, steps_per_epoch=budget.steps_per_epoch, callbacks=[stop, board],
+                 verbose=2)
     return 0
 
 

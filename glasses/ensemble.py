@@ -1,5 +1,6 @@
 """Ensembles of the kept models: members, the ways to combine them (average, majority vote,
-greedy selection), the comparison on validation, and the one shipped as a Keras model for raw images."""
+greedy selection), the comparison with the best single model on validation by one rule, and the
+one shipped as a Keras model for raw images."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pandas as pd
 
 from glasses.config import EnsembleConfig
 from glasses.errors import SearchError
-from glasses.evaluate import accuracy, log_loss, metrics, score_split
+from glasses.dataset import read_manifest
+from glasses.evaluate import accuracy, check_learning, log_loss, metrics, score_split
 from glasses.files import temporary_file, write_text
 from glasses.inputs import subset_arrays
 from glasses.search import SearchSpec, trial_records
@@ -100,6 +102,15 @@ def majority_ensemble(members: list, image_size: int):
     return keras.Model(inputs, voted, name="ensemble")
 
 
+def single_model(member, image_size: int):
+    """One member served as the ensembles are: images of any size with values 0..255 in,
+    P(glasses) out (Resizing and Rescaling inside)."""
+    import keras
+
+    inputs, x = _serving_input(image_size)
+    return keras.Model(inputs, member(x), name="best_single")
+
+
 def _serving_input(image_size: int):
     import keras
 
@@ -177,40 +188,63 @@ def greedy_selection(probabilities: np.ndarray, labels: np.ndarray, init: int = 
 # Comparing the ways to combine, and shipping the best on validation
 
 
-METHODS = ("average", "greedy", "majority")  # preference order on a validation tie
+CANDIDATES = ("best_single", "average", "majority", "greedy")  # simplest first: the order breaks a full tie
+METHODS = CANDIDATES[1:]  # the ways to combine members
+SELECTIONS = ("val_log_loss", "val_accuracy")
 
 
-def compare_methods(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Val and test accuracy of the best single member and each way to combine the members.
+def _rank(row: dict, selection: str) -> tuple[float, float]:
+    """A row's sort key, lower is better: the `selection` metric first, the other one on a tie.
+    A missing log loss (a majority vote's) ranks last."""
+    loss = row.get("val_log_loss")
+    loss, error = (float("inf") if loss is None else loss), -row["val_accuracy"]
+    return (loss, error) if selection == "val_log_loss" else (error, loss)
+
+
+def compare_methods(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                    selection: str = "val_log_loss") -> dict:
+    """Val and test accuracy and val log loss of the best single member and each way to combine them.
 
     Args:
         val, test: (member probabilities [members, images], labels) on each subset.
+        selection: The validation metric that names the best single member ("val_log_loss" or
+            "val_accuracy"), the other one breaking a tie: the rule `choose_method` ships by.
     """
     (pv, yv), (pt, yt) = val, test
-    best = max(range(len(pv)), key=lambda i: validation_score(pv[i], yv))
+    rows = [{"val_accuracy": accuracy(p, yv), "val_log_loss": log_loss(p, yv)} for p in pv]
+    best = min(range(len(pv)), key=lambda i: _rank(rows[i], selection))
     weights = greedy_selection(pv, yv)
     combine = {"average": lambda p: average(p), "greedy": lambda p: average(p, weights),
                "majority": majority_vote}
-    table = {"best_single": {"member": best, "val_accuracy": accuracy(pv[best], yv),
-                             "val_log_loss": log_loss(pv[best], yv), "test_accuracy": accuracy(pt[best], yt)}}
+    table = {"best_single": {"member": best, **rows[best], "test_accuracy": accuracy(pt[best], yt)}}
     for name, fn in combine.items():
         table[name] = {"val_accuracy": accuracy(fn(pv), yv), "test_accuracy": accuracy(fn(pt), yt),
-                       # a vote share is no probability: a log loss of it would mean nothing
+                       # a vote share is no probability (3 members: 0, 1/3, 2/3 or 1): its log loss
+                       # would measure the clipping, not the model
                        "val_log_loss": None if name == "majority" else log_loss(fn(pv), yv)}
     table["greedy"]["weights"] = [int(w) for w in weights]
     return {k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in row.items()} for k, row in table.items()}
 
 
-def choose_method(table: dict, method: str = "auto") -> str:
-    """The method to ship: the config's, or with 'auto' the best on validation (never test):
-    accuracy, then log loss, then the order of METHODS."""
-    if method != "auto":
-        return method
-    def loss(m: str) -> float:
-        value = table[m].get("val_log_loss")
-        return float("inf") if value is None else value
+def choose_method(table: dict, method: str = "auto", selection: str = "val_log_loss") -> str:
+    """What to ship: `method` when the config names one, else (auto) the best of CANDIDATES on
+    validation (never test) by the one rule `selection`.
 
-    return max(METHODS, key=lambda m: (table[m]["val_accuracy"], -loss(m), -METHODS.index(m)))
+    The rule: the lowest val log loss ("val_log_loss") or the highest val accuracy
+    ("val_accuracy") as the table shows them (4 decimals); on a tie the other metric, then the
+    simpler candidate (the order of CANDIDATES). A majority vote has no log loss, so under
+    "val_log_loss" it is never chosen, and under "val_accuracy" it loses any tie in accuracy.
+
+    Raises:
+        ValueError: An unknown `selection` or `method`.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"ensemble.selection {selection!r} is not one of {', '.join(SELECTIONS)}")
+    if method != "auto":
+        if method not in CANDIDATES:
+            raise ValueError(f"ensemble.method {method!r} is not auto or one of {', '.join(CANDIDATES)}")
+        return method
+    return min(CANDIDATES, key=lambda name: (*_rank(table[name], selection), CANDIDATES.index(name)))
 
 
 def _member_predictions(models: list, cache_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -222,6 +256,8 @@ def _member_predictions(models: list, cache_dir: Path) -> dict[str, tuple[np.nda
 
 
 def _shipped_model(models: list, size: int, method: str, table: dict):
+    if method == "best_single":
+        return single_model(models[table["best_single"]["member"]], size)
     if method == "majority":
         return majority_ensemble(models, size)
     weights = table["greedy"]["weights"] if method == "greedy" else None
@@ -229,38 +265,54 @@ def _shipped_model(models: list, size: int, method: str, table: dict):
     return average_ensemble([m for m, _ in kept], size, [w for _, w in kept])
 
 
-def ship_ensemble(spec_paths: list[Path], split_dir: Path, model_path: Path, settings: EnsembleConfig,
-                  predictions_csv: Path | None = None) -> dict:
-    """Builds, compares and ships the ensemble of the passing models; scores it on raw images.
-
-    The methods are compared on the cached val/test arrays; the one shipped is chosen on
-    validation only, saved, reloaded from disk and scored on the raw test image files, as a
-    user would run it. Its test predictions go to `predictions_csv` (path, label, probability).
-    """
+def _score_shipped(model_path: Path, split_dir: Path, predictions_csv: Path | None) -> dict:
+    """The saved model reloaded and scored on the raw val and test images, as a user would run it;
+    the test predictions written; the alarm checked against the train split's majority class."""
     import keras
 
-    members, warning = select_members(candidates(spec_paths), settings.threshold, settings.fallback)
-    size, cache_dir = members[0].image_size, members[0].cache_dir  # the data the members trained on
-    models = [load_member(c, name=f"member_{i}_trial_{c.trial_id}") for i, c in enumerate(members)]
-    predicted = _member_predictions(models, cache_dir)
-    table = compare_methods(predicted["val"], predicted["test"])
-    method = choose_method(table, settings.method)
-    save_model(_shipped_model(models, size, method, table), model_path)
     shipped = keras.models.load_model(model_path)
-    shipped_val = accuracy(*score_split(shipped, split_dir, "val")[1:])
+    val_accuracy = accuracy(*score_split(shipped, split_dir, "val")[1:])
     paths, probabilities, labels = score_split(shipped, split_dir, "test")
     if predictions_csv:
         write_text(predictions_csv, pd.DataFrame({"path": paths, "label": labels, "probability": probabilities})
                    .to_csv(index=False))
-    evaluation = metrics(probabilities, labels)
-    best = table["best_single"]
+    train_labels = read_manifest(split_dir, "train")[1]
+    return {"val_accuracy": round(val_accuracy, 4), "evaluation": metrics(probabilities, labels),
+            "alarm": check_learning(probabilities, labels, train_labels).to_dict()}
+
+
+def ship_ensemble(spec_paths: list[Path], split_dir: Path, model_path: Path, settings: EnsembleConfig,
+                  predictions_csv: Path | None = None) -> dict:
+    """Builds and compares the best single model and the ensembles of the passing models, ships
+    one, scores it on raw images and checks it learned something.
+
+    The candidates are compared on the cached val/test arrays; the one shipped is
+    `settings.method`, or with auto the one `settings.selection` picks on validation only
+    (`choose_method`). It is saved, reloaded from disk and scored on the raw test image files, as
+    a user would run it. Its test predictions go to `predictions_csv` (path, label, probability).
+
+    Returns:
+        "ensemble" (what shipped: method, selection, the rule's pick `selected`, the configured
+        method, scores), "best_single", "ensembles" (the comparison table), "evaluation" (test
+        metrics) and "alarm" (`glasses.evaluate.Alarm.to_dict`).
+    """
+    members, warning = select_members(candidates(spec_paths), settings.threshold, settings.fallback)
+    size, cache_dir = members[0].image_size, members[0].cache_dir  # the data the members trained on
+    models = [load_member(c, name=f"member_{i}_trial_{c.trial_id}") for i, c in enumerate(members)]
+    predicted = _member_predictions(models, cache_dir)
+    table = compare_methods(predicted["val"], predicted["test"], settings.selection)
+    method = choose_method(table, settings.method, settings.selection)
+    save_model(_shipped_model(models, size, method, table), model_path)
+    scored, best = _score_shipped(model_path, split_dir, predictions_csv), table["best_single"]
     return {
-        "ensemble": {"method": method, "members": len(members), "val_accuracy": round(shipped_val, 4),
-                     "test_accuracy": evaluation["accuracy"], "image_size": size,
-                     "trial_ids": [c.trial_id for c in members], "threshold": settings.threshold,
-                     "warning": warning, "path": str(model_path)},
+        "ensemble": {"method": method, "selection": settings.selection, "configured_method": settings.method,
+                     "selected": choose_method(table, "auto", settings.selection), "members": len(members),
+                     "val_accuracy": scored["val_accuracy"], "test_accuracy": scored["evaluation"]["accuracy"],
+                     "image_size": size, "trial_ids": [c.trial_id for c in members],
+                     "threshold": settings.threshold, "warning": warning, "path": str(model_path)},
         "best_single": {"trial_id": members[best["member"]].trial_id, "val_accuracy": best["val_accuracy"],
                         "test_accuracy": best["test_accuracy"]},
         "ensembles": table,
-        "evaluation": evaluation,
+        "evaluation": scored["evaluation"],
+        "alarm": scored["alarm"],
     }

@@ -1,9 +1,13 @@
-"""Scoring: accuracy, log loss and the test metrics, a model applied to image files (predict)."""
+"""Scoring: accuracy, log loss and the test metrics, the alarm when nothing was learned (the
+majority class, a confidence interval), a model applied to image files (predict)."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -46,6 +50,106 @@ def roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
     ranks = pd.Series(probabilities).rank(method="average").to_numpy()
     u = ranks[labels == 1].sum() - positives * (positives + 1) / 2
     return round(float(u / (positives * negatives)), 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Did the shipped model learn anything? The majority class, a confidence interval, an alarm
+
+Z95 = NormalDist().inv_cdf(0.975)  # 1.95996...: a two-sided 95% interval
+MIN_ROC_AUC = 0.65  # below this a model barely ranks glasses above no glasses
+ADVICE = ("try a bigger budget: more steps and trials (search.stage<N>.max_steps, max_trials), bigger "
+          "image sizes (search.stage1.image_sizes), a longer --time-budget, or more labelled data")
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `successes / n` (95% with the default z).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not of zero width at 0 or n.
+    """
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got successes={successes}, n={n}")
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # exact at the ends: the formula gives 0 and 1 there, up to rounding
+    return (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)
+
+
+def majority_baseline(train_labels: np.ndarray, test_labels: np.ndarray) -> tuple[int, float]:
+    """The class most frequent in TRAIN (a tie: 1, glasses) and the share of TEST images in it:
+    the accuracy of a model that always answers that class."""
+    train, test = np.asarray(train_labels).reshape(-1), np.asarray(test_labels).reshape(-1)
+    if not len(train) or not len(test):
+        raise ValueError(f"need train and test labels, got {len(train)} train and {len(test)} test")
+    majority = int(np.mean(train == 1) >= 0.5)
+    return majority, float(np.mean(test == majority))
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """The verdict on whether a model learned anything, with the numbers behind it.
+
+    Attributes:
+        raised: True when the model does not clearly beat always answering the majority class.
+        reason: Why it was raised (None when not).
+        majority_class: The most frequent class in train (0 no glasses, 1 glasses).
+        majority_rate: The test accuracy of always answering that class.
+        test_accuracy: The model's test accuracy (P(glasses) >= 0.5).
+        accuracy_ci95: The Wilson 95% interval of that accuracy, [low, high].
+        test_roc_auc: The model's test ROC-AUC (None when test holds one class).
+        min_roc_auc: The ROC-AUC the model must reach.
+        advice: What to try when raised (None when not).
+    """
+
+    raised: bool
+    reason: str | None
+    majority_class: int
+    majority_rate: float
+    test_accuracy: float
+    accuracy_ci95: tuple[float, float]
+    test_roc_auc: float | None
+    min_roc_auc: float
+    advice: str | None
+
+    @property
+    def message(self) -> str:
+        """One human line: the verdict, and what to try when raised."""
+        if self.raised:
+            return f"nothing learned: {self.reason}; {self.advice}"
+        auc = "n/a" if self.test_roc_auc is None else f"{self.test_roc_auc:.4f}"
+        low, high = self.accuracy_ci95
+        return (f"learned: test accuracy {self.test_accuracy:.4f} (95% CI {low:.4f}-{high:.4f}) above the "
+                f"majority class's {self.majority_rate:.4f}; test ROC-AUC {auc}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "accuracy_ci95": list(self.accuracy_ci95), "message": self.message}
+
+
+def check_learning(probabilities: np.ndarray, labels: np.ndarray, train_labels: np.ndarray,
+                   min_roc_auc: float = MIN_ROC_AUC) -> Alarm:
+    """Raises the alarm when a model's test predictions do not clearly beat the majority class:
+    a test ROC-AUC under `min_roc_auc`, or the majority class's test rate inside (or above) the
+    95% Wilson interval of the test accuracy (its lower bound <= that rate).
+
+    Args:
+        probabilities, labels: The model's P(glasses) on the test images, and their labels.
+        train_labels: The train split's labels, which name the majority class.
+    """
+    p, y = np.asarray(probabilities, dtype=float).reshape(-1), np.asarray(labels).reshape(-1).astype(int)
+    majority, rate = majority_baseline(train_labels, y)
+    correct = int(np.sum((p >= 0.5) == y))
+    low, high = wilson_interval(correct, len(y))
+    auc = roc_auc(p, y)
+    reasons = []
+    if auc is not None and auc < min_roc_auc:
+        reasons.append(f"test ROC-AUC {auc:.4f} is under {min_roc_auc}")
+    if low <= rate:
+        where = "inside" if rate <= high else "above"
+        reasons.append(f"always answering {CLASSES[majority]} (the train majority) scores {rate:.4f} on test, "
+                       f"{where} the test accuracy's 95% interval [{low:.4f}, {high:.4f}]")
+    raised = bool(reasons)
+    return Alarm(raised, "; ".join(reasons) or None, majority, round(rate, 4), round(correct / len(y), 4),
+                 (round(low, 4), round(high, 4)), auc, min_roc_auc, ADVICE if raised else None)
 
 
 def predict_arrays(model, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from glasses.config import Config
+from glasses.dataset import CLASSES
 from glasses.files import read_json, write_json, write_text
 from glasses.workdir import WorkDir
 
@@ -17,6 +18,7 @@ class Stopwatch:
 
     def __init__(self) -> None:
         self.started = self.last = time.monotonic()
+        self.started_at = time.time()  # Unix time: a time budget's clock, shared across processes
         self.laps: dict[str, float] = {}
 
     def lap(self, name: str) -> float:
@@ -30,7 +32,7 @@ class Stopwatch:
 
 
 def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[dict], shipped: dict,
-                  figures: dict, latent: dict, durations: dict) -> Path:
+                  figures: dict, latent: dict, durations: dict, plan: dict | None = None) -> Path:
     """Writes `<work-dir>/summary.json`: the parts of the run plus the config that made it.
 
     Args:
@@ -40,11 +42,12 @@ def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[di
         figures: Figure name -> path.
         latent: The latent baseline's result.
         durations: Seconds per step of the run.
+        plan: What a time budget was turned into (glasses.planner.Plan.to_dict), if the run had one.
     """
     summary = {"dataset": dataset, "split": split, "workers": config.search.workers,
                "stages": {stage["stage"]: stage for stage in stages}, **shipped, "figures": figures,
                "latent": latent, "durations_s": durations, "preset": config.preset,
-               "config": config.model_dump(mode="json")}
+               "config": config.model_dump(mode="json"), "plan": plan}
     return write_json(WorkDir(config.work_dir).summary, summary)
 
 
@@ -53,7 +56,7 @@ def summary_markdown(path: Path) -> str:
     s = read_json(path)
     d, sp, e, b = s["dataset"], s["split"], s["ensemble"], s["best_single"]
     lines = [
-        "# glasses run", "",
+        "# glasses run", "", *_warning_block(s),
         f"- data: {d['labelled']} labelled ({d['glasses']} glasses, {d['no_glasses']} no glasses, "
         f"{d['ratio']:.2f} : 1); split {sp['train']} / {sp['val']} / {sp['test']}",
     ]
@@ -61,10 +64,12 @@ def summary_markdown(path: Path) -> str:
         lines.append(f"- {name}: {stage['trials']} trials by {', '.join(stage['workers'])}; "
                      f"chose {stage['chosen'] or '-'}; best val {stage['best_val_accuracy']:.4f}")
     lines += [
-        f"- {e['method']} ensemble of {e['members']} at {e['image_size']}px: val **{e['val_accuracy']:.4f}**, "
-        f"test **{e['test_accuracy']:.4f}**",
+        f"- shipped {_shipped_name(e)} (of {e['members']} members) at {e['image_size']}px, by "
+        f"{e['selection']}: val **{e['val_accuracy']:.4f}**, test **{e['test_accuracy']:.4f}**",
         f"- best single model (trial {b['trial_id']}): val {b['val_accuracy']:.4f}, test {b['test_accuracy']:.4f}",
+        f"- {_baseline_text(s['alarm'])}",
         f"- total time: {s['durations_s']['total']:.0f} s; report: {Path(path).parent / 'report.md'}",
+        *_budget_summary(s),
     ]
     return "\n".join(lines) + "\n"
 
@@ -83,12 +88,39 @@ def _stage_lines(summary: dict) -> list[str]:
                   f"{stage['trials']} trials ({stage['completed']} completed, {stage['failed']} failed; {by_worker}); "
                   f"best val accuracy {stage['best_val_accuracy']:.4f}; {outcome}. Table: `stages/{name}/trials.csv`.",
                   ""]
+        if stage.get("folds"):
+            lines += [f"Each trial scored by {stage['folds']}-fold cross-validation over train+val (a val "
+                      "split this small would make the choice noise).", ""]
+        choices = {choice["column"]: choice for choice in stage.get("choices", [])}
         for column, means in stage["means"].items():
-            lines += [f"| {column} | " + " | ".join(means) + " |", "|---|" + "---|" * len(means),
-                      "| mean val accuracy | " + " | ".join(f"{v:.4f}" for v in means.values()) + " |", ""]
+            choice = choices.get(column)
+            if choice is None:  # a summary from before the rule compared losses
+                lines += [f"| {column} | " + " | ".join(means) + " |", "|---|" + "---|" * len(means),
+                          "| mean val accuracy | " + " | ".join(f"{v:.4f}" for v in means.values()) + " |", ""]
+            else:
+                lines += _choice_lines(choice)
             lines += _figure(summary, f"{name}_val_accuracy_by_{column}", f"{name}: val accuracy by {column}")
         lines += _figure(summary, f"{name}_val_accuracy_by_rank", f"{name}: every trial, kept ones dark")
     return lines
+
+
+def _choice_lines(choice: dict) -> list[str]:
+    """One compared column: per value its trials, mean ± standard error of val loss and accuracy,
+    and which decided, the difference or the tie-break."""
+    values = choice["values"]
+
+    def cell(row: dict, name: str) -> str:
+        return "-" if row[name] is None else f"{row[name]:.4f} ± {row[name + '_se']:.4f}"
+
+    how = (f"{choice['chosen']}: better than the others by more than the standard error"
+           if choice["decided_by"] == "difference" else
+           f"{choice['chosen']} by the tie-break: {', '.join(map(str, choice['within_noise']))} are within "
+           f"one standard error of the lowest loss ({choice['best']})")
+    return [f"| {choice['column']} | " + " | ".join(map(str, values)) + " |", "|---|" + "---|" * len(values),
+            "| trials | " + " | ".join(str(row["trials"]) for row in values.values()) + " |",
+            "| val log loss | " + " | ".join(cell(row, "val_loss") for row in values.values()) + " |",
+            "| val accuracy | " + " | ".join(cell(row, "val_accuracy") for row in values.values()) + " |", "",
+            f"Chose {choice['column']} {how} (compared on {choice['metric'].replace('_', ' ')}).", ""]
 
 
 def _membership(shipped: dict) -> str:
@@ -97,21 +129,67 @@ def _membership(shipped: dict) -> str:
     return f"val accuracy >= {shipped['threshold']}"
 
 
+_RULES = {"val_log_loss": ("the lowest validation log loss of the best single model, average and greedy "
+                           "(a majority vote gives a vote share, no probability, so no log loss)",
+                           "validation accuracy"),
+          "val_accuracy": ("the highest validation accuracy of the best single model and the three ensembles",
+                           "validation log loss")}
+
+
+def _shipped_name(shipped: dict) -> str:
+    return "the best single model" if shipped["method"] == "best_single" else f"the {shipped['method']} ensemble"
+
+
+def selection_sentence(shipped: dict) -> str:
+    """The one sentence that says what shipped and by which rule (`summary["ensemble"]`)."""
+    rule, tie = _RULES[shipped["selection"]]
+    if shipped["configured_method"] != "auto":
+        return (f"Shipped: **{shipped['method']}**, as ensemble.method names it; the rule of "
+                f"ensemble.selection ({rule}) would have picked {shipped['selected']}.")
+    return (f"Shipped: **{shipped['method']}**, {rule}; ties go to {tie}, then to the simpler "
+            "(best single, average, majority, greedy), and test is never used to choose.")
+
+
 def _ensemble_lines(summary: dict) -> list[str]:
     table, shipped = summary["ensembles"], summary["ensemble"]
     lines = ["## Ensembles", "",
-             f"{shipped['members']} members ({_membership(shipped)}) at {shipped['image_size']} px. "
-             f"Shipped: **{shipped['method']}** (chosen on validation only) as `model/ensemble.keras`.", "",
+             f"{shipped['members']} members ({_membership(shipped)}) at {shipped['image_size']} px; "
+             f"{_shipped_name(shipped)} is shipped as `model/ensemble.keras`.", "",
+             selection_sentence(shipped), "",
              "| model | val accuracy | val log loss | test accuracy |", "|---|---|---|---|"]
     for name in ("best_single", "average", "majority", "greedy"):
         row = table[name]
         loss = f"{row['val_log_loss']:.4f}" if row.get("val_log_loss") is not None else "n/a (a vote share)"
         lines.append(f"| {name.replace('_', ' ')} | {row['val_accuracy']:.4f} | {loss} | {row['test_accuracy']:.4f} |")
-    lines += ["", "Ties in val accuracy are broken by val log loss. Greedy weights (times each member "
-              f"is counted): {table['greedy']['weights']}."]
+    lines += ["", f"Greedy weights (times each member is counted): {table['greedy']['weights']}."]
     if shipped.get("warning"):
         lines += ["", f"> {shipped['warning']}"]
     return lines + [""]
+
+
+def _baseline_text(alarm: dict) -> str:
+    """The shipped model against always answering the majority class, in one sentence."""
+    low, high = alarm["accuracy_ci95"]
+    auc = "n/a" if alarm["test_roc_auc"] is None else f"{alarm['test_roc_auc']:.4f}"
+    return (f"Test accuracy {alarm['test_accuracy']:.4f} (95% CI, Wilson: {low:.4f}-{high:.4f}) against "
+            f"{alarm['majority_rate']:.4f} for always answering {CLASSES[alarm['majority_class']]} (the train "
+            f"split's majority class); test ROC-AUC {auc}. The alarm \"nothing learned\" is raised when the "
+            f"ROC-AUC is under {alarm['min_roc_auc']} or that majority rate is not below the interval.")
+
+
+def _warning_block(summary: dict) -> list[str]:
+    """A quoted warning when the alarm was raised; nothing otherwise."""
+    alarm = summary["alarm"]
+    if not alarm["raised"]:
+        return []
+    advice = alarm["advice"][:1].upper() + alarm["advice"][1:]
+    return [f"> **Warning: nothing learned.** {alarm['reason']}.", ">", f"> {advice}.", ""]
+
+
+def alarm_markdown(summary: dict) -> str:
+    """The alarm's verdict for the Prefect UI: a warning or an all-clear, and the numbers."""
+    title = "# Nothing learned" if summary["alarm"]["raised"] else "# The shipped model learned"
+    return "\n".join([title, "", *_warning_block(summary), _baseline_text(summary["alarm"]), ""])
 
 
 def _evaluation_lines(summary: dict) -> list[str]:
@@ -120,6 +198,7 @@ def _evaluation_lines(summary: dict) -> list[str]:
     return ["## Test evaluation of the shipped model", "",
             f"On {e['n']} test images: accuracy {e['accuracy']:.4f}, precision {e['precision']:.4f}, "
             f"recall {e['recall']:.4f}, F1 {e['f1']:.4f}, ROC-AUC {auc}.", "",
+            _baseline_text(summary["alarm"]), "", *_warning_block(summary),
             *_figure(summary, "confusion", "confusion matrix"),
             "### Misclassified test images", "", *_figure(summary, "misclassified", "misclassified test images")]
 
@@ -139,7 +218,7 @@ def render_report(summary: dict) -> str:
     """The run as a human-readable markdown report; figures are linked relative to the work dir."""
     d, sp = summary["dataset"], summary["split"]
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["durations_s"].items())
-    lines = ["# glasses: run report", "",
+    lines = ["# glasses: run report", "", *_warning_block(summary),
              f"Preset `{summary['preset']}`, {summary['workers']} tuner workers per search.", "",
              "## Data", "",
              f"{d['labelled']} labelled images: {d['glasses']} glasses, {d['no_glasses']} no glasses "
@@ -148,8 +227,52 @@ def render_report(summary: dict) -> str:
              "Augmentation during training (flip, translation, rotation, zoom):", "",
              *_figure(summary, "augmentation", "augmentation samples"),
              *_stage_lines(summary), *_ensemble_lines(summary), *_evaluation_lines(summary),
-             *_latent_lines(summary), "## Timings", "", timings, ""]
+             *_latent_lines(summary), "## Timings", "", timings, "", *_budget_lines(summary)]
     return "\n".join(lines)
+
+
+RUN_STEPS = ("data", "plan", "stage1", "stage2", "stage3", "ensemble", "analyses")  # the flow's laps, in order
+
+
+def planned_vs_actual(summary: dict) -> list[dict]:
+    """A budgeted run's steps: seconds planned and taken; first what went before the plan (start-up,
+    data, measuring), last the total to the summary. Empty without a budget."""
+    plan, actual = summary.get("plan"), summary["durations_s"]
+    if not plan:
+        return []
+    rows = [{"step": "before the plan", "planned_s": plan["spent_s"], "actual_s": plan["spent_s"]}]
+    # in the run's order (summary.json sorts its keys)
+    steps = sorted(plan["stages"], key=lambda step: RUN_STEPS.index(step) if step in RUN_STEPS else len(RUN_STEPS))
+    rows += [{"step": step, "planned_s": plan["stages"][step], "actual_s": actual.get(step)} for step in steps]
+    taken = plan["spent_s"] + sum(actual.get(step, 0.0) for step in plan["stages"])
+    rows.append({"step": "total", "planned_s": plan["spent_s"] + sum(plan["stages"].values()), "actual_s": taken})
+    return [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+
+
+def _budget_summary(summary: dict) -> list[str]:
+    rows = planned_vs_actual(summary)
+    if not rows:
+        return []
+    total = rows[-1]
+    return [f"- time budget {summary['plan']['budget_s']:.0f} s: planned {total['planned_s']:.0f} s, "
+            f"took {total['actual_s']:.0f} s from the start to the summary (per step: report.md)"]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _budget_lines(summary: dict) -> list[str]:
+    rows = planned_vs_actual(summary)
+    if not rows:
+        return []
+    plan = summary["plan"]
+    lines = ["## Time budget: planned vs actual", "",
+             f"Budget {plan['budget_s']:.0f} s, sized at scale {plan['scale']:g} of the preset from the speed "
+             "measured at the start (each trial planned at its max_steps, stages 2-3 at the largest size).", "",
+             "| step | planned s | actual s |", "|---|---|---|"]
+    lines += [f"| {r['step']} | {r['planned_s']:.0f} | {_seconds(r['actual_s'])} |" for r in rows]
+    return lines + [""]
 
 
 def embed_figures(markdown: str, root: Path) -> str:

@@ -1,7 +1,8 @@
 """Model tasks: ship the ensemble, draw the figures, the latent baseline, the summary and report.
 
 The summary task puts the run on the Prefect UI's pages: the report with its figures, the
-ensembles compared, the test metrics, and a link to the model file.
+ensembles compared, the test metrics, the alarm when nothing was learned, and a link to the
+model file; `outcome` gives the run's final state (named "Nothing learned" under the alarm).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+from prefect.states import Completed, Failed, State
 
 from glasses import dataset, figures, latent, report
 from glasses import ensemble as ensembles
@@ -29,9 +33,11 @@ def ensemble(config: Config, spec_paths: list[str], split_dir: str) -> dict:
     logger, shipped, best = get_run_logger(), result["ensemble"], result["best_single"]
     if shipped["warning"]:
         logger.warning(shipped["warning"])
-    logger.info("%s ensemble of %d: val %.4f, test %.4f (best single: val %.4f, test %.4f)",
-                shipped["method"], shipped["members"], shipped["val_accuracy"], shipped["test_accuracy"],
-                best["val_accuracy"], best["test_accuracy"])
+    logger.info("shipped %s (of %d members, by %s): val %.4f, test %.4f (best single: val %.4f, test %.4f)",
+                shipped["method"], shipped["members"], shipped["selection"], shipped["val_accuracy"],
+                shipped["test_accuracy"], best["val_accuracy"], best["test_accuracy"])
+    if result["alarm"]["raised"]:
+        logger.warning(result["alarm"]["message"])
     return result
 
 
@@ -57,11 +63,11 @@ def latent_baseline(config: Config, data_dir: str, fingerprint: str) -> dict:
 
 @task(name="summary", cache_policy=NONE)
 def summary(config: Config, dataset: dict, split: dict, stages: list[dict], shipped: dict, drawn: dict,
-            latent: dict, durations: dict) -> str:
+            latent: dict, durations: dict, plan: dict | None = None) -> str:
     """Writes summary.json and report.md, and publishes them as artifacts."""
     work = WorkDir(config.work_dir)
     path = report.write_summary(config, dataset=dataset, split=split, stages=stages, shipped=shipped,
-                                figures=drawn, latent=latent, durations=durations)
+                                figures=drawn, latent=latent, durations=durations, plan=plan)
     report.write_report(config)
     _publish(read_json(path), work)
     return str(path)
@@ -77,5 +83,39 @@ def _publish(run: dict, work: WorkDir) -> None:
                           description="best single model and each ensemble: val and test accuracy")
     create_table_artifact(report.metrics_rows(run), key="test-metrics",
                           description="the shipped model on the test images")
+    if run.get("plan"):
+        create_table_artifact(report.planned_vs_actual(run), key="time-budget",
+                              description="a time-budgeted run: seconds planned and taken per step")
     create_link_artifact(work.model.resolve().as_uri(), link_text=str(work.model.resolve()), key="model",
                          description="the shipped model: keras.models.load_model(path)")
+    create_markdown_artifact(report.alarm_markdown(run), key="glasses-alarm",
+                             description="did the shipped model beat always answering the majority class?")
+
+
+NOTHING_LEARNED = "Nothing learned"  # the name of a run's final state when the alarm was raised
+
+
+def outcome(summary_path: str, strict: bool = False) -> State | str:
+    """The pipeline flow's return value: the summary path, in a Completed state named
+    NOTHING_LEARNED when the alarm was raised, or with `strict` a Failed one (not retried: the
+    retry would only meet the same models).
+
+    Not a task: a task returning a State would take that state itself, not the flow.
+    """
+    alarm = read_json(summary_path)["alarm"]
+    if not alarm["raised"]:
+        return summary_path
+    message = f"{alarm['message']} (summary: {summary_path})"
+    get_run_logger().warning(message)
+    if not strict:
+        return Completed(message=message, name=NOTHING_LEARNED, data=summary_path)
+    _no_retry()
+    return Failed(message=message, name=NOTHING_LEARNED)
+
+
+def _no_retry() -> None:
+    """Sets this flow run's retries to 0 (the server retries a Failed run while retries remain)."""
+    run = FlowRunContext.get().flow_run
+    policy = run.empirical_policy.model_copy(update={"retries": 0})
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run.id, empirical_policy=policy)

@@ -382,3 +382,33 @@ def write_bad_dataset(root: Path, case: str) -> tuple[Path, list[str]]:
     """
     write_kaggle_dataset(root, DATASET_LABELS)
     return BAD_DATASETS[case](root)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's summary.json, made up: what the report and the CLI read
+
+
+def run_summary(*, learned: bool, method: str = "greedy", configured: str = "auto",
+                selection: str = "val_log_loss") -> dict:
+    """The summary of a run on 20 test images (14 glasses, the train majority): its model either
+    perfect (`learned`) or constant at P(glasses) 0.3, its alarm computed by glasses."""
+    from glasses.evaluate import check_learning, metrics
+
+    labels = np.array([1] * 14 + [0] * 6)
+    probabilities = np.where(labels == 1, 0.9, 0.1) if learned else np.full(20, 0.3)
+    row = {"val_accuracy": 0.88, "val_log_loss": 0.3, "test_accuracy": 0.85}
+    evaluation = metrics(probabilities, labels)
+    return {
+        "dataset": {"labelled": 100, "glasses": 70, "no_glasses": 30, "ratio": 70 / 30},
+        "split": {"train": 60, "val": 20, "test": 20}, "workers": 2, "preset": "smoke", "stages": {},
+        "ensemble": {"method": method, "selection": selection, "configured_method": configured,
+                     "selected": "greedy", "members": 3, "val_accuracy": 0.88,
+                     "test_accuracy": evaluation["accuracy"], "image_size": 48, "threshold": 0.85,
+                     "warning": None, "trial_ids": ["01", "02", "03"], "path": "model/ensemble.keras"},
+        "best_single": {"trial_id": "01", "val_accuracy": 0.86, "test_accuracy": 0.8},
+        "ensembles": {"best_single": {"member": 0, **row}, "average": row, "majority": {**row, "val_log_loss": None},
+                      "greedy": {**row, "weights": [2, 1, 0]}},
+        "evaluation": evaluation,
+        "alarm": check_learning(probabilities, labels, train_labels=[1] * 40 + [0] * 20).to_dict(),
+        "figures": {}, "latent": {}, "durations_s": {"total": 12.0},
+    }

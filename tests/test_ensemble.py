@@ -1,4 +1,5 @@
-"""The average ensemble: the mean of its members, raw images of any size, a faithful save."""
+"""Ensembles: the mean of the members, raw images of any size, a faithful save, and the one
+rule that picks what ships among the best single model and the ensembles."""
 
 from __future__ import annotations
 
@@ -141,11 +142,98 @@ def test_metrics_and_confusion_matrix():
     assert result["roc_auc"] == round(8 / 9, 4)
 
 
-def test_the_shipped_method_is_chosen_on_validation_only():
+def _row(val_accuracy: float, val_log_loss: float | None, test_accuracy: float = 0.5) -> dict:
+    return {"val_accuracy": val_accuracy, "val_log_loss": val_log_loss, "test_accuracy": test_accuracy}
+
+
+# log loss favours greedy, accuracy the best single model; test would favour average
+TABLE = {"best_single": _row(0.93, 0.30), "average": _row(0.90, 0.25, test_accuracy=0.99),
+         "majority": _row(0.92, None), "greedy": _row(0.91, 0.20)}
+
+
+def test_one_criterion_picks_among_the_best_single_model_and_every_ensemble():
     from glasses.ensemble import choose_method
 
-    table = {"average": {"val_accuracy": 0.90, "test_accuracy": 0.99},
-             "greedy": {"val_accuracy": 0.92, "test_accuracy": 0.80},
-             "majority": {"val_accuracy": 0.92, "test_accuracy": 0.70}}
-    assert choose_method(table) == "greedy"  # best val; greedy before majority on a tie
-    assert choose_method(table, "average") == "average"
+    assert choose_method(TABLE) == "greedy"  # default: val_log_loss
+    assert choose_method(TABLE, selection="val_log_loss") == "greedy"
+    assert choose_method(TABLE, selection="val_accuracy") == "best_single"
+    better_vote = {**TABLE, "majority": _row(0.95, None)}
+    assert choose_method(better_vote, selection="val_accuracy") == "majority"
+    assert choose_method(better_vote, selection="val_log_loss") == "greedy"  # a vote share has no log loss
+
+
+def test_ties_go_to_the_other_metric_then_to_the_simpler_candidate():
+    from glasses.ensemble import choose_method
+
+    same_loss = {**TABLE, "average": _row(0.92, 0.20)}  # ties greedy on log loss, beats it on accuracy
+    assert choose_method(same_loss, selection="val_log_loss") == "average"
+    same_accuracy = {**TABLE, "greedy": _row(0.93, 0.29)}  # ties best single on accuracy, lower loss
+    assert choose_method(same_accuracy, selection="val_accuracy") == "greedy"
+    everything_equal = {name: _row(0.9, 0.3) for name in TABLE} | {"majority": _row(0.9, None)}
+    assert choose_method(everything_equal, selection="val_log_loss") == "best_single"
+    assert choose_method(everything_equal, selection="val_accuracy") == "best_single"
+    vote_ties = {name: _row(0.8, 0.3) for name in TABLE} | {"majority": _row(0.9, None), "greedy": _row(0.9, 0.4)}
+    assert choose_method(vote_ties, selection="val_accuracy") == "greedy"  # the vote's missing loss loses the tie
+
+
+def test_a_named_method_ships_as_named_and_bad_names_are_refused():
+    from glasses.ensemble import choose_method
+
+    assert choose_method(TABLE, "average") == "average"
+    assert choose_method(TABLE, "best_single", selection="val_log_loss") == "best_single"
+    with pytest.raises(ValueError, match="ensemble.selection 'test_accuracy' is not one of"):
+        choose_method(TABLE, selection="test_accuracy")
+    with pytest.raises(ValueError, match="ensemble.method 'stacking' is not auto or one of"):
+        choose_method(TABLE, "stacking")
+
+
+def test_compare_methods_names_the_best_single_member_by_the_same_rule():
+    from glasses.ensemble import compare_methods
+
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    members = np.array([
+        [0.9, 0.9, 0.9, 0.1, 0.1, 0.6],      # 5/6 right, confident: lowest log loss
+        [0.55, 0.55, 0.55, 0.45, 0.45, 0.45],  # 6/6 right, timid: highest accuracy
+        [0.2, 0.2, 0.2, 0.8, 0.8, 0.8],       # all wrong
+    ])
+    by_loss = compare_methods((members, labels), (members, labels), "val_log_loss")
+    by_accuracy = compare_methods((members, labels), (members, labels), "val_accuracy")
+    assert by_loss["best_single"]["member"] == 0 and by_accuracy["best_single"]["member"] == 1
+    assert by_accuracy["best_single"]["val_accuracy"] == 1.0
+    assert set(by_loss) == {"best_single", "average", "majority", "greedy"}
+    assert by_loss["majority"]["val_log_loss"] is None and by_loss["average"]["val_log_loss"] > 0
+
+
+def test_a_shipped_best_single_is_that_member_served_for_any_image_size(tmp_path):
+    from glasses.ensemble import _shipped_model
+
+    members = _members(3)
+    table = {"best_single": {"member": 1}}
+    path = save_model(_shipped_model(members, 16, "best_single", table), tmp_path / "model" / "ensemble.keras")
+    loaded = keras.models.load_model(path)
+    raw = np.random.default_rng(4).integers(0, 256, size=(3, 16, 16, 3)).astype(np.float32)
+    expected = members[1].predict(raw / 255.0, verbose=0)
+    assert np.allclose(loaded.predict(raw, verbose=0), expected, atol=1e-5)
+    assert not np.allclose(expected, members[0].predict(raw / 255.0, verbose=0), atol=1e-3)  # not any member
+    other = np.random.default_rng(5).integers(0, 256, size=(2, 50, 34, 3)).astype(np.float32)
+    out = loaded.predict(other, verbose=0)
+    assert out.shape == (2, 1) and np.all((out >= 0) & (out <= 1))
+
+
+def test_the_shipped_model_is_scored_on_raw_images_and_checked_against_the_majority(tiny_cache, tmp_path):
+    from glasses.dataset import read_manifest
+    from glasses.ensemble import _score_shipped, single_model
+
+    split_dir, _ = tiny_cache
+    path = save_model(single_model(_members(1)[0], 16), tmp_path / "ensemble.keras")
+    scored = _score_shipped(path, split_dir, tmp_path / "predictions.csv")
+    train, test = read_manifest(split_dir, "train")[1], read_manifest(split_dir, "test")[1]
+    alarm = scored["alarm"]
+    assert alarm["majority_class"] == int(np.mean(train) >= 0.5) == 1  # the fixture's 7 in 11 glasses
+    assert alarm["majority_rate"] == round(float(np.mean(np.array(test) == 1)), 4)
+    assert alarm["test_accuracy"] == scored["evaluation"]["accuracy"]
+    low, high = alarm["accuracy_ci95"]
+    assert 0 <= low <= alarm["test_accuracy"] <= high <= 1
+    # an untrained network on ten test images cannot clear the majority's rate by a 95% margin
+    assert alarm["raised"] and alarm["advice"]
+    assert len((tmp_path / "predictions.csv").read_text().splitlines()) == len(test) + 1

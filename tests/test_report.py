@@ -1,15 +1,17 @@
-"""The report's ensemble section says how the members were picked."""
+"""The report: how the members were picked, the one rule that chose what shipped, the
+majority-class baseline and the alarm when nothing was learned."""
 
 from __future__ import annotations
 
-from glasses.report import _ensemble_lines
+from glasses.files import write_json
+from glasses.report import _ensemble_lines, alarm_markdown, ensembles_rows, render_report, summary_markdown
+from tests.conftest import run_summary
 
 
 def _summary(warning: str | None) -> dict:
-    row = {"val_accuracy": 0.88, "val_log_loss": 0.3, "test_accuracy": 0.85}
-    return {"ensemble": {"members": 3, "threshold": 0.85, "image_size": 48, "method": "greedy", "warning": warning},
-            "ensembles": {"best_single": row, "average": row, "majority": {**row, "val_log_loss": None},
-                          "greedy": {**row, "weights": [2, 1, 1]}}}
+    summary = run_summary(learned=True)
+    summary["ensemble"]["warning"] = warning
+    return summary
 
 
 def test_members_above_the_threshold_are_named_so():
@@ -23,3 +25,76 @@ def test_topped_up_members_are_not_claimed_to_pass_the_threshold():
     assert "3 members (the best 3: too few reached val accuracy 0.85)" in text
     assert "val accuracy >= 0.85" not in text
     assert "> 1 model reached val accuracy 0.85; taking the best 3" in text
+
+
+def test_the_rule_that_shipped_is_one_sentence_beside_the_table():
+    text = "\n".join(_ensemble_lines(run_summary(learned=True)))
+    sentence = ("Shipped: **greedy**, the lowest validation log loss of the best single model, average and greedy "
+                "(a majority vote gives a vote share, no probability, so no log loss); ties go to validation "
+                "accuracy, then to the simpler (best single, average, majority, greedy), and test is never used "
+                "to choose.")
+    assert sentence in text.splitlines()
+    assert text.index(sentence) < text.index("| model | val accuracy |")
+    by_accuracy = "\n".join(_ensemble_lines(run_summary(learned=True, method="best_single", selection="val_accuracy")))
+    assert ("Shipped: **best_single**, the highest validation accuracy of the best single model and the three "
+            "ensembles; ties go to validation log loss") in by_accuracy
+    assert "the best single model is shipped as `model/ensemble.keras`" in by_accuracy
+
+
+def test_a_named_method_says_what_the_rule_would_have_picked():
+    text = "\n".join(_ensemble_lines(run_summary(learned=True, method="average", configured="average")))
+    assert ("Shipped: **average**, as ensemble.method names it; the rule of ensemble.selection (the lowest "
+            "validation log loss of") in text and "would have picked greedy." in text
+
+
+def test_the_shipped_row_is_marked_also_for_the_best_single_model():
+    rows = ensembles_rows(run_summary(learned=True, method="best_single"))
+    assert [row["model"] for row in rows if row["shipped"]] == ["best single"]
+
+
+def test_a_report_of_a_model_that_learned_shows_the_baseline_and_no_warning():
+    report = render_report(run_summary(learned=True))
+    assert ("Test accuracy 1.0000 (95% CI, Wilson: 0.8389-1.0000) against 0.7000 for always answering glasses "
+            "(the train split's majority class); test ROC-AUC 1.0000") in report
+    assert "Warning" not in report and not report.splitlines()[2].startswith(">")
+
+
+def test_a_report_of_a_model_that_learned_nothing_warns_at_the_top_and_says_what_to_try():
+    summary = run_summary(learned=False)
+    report = render_report(summary)
+    lines = report.splitlines()
+    assert lines[2].startswith("> **Warning: nothing learned.** test ROC-AUC 0.5000 is under 0.65; always "
+                               "answering glasses (the train majority) scores 0.7000 on test")
+    assert "> Try a bigger budget: more steps and trials" in report and "--time-budget" in report
+    assert "Test accuracy 0.3000 (95% CI, Wilson: 0.1455-0.5190) against 0.7000" in report
+    assert "## Ensembles" in report and "## Test evaluation of the shipped model" in report
+    artifact = alarm_markdown(summary)
+    assert artifact.startswith("# Nothing learned") and "> **Warning: nothing learned.**" in artifact
+    assert alarm_markdown(run_summary(learned=True)).startswith("# The shipped model learned")
+
+
+def test_the_terminal_summary_names_what_shipped_and_the_alarm(tmp_path):
+    path = write_json(tmp_path / "summary.json", run_summary(learned=False, method="best_single"))
+    text = summary_markdown(path)
+    assert "> **Warning: nothing learned.**" in text
+    assert "- shipped the best single model (of 3 members) at 48px, by val_log_loss: val **0.8800**" in text
+    assert "against 0.7000 for always answering glasses" in text
+
+
+def test_each_stage_choice_says_whether_the_difference_or_the_tie_break_decided():
+    import pandas as pd
+
+    from glasses.report import _stage_lines
+    from glasses.stages import choose_image_size
+
+    rows = [(32, 0.42, 0.80), (32, 0.50, 0.76), (48, 0.40, 0.83), (48, 0.44, 0.80)]
+    table = pd.DataFrame([{"image_size": s, "val_loss": lo, "val_accuracy": a, "status": "COMPLETED"} for s, lo, a in rows])
+    chosen, choices = choose_image_size(table)
+    stage = {"trials": 4, "completed": 4, "failed": 0, "trials_by_worker": {"tuner0": 4}, "best_val_accuracy": 0.83,
+             "chosen": chosen, "choices": choices, "means": {"image_size": {"32": 0.78, "48": 0.815}},
+             "folds": 5, "kept": None}
+    text = "\n".join(_stage_lines({"stages": {"stage1": stage}, "figures": {}}))
+    assert "Each trial scored by 5-fold cross-validation over train+val" in text
+    assert "| val log loss | 0.4600 ± 0.0316 | 0.4200 ± 0.0316 |" in text
+    assert ("Chose image_size 32 by the tie-break: 32, 48 are within one standard error of the lowest loss (48) "
+            "(compared on val loss).") in text

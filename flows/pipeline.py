@@ -5,6 +5,7 @@ default, so "Quick run" in the UI needs no edits), builds and validates the conf
 `stages` with its results persisted in the work dir: a retry shows finished stages Cached.
 """
 
+import time
 from datetime import date
 from typing import Any, Literal
 
@@ -13,9 +14,10 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from glasses.config import Config, run_name
+from glasses.planner import parse_duration
 from glasses.report import Stopwatch
 from glasses.workdir import claim
-from tasks import caching, data, model, search
+from tasks import budget, caching, data, model, search
 
 # Not `from __future__ import annotations`: Prefect builds the parameters' schema from these
 # annotations when a deployment loads this file, and string annotations would not resolve.
@@ -42,8 +44,12 @@ def _name() -> str:
 
 @flow(name="glasses-pipeline", flow_run_name=_name, retries=1, retry_delay_seconds=10, log_prints=True)
 def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: str | None = None,
-             overrides: dict[str, Any] | None = None) -> str:
+             overrides: dict[str, Any] | None = None, strict: bool = False, time_budget: str | None = None,
+             budget_started_at: float | None = None) -> str:
     """Trains, searches and ships the glasses ensemble; returns the path of the run's summary.json.
+
+    When the shipped model learned nothing (`summary["alarm"]`), the run ends Completed under
+    the name "Nothing learned", still returning the path, or with `strict` Failed (not retried).
 
     Args:
         preset: quick (a laptop, built-in data), paper (the report's settings) or smoke (tests).
@@ -51,14 +57,24 @@ def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: st
         work_dir: Where every output goes; empty for $GLASSES_HOME or ~/.glasses.
         overrides: Any config settings, nested as in `glasses config`, e.g.
             {"search": {"workers": 1, "stage3": {"max_trials": 30}}}.
+        strict: Fail the run when nothing was learned (for a deployment whose runs must count).
+        time_budget: e.g. 15m, 1h30m: size the searches (trials, steps, image sizes) from the
+            data and this machine's measured speed to end within it; empty: the preset as is.
+        budget_started_at: When the budget's clock started (Unix time); empty: this run's start.
+            `glasses run` sets its own start, so its start-up counts too.
     """
+    started = time.time()
+    budget_s = parse_duration(time_budget)  # a bad value fails here, before any work
     config = data.configure(preset, data_dir, work_dir, overrides)
-    return stages.with_options(result_storage=caching.result_storage(config))(config)
+    summary = stages.with_options(result_storage=caching.result_storage(config))(
+        config, budget_s, budget_started_at or started)
+    return model.outcome(summary, strict)
 
 
 @flow(name="glasses-stages", log_prints=True)
-def stages(config: Config) -> str:
-    """The stages of one run, on one work dir held for the run (apart from the data, one at a time)."""
+def stages(config: Config, budget_s: float | None = None, started_at: float | None = None) -> str:
+    """The stages of one run, on one work dir held for the run (apart from the data, one at a time);
+    with a budget (seconds from `started_at`), the searches are sized to it after the split."""
     with claim(config.work_dir, config.data.data_dir):
         clock = Stopwatch()
         source = data.source(config)
@@ -66,6 +82,8 @@ def stages(config: Config) -> str:
         organized = data.organize(config, source, fingerprint)
         split = data.split(config, organized["dir"], fingerprint)
         clock.lap("data")
+        config, plan = budget.size(config, split, budget_s, started_at or clock.started_at)
+        clock.lap("plan")
 
         specs1 = [run_search(config, "stage1", size, {}, split, fingerprint)
                   for size in config.search.stage1.image_sizes]
@@ -86,5 +104,5 @@ def stages(config: Config) -> str:
         latent = model.latent_baseline(config, source, fingerprint)
         clock.lap("analyses")
         return model.summary(config, organized, split, [stage1, stage2, stage3], shipped, drawn, latent,
-                             clock.durations())
+                             clock.durations(), plan)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -13,10 +15,14 @@ import typer
 
 from glasses.config import PRESETS, RETUNE_CRON, build_config, default_home, read_config_file
 from glasses.errors import GlassesError
+from glasses.planner import parse_duration
 from glasses.workdir import check_apart
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train and ship a CNN ensemble that tells faces with glasses from faces without.")
+
+
+NOTHING_LEARNED_EXIT = 3  # `glasses run --strict` when the shipped model learned nothing
 
 
 def _fail(error: Exception) -> None:
@@ -29,15 +35,17 @@ def _fail(error: Exception) -> None:
 def synth(out: Path = typer.Option(..., "--out", help="Directory to write the dataset into."),
           n: int = typer.Option(1500, "--n", help="Labelled images."),
           resolution: int = typer.Option(128, "--resolution", help="Image side in px."),
-          seed: int = typer.Option(1337, "--seed")) -> None:
-    """Write the built-in dataset in the Kaggle download's layout."""
+          seed: int = typer.Option(1337, "--seed"),
+          grey: bool = typer.Option(False, "--grey", help="Single-channel (greyscale) PNGs.")) -> None:
+    """Write the built-in dataset in the Kaggle download's layout (e.g. `--n 380 --grey`: the
+    small-data case, a val split under search.cv_below, in one channel)."""
     from glasses.synth import synthesize
 
     try:
-        result = synthesize(out, n=n, resolution=resolution, seed=seed)
+        result = synthesize(out, n=n, resolution=resolution, seed=seed, grey=grey)
     except GlassesError as error:
         _fail(error)
-    typer.echo(f"{out}: {result.train} labelled + {result.test} test images at {resolution}px "
+    typer.echo(f"{out}: {result.train} labelled + {result.test} test images at {resolution}px{' grey' * grey} "
                f"({result.glasses} glasses, {result.no_glasses} no glasses) in {result.seconds:.1f}s")
 
 
@@ -47,9 +55,18 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
         work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Where every output goes [work]."),
         preset: str = typer.Option("quick", "--preset", help=f"One of {', '.join(PRESETS)}."),
         config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON overrides."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Tuner workers per search.")) -> None:
-    """Run the whole pipeline as a Prefect flow and print the ensemble's test accuracy."""
+        workers: Optional[int] = typer.Option(None, "--workers", help="Tuner workers per search."),
+        strict: bool = typer.Option(False, "--strict", help=f"Exit with code {NOTHING_LEARNED_EXIT} (not 0) "
+                                    "when the shipped model learned nothing (1 is an error, 2 a usage "
+                                    "error); without it the run warns and exits 0."),
+        time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 90s, 15m, 1h30m: size the "
+                                                  "searches to this machine's measured speed and the data so "
+                                                  "the run ends within it (the preset's shape, scaled).")) -> None:
+    """Run the whole pipeline as a Prefect flow and print the ensemble's test accuracy; warn when
+    the shipped model does not clearly beat always answering the majority class."""
+    started = time.time()  # a time budget counts from here: Prefect's start-up is part of the run
     try:
+        parse_duration(time_budget)  # a bad value is one error line before anything starts
         config = build_config(preset, config_file, {"data.data_dir": data_dir, "work_dir": work_dir,
                                                     "search.workers": workers})
         check_apart(config.data.data_dir, config.work_dir)  # before Prefect starts; the flow checks again
@@ -69,14 +86,27 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
     try:
         summary = Path(pipeline(preset=config.preset, data_dir=_text(config.data.data_dir),
                                 work_dir=str(config.work_dir.resolve()),
-                                overrides=config.model_dump(mode="json", exclude={"work_dir", "preset"})))
+                                overrides=config.model_dump(mode="json", exclude={"work_dir", "preset"}),
+                                time_budget=time_budget, budget_started_at=started))
     except GlassesError as error:
         _fail(error)
     finally:
         say_goodbye(watcher)
     typer.echo(summary_markdown(summary))
-    result = json.loads(summary.read_text())["ensemble"]
-    typer.echo(f"ensemble test accuracy: {result['test_accuracy']:.4f}  ({summary})")
+    result = json.loads(summary.read_text())
+    shipped = result["ensemble"]
+    typer.echo(f"shipped model ({shipped['method']}) test accuracy: {shipped['test_accuracy']:.4f}  ({summary})")
+    _warn_if_nothing_learned(result["alarm"], strict)
+
+
+def _warn_if_nothing_learned(alarm: dict, strict: bool) -> None:
+    """One `warning: ...` line on stderr (what failed, what to try) when the alarm of
+    `summary["alarm"]` was raised; with `strict` then exit code NOTHING_LEARNED_EXIT."""
+    if not alarm["raised"]:
+        return
+    typer.secho(f"warning: {alarm['message']}", fg=typer.colors.YELLOW, err=True)
+    if strict:
+        raise typer.Exit(NOTHING_LEARNED_EXIT)
 
 
 def _text(path: Path | None) -> str | None:
@@ -257,7 +287,33 @@ def _terminate(signum, frame) -> None:
     os._exit(128 + signum)
 
 
-def main() -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+_STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_on_signals() -> None:
+    """Makes Ctrl-C, SIGTERM and SIGHUP end the run at once, whatever the main thread is doing.
+
+    A Python signal handler runs only when the main thread runs Python, and a Prefect flow swaps
+    in its own SIGTERM handler that raises in the main thread, which then waits for task threads
+    that wait for the tuner processes: the run hung until a second signal. The C-level handler
+    also writes each signal's number to a wakeup file descriptor, whoever's Python handler is
+    installed; a thread reading it stops the run.
+    """
+    for signum in _STOPPING:
         signal.signal(signum, _terminate)
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while True:
+            for number in os.read(read_end, 64):
+                if number in _STOPPING:
+                    _terminate(number, None)
+
+    threading.Thread(target=watch, name="stop-on-signals", daemon=True).start()
+
+
+def main() -> None:
+    _stop_on_signals()
     app()

@@ -635,16 +635,19 @@ def render_face(z: np.ndarray, glasses: bool, resolution: int) -> Image.Image:
 # --------------------------------------------------------------------------- writing
 
 
-def _render_chunk(root: Path, ids: np.ndarray, latents: np.ndarray, drawn: np.ndarray, resolution: int) -> int:
+def _render_chunk(root: Path, ids: np.ndarray, latents: np.ndarray, drawn: np.ndarray, resolution: int,
+                  grey: bool) -> int:
     for image_id, z, glasses in zip(ids.tolist(), latents, drawn.tolist()):
-        render_face(z, glasses, resolution).save(root / IMAGE_SUBDIR / face_file_name(image_id), format="PNG")
+        image = render_face(z, glasses, resolution)
+        # Single-channel PNGs, as many real datasets are: the readers must take mode "L" too.
+        (image.convert("L") if grey else image).save(root / IMAGE_SUBDIR / face_file_name(image_id), format="PNG")
     return len(ids)
 
 
-def _render_all(root: Path, p: SynthPlan, resolution: int, workers: int) -> None:
+def _render_all(root: Path, p: SynthPlan, resolution: int, workers: int, grey: bool) -> None:
     (root / IMAGE_SUBDIR).mkdir(parents=True)
     starts = range(0, len(p.ids), _CHUNK)
-    jobs = [(root, p.ids[s:s + _CHUNK], p.latents[s:s + _CHUNK], p.drawn[s:s + _CHUNK], resolution)
+    jobs = [(root, p.ids[s:s + _CHUNK], p.latents[s:s + _CHUNK], p.drawn[s:s + _CHUNK], resolution, grey)
             for s in starts]
     if workers <= 1 or len(jobs) == 1:
         for job in jobs:
@@ -667,14 +670,14 @@ def _write_csv(path: Path, ids: np.ndarray, latents: np.ndarray, labels: np.ndar
     path.write_text("\n".join(lines) + "\n")
 
 
-def _parameters(n: int, resolution: int, seed: int) -> dict:
+def _parameters(n: int, resolution: int, seed: int, grey: bool) -> dict:
     return {"generator": "glasses.synth", "format": FORMAT_VERSION, "n": n, "resolution": resolution,
-            "seed": seed}
+            "seed": seed, "grey": grey}
 
 
-def _manifest(p: SynthPlan, n: int, resolution: int, seed: int) -> dict:
+def _manifest(p: SynthPlan, parameters: dict) -> dict:
     labels = p.labels[: p.train]
-    return {**_parameters(n, resolution, seed), "train": p.train, "test": len(p.ids) - p.train,
+    return {**parameters, "train": p.train, "test": len(p.ids) - p.train,
             "glasses": int(labels.sum()), "no_glasses": int(p.train - labels.sum()),
             "mislabelled": int(p.mislabelled[: p.train].sum())}
 
@@ -685,7 +688,10 @@ def _complete_manifest(out_dir: Path, parameters: dict) -> dict | None:
         manifest = json.loads((out_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in parameters.items()):
+    if not isinstance(manifest, dict):
+        return None
+    manifest = {"grey": False, **manifest}  # written before grey outputs existed: RGB
+    if any(manifest.get(k) != v for k, v in parameters.items()):
         return None
     count = manifest.get("train", 0) + manifest.get("test", 0)
     files = [out_dir / "train.csv", out_dir / "test.csv"]
@@ -713,16 +719,17 @@ def _check_target(out_dir: Path, parameters: dict) -> dict | None:
 
 
 def synthesize(out_dir: Path, n: int = 1500, resolution: int = 128, seed: int = 1337,
-               workers: int | None = None) -> SynthResult:
+               workers: int | None = None, grey: bool = False) -> SynthResult:
     """Writes a synthetic "Glasses or No Glasses" dataset in the Kaggle layout.
 
     Args:
         out_dir: Dataset root to create. It must not exist, be empty, or already hold the
-            complete output of the same `n`, `resolution` and `seed` (then nothing is redone).
+            complete output of the same `n`, `resolution`, `seed` and `grey` (then nothing is redone).
         n: Labelled images (train.csv); `unlabelled_count(n)` unlabelled ones follow (test.csv).
         resolution: Side of the square RGB PNGs, in pixels.
         seed: Seed of the latents and of which samples are mislabelled.
         workers: Drawing threads; None uses os.cpu_count(). The bytes written do not depend on it.
+        grey: Save single-channel (mode "L") PNGs instead of RGB ones.
 
     Returns:
         The counts written (or found) and the time taken.
@@ -734,7 +741,7 @@ def synthesize(out_dir: Path, n: int = 1500, resolution: int = 128, seed: int = 
     if n < 1 or resolution < 8 or seed < 0:
         raise SynthError(f"need n >= 1, resolution >= 8 and seed >= 0, got n={n}, resolution={resolution}, "
                          f"seed={seed}")
-    out_dir, parameters = Path(out_dir), _parameters(n, resolution, seed)
+    out_dir, parameters = Path(out_dir), _parameters(n, resolution, seed, grey)
     existing = _check_target(out_dir, parameters)
     if existing is not None:
         return _result(out_dir, existing, started)
@@ -742,7 +749,7 @@ def synthesize(out_dir: Path, n: int = 1500, resolution: int = 128, seed: int = 
     try:
         # replace=False: only an empty directory may be replaced; _check_target refused the rest
         with atomic_dir(out_dir, replace=False) as tmp:
-            manifest = _write_dataset(tmp, n, resolution, seed, workers or os.cpu_count() or 1)
+            manifest = _write_dataset(tmp, parameters, workers or os.cpu_count() or 1)
     except OSError as error:
         if manifest is None:  # the writing failed, not the move
             raise
@@ -754,12 +761,13 @@ def synthesize(out_dir: Path, n: int = 1500, resolution: int = 128, seed: int = 
     return _result(out_dir, manifest, started)
 
 
-def _write_dataset(root: Path, n: int, resolution: int, seed: int, workers: int) -> dict:
-    p = plan(n, seed)
-    _render_all(root, p, resolution, workers)
+def _write_dataset(root: Path, parameters: dict, workers: int) -> dict:
+    n = parameters["n"]
+    p = plan(n, parameters["seed"])
+    _render_all(root, p, parameters["resolution"], workers, parameters["grey"])
     _write_csv(root / "train.csv", p.ids[:n], p.latents[:n], p.labels[:n])
     _write_csv(root / "test.csv", p.ids[n:], p.latents[n:], None)
-    manifest = _manifest(p, n, resolution, seed)
+    manifest = _manifest(p, parameters)
     # Written last: its presence (with every listed file) is what marks the output complete.
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

@@ -65,6 +65,11 @@ class WorkDir:
         return self.root / "summary.json"
 
     @property
+    def plan(self) -> Path:
+        """What a time budget was turned into (glasses.planner), when the run had one."""
+        return self.root / "plan.json"
+
+    @property
     def results(self) -> Path:
         """Prefect's persisted task results (what makes a finished stage Cached on a retry)."""
         return self.root / ".prefect-results"

@@ -66,6 +66,15 @@ def split_key(context, parameters: dict) -> str:
                 data.seed, work.root)
 
 
+def budget_key(context, parameters: dict) -> str:
+    """The plan of a budget: Cached (a retry keeps its sized config, so the stages it finished
+    stay Cached) while its plan.json is there; not keyed by the time already gone."""
+    config: Config = parameters["config"]
+    work, budget = _work(parameters), parameters["budget_s"]
+    present = budget is None or work.plan.is_file()
+    return _key(work, present, "budget", config.model_dump(mode="json"), budget, parameters["split"], work.root)
+
+
 def cache_key(context, parameters: dict) -> str:
     data, work, size = parameters["config"].data, _work(parameters), parameters["size"]
     present = (inputs.cache_dir_for(work.cache, size) / "cache.json").is_file()

@@ -7,8 +7,10 @@ misused command), raised on purpose (SystemExit), never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
+import time
 import types
 import zipfile
 
@@ -20,6 +22,7 @@ from typer.testing import CliRunner
 
 from glasses.cli import app
 from glasses.ensemble import average_ensemble, save_model
+from glasses.errors import GlassesError
 from glasses.model import ModelSpec, build_model
 from glasses import dataset
 from tests.conftest import (
@@ -141,6 +144,10 @@ def test_synth_and_config_commands(tmp_path):
     result = runner.invoke(app, ["synth", "--out", str(tmp_path / "d"), "--n", "30", "--resolution", "32"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "d" / "train.csv").is_file()
+    grey = runner.invoke(app, ["synth", "--out", str(tmp_path / "g"), "--n", "30", "--resolution", "32", "--grey"])
+    assert grey.exit_code == 0 and "32px grey" in grey.stdout, grey.output
+    with Image.open(next((tmp_path / "g").rglob("*.png"))) as image:
+        assert image.mode == "L"
     shown = runner.invoke(app, ["config", "--preset", "paper"])
     assert json.loads(shown.stdout)["search"]["stage3"]["keep"] == 100
 
@@ -237,3 +244,90 @@ def test_check_rejects_an_image_over_the_pixel_limit(quiet_tmp, monkeypatch):
     monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 24 * 24 - 1)
     data = write_kaggle_dataset(quiet_tmp / "data", DATASET_LABELS)
     assert_error(_check(data), "face-1.png: 24x24 is 576 pixels, more than the limit of 575")
+
+
+# ---------------------------------------------------------------------------------------------
+# `glasses run` when the shipped model learned nothing: a warning, and with --strict exit code 3
+
+
+@pytest.fixture()
+def fake_run(monkeypatch, tmp_path):
+    """`glasses run` with the flow replaced: it writes a made-up summary.json (its alarm raised
+    or not, as `fake_run(learned)` says) and returns its path, as the flow does."""
+    import flows.pipeline
+    from glasses import watchdog
+    from glasses.files import write_json
+    from tests.conftest import run_summary
+
+    calls = []
+    monkeypatch.setattr(watchdog, "reap_on_death", lambda: None)  # no watcher process for a fake run
+    for name in ("PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_EXTRA_LOGGERS",
+                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # what `run` sets, undone after the test
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
+
+    def invoke(learned: bool, *options: str):
+        def pipeline(**parameters):
+            calls.append(parameters)
+            return str(write_json(tmp_path / "work" / "summary.json", run_summary(learned=learned)))
+
+        monkeypatch.setattr(flows.pipeline, "pipeline", pipeline)
+        return runner.invoke(app, ["run", "--preset", "smoke", "--work-dir", str(tmp_path / "work"), *options])
+
+    invoke.calls = calls
+    return invoke
+
+
+def test_run_warns_on_stderr_when_nothing_was_learned_and_still_exits_0(fake_run):
+    result = fake_run(False)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: nothing learned: test ROC-AUC 0.5000")
+    assert "--time-budget" in warnings[0] and "max_steps" in warnings[0]
+    assert "shipped model (greedy) test accuracy: 0.3000" in result.stdout
+    assert fake_run.calls[0]["preset"] == "smoke" and "strict" not in fake_run.calls[0]  # the CLI judges
+
+
+def test_run_strict_exits_3_when_nothing_was_learned_and_0_when_it_learned(fake_run):
+    from glasses.cli import NOTHING_LEARNED_EXIT
+
+    failed = fake_run(False, "--strict")
+    assert failed.exit_code == NOTHING_LEARNED_EXIT == 3, failed.output
+    assert isinstance(failed.exception, SystemExit)
+    assert failed.stderr.startswith("warning: nothing learned")
+    passed = fake_run(True, "--strict")
+    assert passed.exit_code == 0, passed.output
+    assert "warning" not in passed.stderr and "shipped model (greedy) test accuracy: 1.0000" in passed.stdout
+
+
+def test_the_strict_option_documents_its_exit_code():
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "--strict" in result.stdout and "Exit with code 3" in result.stdout
+
+
+def test_run_passes_its_time_budget_and_start_to_the_flow(tmp_path, monkeypatch):
+    import flows.pipeline
+
+    called = {}
+
+    def pipeline(**parameters):
+        called.update(parameters)
+        raise GlassesError("stopped by the test")
+
+    monkeypatch.setattr(flows.pipeline, "pipeline", pipeline)
+    before = time.time()
+    result = runner.invoke(app, ["run", "--work-dir", str(tmp_path / "w"), "--time-budget", "1h30m"])
+    assert_error(result, "stopped by the test")
+    assert called["time_budget"] == "1h30m" and before <= called["budget_started_at"] <= time.time()
+    assert runner.invoke(app, ["run", "--work-dir", str(tmp_path / "v")]).exit_code == 1
+    assert called["time_budget"] is None
+
+
+def test_run_rejects_a_bad_time_budget_before_starting_anything(tmp_path, monkeypatch):
+    import flows.pipeline
+
+    monkeypatch.setattr(flows.pipeline, "pipeline", lambda **kw: pytest.fail("the flow started"))
+    result = runner.invoke(app, ["run", "--work-dir", str(tmp_path / "w"), "--time-budget", "15x"])
+    assert_error(result, "time budget '15x' is not a duration", "15m")
+    assert not (tmp_path / "w").exists()

@@ -1,5 +1,6 @@
-"""`glasses run` killed outright (SIGKILL: no handler, no `finally`) mid-search leaves no process
-behind, and a re-run on the same work dir continues the searches with no trial run twice. The
+"""`glasses run` stopped by one SIGTERM, or killed outright (SIGKILL: no handler, no `finally`),
+mid-search leaves no process behind, and a re-run on the same work dir continues the searches
+with no trial run twice. The
 data is a real download's layout of grey, non-square images, which must stay untouched."""
 
 from __future__ import annotations
@@ -37,26 +38,46 @@ def _finished_trials(work: Path) -> dict[str, int]:
     return found
 
 
-def test_sigkill_mid_search_leaves_no_process_and_a_rerun_continues(tmp_path):
+def _roles(run: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(run.pid).children(recursive=True)
+            if p.is_running() and "glasses.search" in " ".join(p.cmdline())]
+
+
+def _wait_mid_search(run: subprocess.Popen, log: Path, until) -> list[psutil.Process]:
+    """Waits until `until()` holds while the run's tuner roles run; returns all its processes."""
+    deadline = time.monotonic() + 240
+    while not (until() and _roles(run)):
+        assert run.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the search did not get there in 240 s"
+        time.sleep(0.5)
+    return psutil.Process(run.pid).children(recursive=True)
+
+
+def test_sigterm_or_sigkill_mid_search_leaves_no_process_and_a_rerun_continues(tmp_path):
     work, home = tmp_path / "work", tmp_path / "prefect"
     data = write_kaggle_dataset(tmp_path / "download", balanced_labels(40), size=(30, 20), mode="L", latents=512)
     source = snapshot(data)
+
+    # One SIGTERM (what `kill`, systemd or a scheduler sends): the run ends within seconds. (A
+    # Prefect flow swaps in its own SIGTERM handler; the run used to hang until a second one.)
     run = _run(data, work, home, tmp_path / "first.log")
-    deadline = time.monotonic() + 240
-    while not _finished_trials(work):  # mid-search: a trial has ended, others are to come
-        assert run.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no trial finished in 240 s"
-        time.sleep(0.5)
-    started = psutil.Process(run.pid).children(recursive=True)
-    assert any("glasses.search" in " ".join(p.cmdline()) for p in started if p.is_running())
+    started = _wait_mid_search(run, tmp_path / "first.log", lambda: _finished_trials(work))
+    run.terminate()
+    assert run.wait(timeout=30) == 128 + 15, (tmp_path / "first.log").read_text()[-3000:]
+    gone, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
+
+    # SIGKILL: no handler runs; the watchdog process ends what the run started.
+    run = _run(data, work, home, tmp_path / "second.log")
+    started = _wait_mid_search(run, tmp_path / "second.log", lambda: True)
     run.kill()
     run.wait()
     gone, alive = psutil.wait_procs(started, timeout=10)
     assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
 
     before = _finished_trials(work)
-    again = _run(data, work, home, tmp_path / "second.log")
-    assert again.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    again = _run(data, work, home, tmp_path / "third.log")
+    assert again.wait(timeout=400) == 0, (tmp_path / "third.log").read_text()[-3000:]
     after = _finished_trials(work)
     assert {k: v for k, v in after.items() if k in before} == before  # none run twice
     assert len(after) == 4 + 2 + 2  # stage 1 (2 sizes x 2 trials), stage 2, stage 3 (keeps 2): none lost

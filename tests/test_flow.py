@@ -67,7 +67,15 @@ def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server,
     assert sum(map(sum, evaluation["confusion"])) == split["test"]
     assert evaluation["accuracy"] == summary["ensemble"]["test_accuracy"]
     assert set(summary["ensembles"]) == {"best_single", "average", "majority", "greedy"}
-    assert summary["ensemble"]["method"] in ("average", "majority", "greedy")
+    assert summary["ensemble"]["method"] in ("best_single", "average", "majority", "greedy")
+    assert summary["ensemble"]["selection"] == "val_log_loss" and summary["ensemble"]["configured_method"] == "auto"
+    assert summary["ensemble"]["selected"] == summary["ensemble"]["method"]
+    alarm = summary["alarm"]
+    assert alarm["majority_class"] in (0, 1) and 0 <= alarm["majority_rate"] <= 1
+    assert alarm["test_accuracy"] == evaluation["accuracy"] and alarm["test_roc_auc"] == evaluation["roc_auc"]
+    low, high = alarm["accuracy_ci95"]
+    assert low <= alarm["test_accuracy"] <= high
+    assert alarm["raised"] == (state.name == "Nothing learned")  # the run is marked with it
     assert summary["latent"]["skipped"] is False and summary["latent"]["test"] > 0
     for name in ("augmentation", "misclassified", "confusion", "stage1_val_accuracy_by_image_size",
                  "stage2_val_accuracy_by_conv_layers", "stage2_val_accuracy_by_optimizer",
@@ -78,6 +86,8 @@ def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server,
     links = [line.split("](", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert len(links) >= 7 and all((work / link).is_file() for link in links)
     assert "## Latent vectors" in report and "## Ensembles" in report
+    assert "Shipped: **" in report and "test is never used to choose" in report
+    assert ("> **Warning: nothing learned.**" in report) == alarm["raised"]
 
     stages = {name: pd.read_csv(work / "stages" / name / "trials.csv") for name in ("stage1", "stage2", "stage3")}
     assert len(stages["stage1"]) == 4 and sorted(stages["stage1"]["image_size"].unique()) == [16, 24]
@@ -153,7 +163,8 @@ def _retry(flow_run_id) -> None:
 def _assert_artifacts() -> None:
     with get_client(sync_client=True) as client:
         latest = {a.key: a for a in client.read_latest_artifacts(limit=200)}
-    for key in ("glasses-summary", "glasses-report", "ensembles", "test-metrics", "model", "stage1-leaderboard",
+    for key in ("glasses-summary", "glasses-report", "glasses-alarm", "ensembles", "test-metrics", "model",
+                "stage1-leaderboard",
                 "stage2-leaderboard", "stage3-leaderboard", "progress-stage1-size16", "progress-stage3-size16",
                 "progress-stage3-size24"):
         assert key in latest or key.startswith("progress-stage3"), sorted(latest)
@@ -178,7 +189,9 @@ def test_the_flow_takes_no_required_parameter_and_fails_on_a_bad_value(prefect_s
     schema = parameter_schema(pipeline.fn).model_dump()
     assert not schema.get("required")
     assert {name: prop.get("default") for name, prop in schema["properties"].items()} == {
-        "preset": "quick", "data_dir": None, "work_dir": None, "overrides": None}
+        "preset": "quick", "data_dir": None, "work_dir": None, "overrides": None, "strict": False,
+        "time_budget": None, "budget_started_at": None}
+    pipeline.validate_parameters({"time_budget": "15m"})  # the UI's form: a text field
     pipeline.validate_parameters({})  # "Quick run" in the UI: nothing to fill in
     state = pipeline.with_options(retries=0)(preset="smoke", work_dir=str(tmp_path / "w"),
                                              overrides={"search": {"workers": 0}}, return_state=True)

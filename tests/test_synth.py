@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -235,3 +236,42 @@ def test_a_lost_race_returns_the_winners_dataset_if_it_is_the_same(tmp_path, mon
 def test_rejects_bad_sizes(tmp_path, kwargs):
     with pytest.raises(SynthError, match="need n >= 1"):
         synthesize(tmp_path / "data", **{"n": N, "resolution": RESOLUTION, **kwargs})
+
+
+def test_grey_is_the_same_faces_in_one_channel_and_deterministic(tiny, tmp_path):
+    out, first = tiny
+    grey = synthesize(tmp_path / "grey", n=N, resolution=RESOLUTION, seed=1, workers=2, grey=True)
+    again = synthesize(tmp_path / "again", n=N, resolution=RESOLUTION, seed=1, workers=1, grey=True)
+    assert _files(grey.out_dir) == _files(again.out_dir)
+    assert (grey.train, grey.test, grey.glasses) == (first.train, first.test, first.glasses)
+    assert (grey.out_dir / "train.csv").read_bytes() == (out / "train.csv").read_bytes()
+    for image_id in (1, N + 1):
+        face = Path(IMAGE_SUBDIR, face_file_name(image_id))
+        with Image.open(grey.out_dir / face) as image, Image.open(out / face) as colour:
+            assert (image.format, image.mode, image.size) == ("PNG", "L", (RESOLUTION, RESOLUTION))
+            assert np.array_equal(np.asarray(image), np.asarray(colour.convert("L")))
+    assert find_layout(grey.out_dir).has_latents
+
+
+def test_grey_and_colour_never_stand_in_for_each_other(tiny, tmp_path):
+    out, _ = tiny
+    with pytest.raises(SynthError, match="'grey': True"):
+        synthesize(out, n=N, resolution=RESOLUTION, seed=1, grey=True)
+    grey = tmp_path / "grey"
+    synthesize(grey, n=N, resolution=RESOLUTION, seed=1, workers=1, grey=True)
+    with pytest.raises(SynthError, match="'grey': False"):
+        synthesize(grey, n=N, resolution=RESOLUTION, seed=1)
+    stamps = {p: p.stat().st_mtime_ns for p in grey.rglob("*")}
+    assert synthesize(grey, n=N, resolution=RESOLUTION, seed=1, grey=True).train == N
+    assert {p: p.stat().st_mtime_ns for p in grey.rglob("*")} == stamps
+
+
+def test_an_output_from_before_grey_existed_counts_as_colour(tmp_path):
+    out = tmp_path / "data"
+    synthesize(out, n=N, resolution=RESOLUTION, seed=1, workers=1)
+    manifest = json.loads((out / "synth.json").read_text())
+    del manifest["grey"]
+    (out / "synth.json").write_text(json.dumps(manifest))
+    assert synthesize(out, n=N, resolution=RESOLUTION, seed=1).train == N
+    with pytest.raises(SynthError, match="not a complete synthetic dataset"):
+        synthesize(out, n=N, resolution=RESOLUTION, seed=1, grey=True)

@@ -59,3 +59,39 @@ def test_the_organize_task_rejects_bad_labels_and_writes_nothing(tmp_path):
         found = data.source.fn(config)
         data.organize.fn(config, found, data.fingerprint.fn(found))
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
+def test_a_run_that_learned_nothing_ends_named_so_and_strict_fails_it_without_a_retry(prefect_server, tmp_path,
+                                                                                     monkeypatch):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from glasses.files import write_json
+    from tests.conftest import run_summary
+
+    learned = str(write_json(tmp_path / "a" / "summary.json", run_summary(learned=True)))
+    nothing = str(write_json(tmp_path / "b" / "summary.json", run_summary(learned=False)))
+
+    @flow(retries=1, retry_delay_seconds=0)  # as the pipeline flow's own retry
+    def ends(path: str, strict: bool = False) -> str:
+        return model.outcome(path, strict)
+
+    def run_count(state) -> int:
+        with get_client(sync_client=True) as client:
+            return client.read_flow_run(state.state_details.flow_run_id).run_count
+
+    state = ends(learned, return_state=True)
+    assert state.is_completed() and state.name == "Completed" and state.result() == learned
+    state = ends(nothing, return_state=True)
+    assert state.is_completed() and state.name == model.NOTHING_LEARNED == "Nothing learned"
+    assert state.message.startswith("nothing learned: test ROC-AUC 0.5000") and nothing in state.message
+    assert state.result() == nothing and ends(nothing) == nothing  # callers still get the summary's path
+
+    failed = ends(nothing, strict=True, return_state=True)
+    assert failed.is_failed() and failed.name == "Nothing learned" and "--time-budget" in failed.message
+    assert run_count(failed) == 1  # not retried: a retry would meet the same models
+    with pytest.raises(Exception, match="nothing learned: test ROC-AUC"):
+        failed.result()
+    monkeypatch.setattr(model, "_no_retry", lambda: None)
+    assert run_count(ends(nothing, strict=True, return_state=True)) == 2  # what the retry would have cost

@@ -27,9 +27,17 @@ POLL_S = 1.0
 GOODBYE = "bye"
 
 
+PARENT_PID = "GLASSES_PARENT_PID"  # set by the launcher: the process a role must not outlive
+
+
 def exit_with_parent(poll_s: float = POLL_S) -> None:
-    """Starts a daemon thread that kills this process's group once its parent has gone."""
-    parent = os.getppid()
+    """Starts a daemon thread that kills this process's group once its parent has gone.
+
+    The parent is the one the launcher named in $GLASSES_PARENT_PID: a parent killed while this
+    process was still starting has already handed it to another (init), which `getppid` would
+    then take for the parent, and the role would run on, orphaned.
+    """
+    parent = int(os.environ.get(PARENT_PID) or os.getppid())
 
     def watch() -> None:
         while os.getppid() == parent:

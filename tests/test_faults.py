@@ -85,3 +85,14 @@ def test_sigterm_or_sigkill_mid_search_leaves_no_process_and_a_rerun_continues(t
     summary = json.loads((work / "summary.json").read_text())
     assert summary["dataset"]["labelled"] == 40 and summary["latent"]["skipped"] is False
     assert snapshot(data) == source  # the download is byte for byte as it was
+
+
+def test_a_role_whose_parent_died_while_it_started_exits_at_once(tmp_path):
+    # The launcher names itself in GLASSES_PARENT_PID; a parent gone before the role's watch
+    # began (getppid is then init's) must still end the role.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    code = "from glasses.watchdog import exit_with_parent; exit_with_parent(0.1); import time; time.sleep(60)"
+    role = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "GLASSES_PARENT_PID": str(gone.pid)},
+                            start_new_session=True)
+    assert role.wait(timeout=20) in (137, -9)

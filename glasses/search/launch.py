@@ -22,6 +22,7 @@ from pathlib import Path
 from glasses.errors import SearchError
 from glasses.search.records import chief_card, chief_down_marker, check_state, is_complete, mark_chief_down
 from glasses.search.spec import SearchSpec
+from glasses.watchdog import PARENT_PID
 
 EXIT_PORT_IN_USE = 4  # glasses.search.chief's, not imported: that module imports keras-tuner
 KILL_GRACE_S = 30  # past the chief's own timeout, its process is killed
@@ -125,7 +126,8 @@ def run_process(command: list[str], on_line: Callable[[str], None], timeout_s: f
     interrupted, so no tuner process outlives its caller's call.
     """
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, **(env or {})}, start_new_session=True)
+                               env={**os.environ, **(env or {}), PARENT_PID: str(os.getpid())},
+                               start_new_session=True)
     timer = threading.Timer(timeout_s, _kill_group, args=(process,))
     timer.start()
     try:

@@ -111,7 +111,9 @@ class SearchConfig(_Section):
                                    description="Hard limit on one search, at most 7 days.")
     cv_below: int = Field(300, ge=0, description="Score stage 1-2 trials by k-fold cross-validation over "
                           "train+val when the val split has fewer images than this; 0 never.")
-    cv_folds: int = Field(5, ge=2, le=20, description="k of that cross-validation.")
+    cv_folds: int = Field(3, ge=2, le=20, description="k of that cross-validation. It multiplies "
+                          "stages 1-2's training by k: with 5, stage-1 trials of a 380-image quick run took "
+                          "4-10 min each on 2 cores.")
     stage1: StageConfig
     stage2: StageConfig
     stage3: StageConfig
@@ -223,17 +225,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # are in steps, so a dataset of 300 images trains as long as one of 3,000 (more epochs).
     "quick": {
         # 3,020 images: a val split of 301 (each class rounds down; 3,000 gave 299), so stages 1-2
-        # score on it; below search.cv_below (300) they would cross-validate, 5 times the training.
+        # score on it; below search.cv_below (300) they would cross-validate, k times the training.
         "data": {"synth_n": 3020, "synth_resolution": 128},
         "search": {
             "worker_timeout_s": 120,
             "chief_timeout_s": 3600,
-            # 32 and 48 px (40 px sat between them and the rule takes the smaller size on a tie),
-            # 6 + 8 trials: with 12 trials in stage 3 and 32/40/48 px the run took 19 min (2026-11-29,
-            # bench/RESULTS.md), past the 15 the preset promises. Not 64 px: it ran past it too.
-            "stage1": _stage([32, 48], 32, 2, 720, 180, warmup=300),
-            "stage2": _stage(_LATER, 32, 6, 960, 240, warmup=300),
-            "stage3": _stage(_LATER, 32, 8, 1200, 300, warmup=360, keep=6),
+            # 32 and 40 px, 4 + 6 trials (bench/RESULTS.md, 2026-11-29): 32/40/48 px with 8 + 12
+            # trials took 19 min, 32/48 px with 6 + 8 took 20 min when 48 px won (a 48 px trial
+            # costs twice a 32 px one), both past the 15 the preset promises.
+            "stage1": _stage([32, 40], 32, 2, 720, 180, warmup=300),
+            "stage2": _stage(_LATER, 32, 4, 960, 240, warmup=300),
+            "stage3": _stage(_LATER, 32, 6, 1200, 300, warmup=360, keep=5),
         },
         "ensemble": {"threshold": 0.85, "fallback": 3},
     },

@@ -212,7 +212,7 @@ def test_a_loopback_oracle_needs_no_flag(host):
 
 def test_quick_built_in_data_has_a_val_split_at_the_cross_validation_threshold():
     # Each class's val share rounds down: 3,000 images gave 299 val images, and stages 1-2 of every
-    # quick run on the built-in data cross-validated (5 times the training).
+    # quick run on the built-in data cross-validated (k times the training).
     import numpy as np
 
     from glasses.dataset import subset_sizes

@@ -110,7 +110,7 @@ def test_paper_budgets_are_the_reports_epochs_on_its_training_split():
         assert (budget.epochs, budget.patience, budget.warmup_epochs) == (epochs, patience, 0)
 
 
-@pytest.mark.parametrize("val, cross_validate, folds", [(37, True, 5), (299, True, 5), (300, True, 0),
+@pytest.mark.parametrize("val, cross_validate, folds", [(37, True, 3), (299, True, 3), (300, True, 0),
                                                         (37, False, 0)])
 def test_cross_validation_only_below_the_val_threshold_and_only_where_a_stage_chooses(tmp_path, val,
                                                                                       cross_validate, folds):

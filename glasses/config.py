@@ -230,12 +230,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search": {
             "worker_timeout_s": 120,
             "chief_timeout_s": 3600,
-            # 32 and 40 px, 4 + 6 trials (bench/RESULTS.md, 2026-11-29): 32/40/48 px with 8 + 12
+            # 32 and 40 px, 4 + 4 trials (bench/RESULTS.md, 2026-11-29): 32/40/48 px with 8 + 12
             # trials took 19 min, 32/48 px with 6 + 8 took 20 min when 48 px won (a 48 px trial
-            # costs twice a 32 px one), both past the 15 the preset promises.
+            # costs twice a 32 px one), 32/40 px with 4 + 6 took 15 min: all past the 15 promised.
             "stage1": _stage([32, 40], 32, 2, 720, 180, warmup=300),
             "stage2": _stage(_LATER, 32, 4, 960, 240, warmup=300),
-            "stage3": _stage(_LATER, 32, 6, 1200, 300, warmup=360, keep=5),
+            "stage3": _stage(_LATER, 32, 4, 1200, 300, warmup=360, keep=4),
         },
         "ensemble": {"threshold": 0.85, "fallback": 3},
     },

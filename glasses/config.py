@@ -230,12 +230,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search": {
             "worker_timeout_s": 120,
             "chief_timeout_s": 3600,
-            # 32 and 40 px, 4 + 4 trials (bench/RESULTS.md, 2026-11-29): 32/40/48 px with 8 + 12
-            # trials took 19 min, 32/48 px with 6 + 8 took 20 min when 48 px won (a 48 px trial
-            # costs twice a 32 px one), 32/40 px with 4 + 6 took 15 min: all past the 15 promised.
+            # 32 and 40 px; stage 2 (which only chooses) 4 trials of 720 steps, stage 3 6 of 1,080
+            # (bench/RESULTS.md, 2026-11-29): 32/40/48 px with 8 + 12 trials took 19 min, 32/48 px
+            # with 6 + 8 20 min when 48 px won (a 48 px trial costs twice a 32 px one), 32/40 px with
+            # 4 + 6 trials of 960/1,200 steps 15 min; 4 stage-3 trials took 11.6 min but made weak
+            # ensembles (test 0.79).
             "stage1": _stage([32, 40], 32, 2, 720, 180, warmup=300),
-            "stage2": _stage(_LATER, 32, 4, 960, 240, warmup=300),
-            "stage3": _stage(_LATER, 32, 4, 1200, 300, warmup=360, keep=4),
+            "stage2": _stage(_LATER, 32, 4, 720, 180, warmup=240),
+            "stage3": _stage(_LATER, 32, 6, 1080, 300, warmup=360, keep=5),
         },
         "ensemble": {"threshold": 0.85, "fallback": 3},
     },

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from glasses import dataset, inputs, synth  # noqa: E402
 from glasses.config import StageConfig  # noqa: E402
-from glasses.search import SearchSpec, free_port, run_chief, run_worker  # noqa: E402
+from glasses.search import SearchSpec, run_chief, run_worker  # noqa: E402
 
 
 def prepare(root: Path, n: int, resolution: int, size: int) -> Path:
@@ -34,8 +34,9 @@ def prepare(root: Path, n: int, resolution: int, size: int) -> Path:
 def run_search(root: Path, cache: Path, workers: int, args: argparse.Namespace, tag: str) -> float:
     stage = StageConfig(batch_size=args.batch, max_trials=args.trials, max_steps=args.steps, patience_steps=args.steps)
     spec = SearchSpec(search_id=tag, directory=root / "kt", project_name=tag, cache_dir=cache, image_size=args.size, stage=stage,
-                      folds=0, fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=workers,
-                      worker_timeout_s=120, chief_timeout_s=3600, gpus_per_worker=1)
+                      folds=0, fixed={}, seed=1337, bind="127.0.0.1", address=None, port=0, workers=workers,
+                      worker_timeout_s=120, chief_timeout_s=3600, gpus_per_worker=1,
+                      await_workers_s=120)
     spec_path = spec.save(root / f"{tag}.json")
     started = time.monotonic()
     quiet = lambda line: None  # noqa: E731

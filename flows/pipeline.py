@@ -13,28 +13,43 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
+from glasses import cluster
 from glasses.config import Config, run_name
 from glasses.planner import parse_duration
 from glasses.report import Stopwatch
 from glasses.workdir import claim
 from tasks import budget, caching, data, model, search
+from tasks import cluster as tasks_cluster
 
 # Not `from __future__ import annotations`: Prefect builds the parameters' schema from these
 # annotations when a deployment loads this file, and string annotations would not resolve.
 Preset = Literal["quick", "paper", "smoke"]
 
 
-def run_search(config: Config, stage: str, size: int, chosen: dict[str, Any], split: dict, fingerprint: str) -> str:
-    """One distributed search: a chief task and `workers` concurrent worker task runs."""
-    cache_dir = data.cache(config, split["dir"], fingerprint, size)
-    spec = search.plan(config, stage, size, chosen, cache_dir)
+def run_searches(config: Config, stage: str, sizes: list[int], chosen: dict[str, Any], split: dict,
+                 fingerprint: str) -> list[str]:
+    """Runs a stage's searches (one per size), each a chief task and `workers` concurrent worker
+    task runs; returns their spec paths. On this machine one after another (each already uses
+    every core); on a Dask cluster all at once, their workers submitted in turn (tuner0 of every
+    search, then tuner1, ...) so that each search gets a Dask worker as soon as there is room."""
+    if not cluster.is_dask(config.search.cluster):
+        return [_run(config, [_plan(config, stage, size, chosen, split, fingerprint)])[0] for size in sizes]
+    return _run(config, [_plan(config, stage, size, chosen, split, fingerprint) for size in sizes])
+
+
+def _plan(config: Config, stage: str, size: int, chosen: dict[str, Any], split: dict, fingerprint: str) -> str:
+    return search.plan(config, stage, size, chosen, data.cache(config, split["dir"], fingerprint, size))
+
+
+def _run(config: Config, specs: list[str]) -> list[str]:
     # Their time limit is the search's chief_timeout_s, kept by the chief and enforced on the role
     # processes (killed 30 s past it): a Prefect timeout cannot interrupt a task blocked in a thread.
-    chief = search.chief.submit(spec)
+    chiefs = [search.chief.submit(spec) for spec in specs]
     worker = search.worker.with_options(retries=config.search.worker_retries)
-    workers = [worker.submit(spec, index) for index in range(config.search.workers)]
+    with tasks_cluster.worker_placement(config):
+        workers = [worker.submit(spec, index) for index in range(config.search.workers) for spec in specs]
     wait(workers)
-    return chief.result()
+    return [chief.result() for chief in chiefs]
 
 
 def _name() -> str:
@@ -66,7 +81,8 @@ def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: st
     started = time.time()
     budget_s = parse_duration(time_budget)  # a bad value fails here, before any work
     config = data.configure(preset, data_dir, work_dir, overrides)
-    summary = stages.with_options(result_storage=caching.result_storage(config))(
+    summary = stages.with_options(result_storage=caching.result_storage(config),
+                                  task_runner=tasks_cluster.task_runner(config))(
         config, budget_s, budget_started_at or started)
     return model.outcome(summary, strict)
 
@@ -77,6 +93,7 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
     with a budget (seconds from `started_at`), the searches are sized to it after the split."""
     with claim(config.work_dir, config.data.data_dir):
         clock = Stopwatch()
+        tasks_cluster.check_storage(config)  # on a Dask cluster: every worker sees the work dir
         source = data.source(config)
         fingerprint = data.fingerprint(source)
         organized = data.organize(config, source, fingerprint)
@@ -85,16 +102,15 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
         config, plan = budget.size(config, split, budget_s, started_at or clock.started_at)
         clock.lap("plan")
 
-        specs1 = [run_search(config, "stage1", size, {}, split, fingerprint)
-                  for size in config.search.stage1.image_sizes]
+        specs1 = run_searches(config, "stage1", config.search.stage1.image_sizes, {}, split, fingerprint)
         stage1 = search.finish_stage1(config, specs1)
         clock.lap("stage1")
 
         size = stage1["chosen"]["image_size"]
-        stage2 = search.finish_stage2(config, [run_search(config, "stage2", size, {}, split, fingerprint)])
+        stage2 = search.finish_stage2(config, run_searches(config, "stage2", [size], {}, split, fingerprint))
         clock.lap("stage2")
 
-        specs3 = [run_search(config, "stage3", size, stage2["chosen"], split, fingerprint)]
+        specs3 = run_searches(config, "stage3", [size], stage2["chosen"], split, fingerprint)
         stage3 = search.finish_stage3(config, specs3)
         clock.lap("stage3")
 

@@ -56,6 +56,9 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
         preset: str = typer.Option("quick", "--preset", help=f"One of {', '.join(PRESETS)}."),
         config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON overrides."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Tuner workers per search."),
+        dask_address: Optional[str] = typer.Option(None, "--dask-address", help="An existing Dask scheduler "
+                                                   "(tcp://host:8786): tuner workers run on its workers, which "
+                                                   "must see the work dir at the same path."),
         strict: bool = typer.Option(False, "--strict", help=f"Exit with code {NOTHING_LEARNED_EXIT} (not 0) "
                                     "when the shipped model learned nothing (1 is an error, 2 a usage "
                                     "error); without it the run warns and exits 0."),
@@ -68,7 +71,7 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
     try:
         parse_duration(time_budget)  # a bad value is one error line before anything starts
         config = build_config(preset, config_file, {"data.data_dir": data_dir, "work_dir": work_dir,
-                                                    "search.workers": workers})
+                                                    "search.workers": workers, "search.dask_address": dask_address})
         check_apart(config.data.data_dir, config.work_dir)  # before Prefect starts; the flow checks again
     except GlassesError as error:
         _fail(error)

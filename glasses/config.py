@@ -12,6 +12,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -96,10 +97,17 @@ class SearchConfig(_Section):
     """The distributed random search: roles, resources, faults and the choice rules."""
 
     workers: int = Field(2, ge=1, le=64, description="Tuner worker processes per search.")
-    oracle_host: str = Field("127.0.0.1", description="Address the chief binds and workers dial; "
+    cluster: str = Field("threads", description="Where tuner workers run: threads (processes on this "
+                         "machine), local (a Dask LocalCluster started for the run) or the address of an "
+                         "existing Dask scheduler, tcp://host:8786 (also search.dask_address, --dask-address).")
+    dask_address: str | None = Field(None, description="An existing Dask scheduler; sets cluster to it.")
+    oracle_bind: str = Field("127.0.0.1", description="Address the chief binds (0.0.0.0: every interface); "
                              "loopback unless allow_remote_oracle.")
-    oracle_port: int | None = Field(None, description="1024 to 65535; None picks a free port.")
-    allow_remote_oracle: bool = Field(False, description="Let oracle_host be a non-loopback address. The "
+    oracle_address: str | None = Field(None, description="Address workers dial; None: what the chief "
+                                       "publishes (127.0.0.1 on loopback, else its host's address).")
+    oracle_port: int | None = Field(None, description="1024 to 65535; None: the chief binds a free one "
+                                    "and publishes it.")
+    allow_remote_oracle: bool = Field(False, description="Let oracle_bind be a non-loopback address. The "
                                       "oracle is unauthenticated gRPC: only on a trusted network.")
     seed: Seed = 1337
     gpus_per_worker: int | Literal["all"] = Field(1, description="GPUs per worker on a GPU host: 0 to 64, "
@@ -126,6 +134,21 @@ class SearchConfig(_Section):
                              "leave it unset to pick a free one)")
         return port
 
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_kind(cls, cluster: str) -> str:
+        if cluster not in ("threads", "local") and not re.fullmatch(r"(tcp|tls)://[^\s/:]+:\d{1,5}", cluster):
+            raise ValueError(f"{cluster!r} is not threads, local or a Dask scheduler's address "
+                             "(tcp://host:8786)")
+        return cluster
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address_sets_cluster(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("dask_address"):
+            values = {**values, "cluster": values["dask_address"]}
+        return values
+
     @field_validator("gpus_per_worker")
     @classmethod
     def _gpu_count(cls, gpus: int | str) -> int | str:
@@ -148,9 +171,9 @@ class SearchConfig(_Section):
 
     @model_validator(mode="after")
     def _oracle_on_loopback(self) -> SearchConfig:
-        if not self.allow_remote_oracle and not is_loopback(self.oracle_host):
+        if not self.allow_remote_oracle and not is_loopback(self.oracle_bind):
             raise ValueError(
-                f"oracle_host {self.oracle_host!r} is not loopback; the oracle is unauthenticated gRPC, so anyone "
+                f"oracle_bind {self.oracle_bind!r} is not loopback; the oracle is unauthenticated gRPC, so anyone "
                 "who can reach its port can read and change the search. Set search.allow_remote_oracle: true "
                 "only on a trusted network")
         return self

@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from glasses.cluster import is_dask
 from glasses.config import SearchConfig, StageConfig, fingerprint
 from glasses.errors import SearchError
 from glasses.figures import plot_by, plot_ranked
 from glasses.files import read_json, write_json, write_text
-from glasses.search import SearchSpec, free_port, keep_best, trials_table
+from glasses.search import SearchSpec, keep_best, trials_table
 
 
 def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
@@ -51,9 +52,10 @@ def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image
         search_id=f"{key}-{image_size}-{uuid.uuid4().hex[:8]}", directory=directory,
         project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(), image_size=image_size,
         stage=stage, folds=folds_for(search, cache_dir, cross_validate), fixed={**chosen, **stage.fixed},
-        seed=search.seed, host=search.oracle_host, port=search.oracle_port or free_port(search.oracle_host),
+        seed=search.seed, bind=search.oracle_bind, address=search.oracle_address, port=search.oracle_port or 0,
         workers=search.workers, worker_timeout_s=search.worker_timeout_s,
-        chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker)
+        chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker,
+        await_workers_s=search.chief_timeout_s if is_dask(search.cluster) else search.worker_timeout_s)
     return spec.save(path)
 
 
@@ -229,6 +231,7 @@ def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, co
                "means": {c: {str(k): round(v, 4) for k, v in _means(table, c).items()} for c in compared},
                "workers": sorted(table["worker"].dropna().unique().tolist()),
                "trials_by_worker": {str(k): int(v) for k, v in table["worker"].value_counts().items()},
+               "trials_by_node": {str(k): int(v) for k, v in table["node"].value_counts().items()},
                "best_val_accuracy": float(table["val_accuracy"].max()), "table": str(table_path),
                "specs": [str(p) for p in spec_paths], "plots": plots, "kept": kept}
     write_json(out / "stage.json", summary)

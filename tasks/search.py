@@ -20,7 +20,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.context import TaskRunContext
 from prefect.runtime import task_run
 
-from glasses import search, stages
+from glasses import cluster, search, stages
 from glasses.config import Config
 from glasses.search.records import ended_trials
 from glasses.workdir import WorkDir
@@ -52,8 +52,10 @@ def chief(spec_path: str) -> str:
     """Runs the oracle process until the search is complete; fails if trials remain.
 
     Its time limit is the spec's chief_timeout_s, kept by the chief itself and, as a backstop,
-    by killing the process (a Prefect timeout cannot interrupt a task blocked in a thread).
+    by killing the process (a Prefect timeout cannot interrupt a task blocked in a thread). On a
+    Dask worker it gives its thread slot back first: it only waits, and tuner workers need it.
     """
+    cluster.leave_thread_pool()
     with _progress(Path(spec_path)):
         return str(search.run_chief(Path(spec_path), get_run_logger().info))
 

@@ -195,19 +195,19 @@ def test_fixed_inside_the_space_passes():
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "192.168.1.20", "::", "fe80::1", "gpu-node-1",
                                   "localhost.example.com"])
 def test_a_remote_oracle_is_refused_unless_allowed(host):
-    message = rejected({"search.oracle_host": host})
-    for fragment in [f"oracle_host {host!r} is not loopback", "unauthenticated gRPC",
+    message = rejected({"search.oracle_bind": host})
+    for fragment in [f"oracle_bind {host!r} is not loopback", "unauthenticated gRPC",
                      "anyone who can reach its port can read and change the search",
                      "search.allow_remote_oracle", "trusted network"]:
         assert fragment in message
-    config = build_config("smoke", overrides={"search.oracle_host": host, "search.allow_remote_oracle": True})
-    assert config.search.oracle_host == host
+    config = build_config("smoke", overrides={"search.oracle_bind": host, "search.allow_remote_oracle": True})
+    assert config.search.oracle_bind == host
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.4.5.6", "::1", "localhost", "LocalHost"])
 def test_a_loopback_oracle_needs_no_flag(host):
-    config = build_config("smoke", overrides={"search.oracle_host": host})
-    assert config.search.oracle_host == host and config.search.allow_remote_oracle is False
+    config = build_config("smoke", overrides={"search.oracle_bind": host})
+    assert config.search.oracle_bind == host and config.search.allow_remote_oracle is False
 
 
 def test_quick_built_in_data_has_a_val_split_at_the_cross_validation_threshold():

@@ -24,9 +24,10 @@ def _spec(tmp_path: Path, cache_dir: Path, max_trials: int = 4, epochs: int = 1,
     """A search on the tiny cache (28 training images: 4 steps an epoch at batch 8)."""
     stage = StageConfig(batch_size=8, max_trials=max_trials, max_steps=4 * epochs, patience_steps=4 * patience)
     values = dict(search_id="test-search", directory=tmp_path / "kt", project_name="size16", cache_dir=cache_dir, image_size=16,
-                  stage=stage, folds=0, fixed={}, seed=1337, host="127.0.0.1", port=free_port(), workers=2,
+                  stage=stage, folds=0, fixed={}, seed=1337, bind="127.0.0.1", address=None, port=0, workers=2,
                   worker_timeout_s=30, chief_timeout_s=300, gpus_per_worker=1)
     values.update(overrides)
+    values.setdefault("await_workers_s", values["worker_timeout_s"])
     return SearchSpec(**values).save(tmp_path / "spec.json")
 
 
@@ -171,23 +172,25 @@ def test_an_interrupted_search_continues_where_it_stopped(tiny_cache, tmp_path):
 
 
 def test_a_second_chief_on_a_taken_port_is_a_clear_error(tiny_cache, tmp_path):
-    spec_path = _spec(tmp_path, tiny_cache[1], worker_timeout_s=20)
+    spec_path = _spec(tmp_path, tiny_cache[1], worker_timeout_s=20)  # port 0: the chief binds a free one
     first = Role(spec_path, "chief")
     first.start()
     spec = SearchSpec.load(spec_path)
-    while not search.records.chief_is_up(spec):
+    while search.records.chief_address(spec) is None:
         assert first.is_alive(), "\n".join(first.lines[-20:])
         time.sleep(0.2)
-    other = _spec(tmp_path / "other", tiny_cache[1], port=spec.port)  # another search, the same port
-    with pytest.raises(SearchError, match=f"port {spec.port} on 127.0.0.1 is in use"):
+    address, port = search.records.chief_address(spec)
+    assert address == "127.0.0.1" and port > 0  # what it bound, published for the workers
+    other = _spec(tmp_path / "other", tiny_cache[1], port=port)  # another search, the same port
+    with pytest.raises(SearchError, match=f"port {port} on 127.0.0.1 is in use"):
         run_chief(other, lambda line: None)
     _join(first)  # no worker came: the first chief gives up on its own
 
 
 def test_a_worker_does_not_take_a_stranger_on_the_port_for_its_chief(tiny_cache, tmp_path):
-    spec_path = _spec(tmp_path, tiny_cache[1], worker_timeout_s=6)
-    port = SearchSpec.load(spec_path).port
-    with socket.create_server(("127.0.0.1", port)):  # something else listens there
+    port = free_port()
+    spec_path = _spec(tmp_path, tiny_cache[1], worker_timeout_s=6, port=port)
+    with socket.create_server(("127.0.0.1", port)):  # something else listens on the configured port
         tuner0 = Role(spec_path, "worker", 0)
         tuner0.start()
         _join(tuner0)

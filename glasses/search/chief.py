@@ -7,7 +7,7 @@ import os
 import time
 
 from glasses.search.keras_tuner_private import LivenessServicer, settle_ended_trials, start_server
-from glasses.search.records import ENDED, last_error_line, publish_chief
+from glasses.search.records import ENDED, dial_address, last_error_line, publish_chief
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, set_role
 
@@ -16,24 +16,26 @@ EXIT_PORT_IN_USE = 4
 
 
 def serve(spec: SearchSpec) -> int:
-    """Serves the search's oracle on spec.host:spec.port until it ends.
+    """Serves the search's oracle on spec.bind (port spec.port, or a free one when 0) until it
+    ends; publishes the address and the port workers dial once it listens.
 
     Returns 0 when every trial has ended, EXIT_PORT_IN_USE when it cannot bind its port, and
     EXIT_INCOMPLETE otherwise (timeout, no worker left), after saying why on stdout.
     """
-    set_role(spec, "chief")
+    set_role("chief", spec.bind, spec.port)
     tuner = build_tuner(spec)
     tuner.save()
     oracle = tuner.oracle
     for trial_id in settle_ended_trials(oracle):
         print(f"chief: trial {trial_id} had ended before the last chief stopped: not run again", flush=True)
-    address = f"{spec.host}:{spec.port}"
-    servicer, server = start_server(oracle, address, spec.worker_timeout_s)
+    servicer, server, port = start_server(oracle, spec.bind, spec.port, spec.worker_timeout_s)
     if server is None:
-        print(f"chief: cannot bind {address}: the port is in use", flush=True)
+        print(f"chief: cannot bind {spec.bind}:{spec.port}: the port is in use", flush=True)
         return EXIT_PORT_IN_USE
-    publish_chief(spec, os.getpid())
-    print(f"chief: oracle serving at {address}, {_ended(oracle)}/{oracle.max_trials} trials ended", flush=True)
+    address = dial_address(spec)
+    publish_chief(spec, address, port)
+    print(f"chief: oracle serving at {address}:{port} (bound to {spec.bind}), "
+          f"{_ended(oracle)}/{oracle.max_trials} trials ended", flush=True)
     reason = _wait(servicer, spec)
     server.stop(grace=2).wait()
     with servicer.lock:
@@ -73,8 +75,8 @@ def _wait(servicer: LivenessServicer, spec: SearchSpec) -> str:
             return _failures_in_a_row(servicer, spec)
         if _finished(servicer):
             return "complete"
-        if _nobody_left(servicer, spec.worker_timeout_s):
-            return "no worker left"
+        if _nobody_left(servicer, spec):
+            return "no worker left" if servicer.last_seen else f"no worker came within {spec.await_workers_s:.0f}s"
         if time.monotonic() > deadline:
             return f"timeout after {spec.chief_timeout_s:.0f}s"
 
@@ -101,7 +103,8 @@ def _finished(servicer: LivenessServicer) -> bool:
         return _ended(oracle) >= oracle.max_trials and not oracle.ongoing_trials and not oracle.tuner_ids
 
 
-def _nobody_left(servicer: LivenessServicer, grace_s: float) -> bool:
+def _nobody_left(servicer: LivenessServicer, spec: SearchSpec) -> bool:
     with servicer.lock:
+        grace_s = spec.worker_timeout_s if servicer.last_seen else spec.await_workers_s
         waited = time.monotonic() - servicer.started > grace_s
         return waited and not servicer.oracle.tuner_ids and not servicer.oracle.ongoing_trials

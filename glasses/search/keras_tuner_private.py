@@ -209,12 +209,15 @@ class LivenessServicer(oracle_chief.OracleServicer):
             return super().GetBestTrials(request, context)
 
 
-def start_server(oracle, address: str, worker_timeout_s: float) -> tuple[LivenessServicer, grpc.Server | None]:
-    """Serves `oracle` at `address` ("host:port"); the server is None if it cannot bind.
+def start_server(oracle, bind: str, port: int, worker_timeout_s: float
+                 ) -> tuple[LivenessServicer, grpc.Server | None, int]:
+    """Serves `oracle` on `bind`, at `port` or, when it is 0, a free port; returns the servicer,
+    the server (None if it cannot bind) and the port it bound.
 
     The port is bound exclusively: gRPC sets SO_REUSEPORT by default, which would let a
     second chief bind the same port and take half of the workers' calls.
     """
+    address = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
     servicer = LivenessServicer(oracle, worker_timeout_s)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
     get_service_grpc().add_OracleServicer_to_server(servicer, server)
@@ -223,6 +226,6 @@ def start_server(oracle, address: str, worker_timeout_s: float) -> tuple[Livenes
     except RuntimeError:  # grpcio >= 1.60 raises "Failed to bind" where older ones returned 0
         bound = 0
     if bound == 0:
-        return servicer, None
+        return servicer, None, port
     server.start()
-    return servicer, server
+    return servicer, server, bound

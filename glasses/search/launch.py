@@ -19,9 +19,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from glasses.cluster import dask_worker
 from glasses.errors import SearchError
 from glasses.search.records import chief_card, chief_down_marker, check_state, is_complete, mark_chief_down
 from glasses.search.spec import SearchSpec
+from glasses.search.tuner import NODE_ENV
 from glasses.watchdog import PARENT_PID
 
 EXIT_PORT_IN_USE = 4  # glasses.search.chief's, not imported: that module imports keras-tuner
@@ -58,8 +60,8 @@ def run_chief(spec_path: Path, on_line: Callable[[str], None] = print) -> Path:
 
     code = run_process(role_command("chief", spec_path), note, spec.chief_timeout_s + KILL_GRACE_S, env)
     if code == EXIT_PORT_IN_USE:
-        reason = (f"chief of {spec.project_dir}: port {spec.port} on {spec.host} is in use by another "
-                  "process; leave search.oracle_port unset (a free port is picked) or pick a free one")
+        reason = (f"chief of {spec.project_dir}: port {spec.port} on {spec.bind} is in use by another "
+                  "process; leave search.oracle_port unset (the chief binds a free one) or pick a free one")
         mark_chief_down(spec, reason)
         raise SearchError(reason)
     if code != 0:
@@ -83,7 +85,7 @@ def run_worker(spec_path: Path, index: int, on_line: Callable[[str], None] = pri
     tuner_id = f"tuner{index}"
     if is_complete(spec):
         return tuner_id
-    env = worker_env(spec, index, visible_gpus())
+    env = worker_env(spec, index, visible_gpus(), dask_worker())
     code = run_process(role_command("worker", spec_path, tuner_id), on_line,
                        spec.chief_timeout_s + KILL_GRACE_S, env)
     if code != 0:
@@ -96,8 +98,17 @@ def role_command(role: str, spec_path: Path, tuner_id: str | None = None) -> lis
     return command + (["--tuner-id", tuner_id] if tuner_id else [])
 
 
-def worker_env(spec: SearchSpec, index: int, gpus: int) -> dict[str, str]:
-    """The environment of worker `index`: its GPUs (if any) and its share of the CPU cores."""
+def worker_env(spec: SearchSpec, index: int, gpus: int, on_dask: tuple[str, int] | None = None) -> dict[str, str]:
+    """The environment of worker `index`: its GPUs (if any), its threads and where it runs.
+
+    On this machine (`threads`), a share of its cores and GPUs by index. On a Dask worker
+    (`on_dask`: its name and thread count), the Dask worker's threads, shared by as many tuner
+    workers as it may run at once, and its own `CUDA_VISIBLE_DEVICES` (what it was started with).
+    """
+    if on_dask:
+        name, threads = on_dask
+        env = {**_QUIET, NODE_ENV: name, "GLASSES_THREADS": str(max(1, threads // min(threads, spec.workers)))}
+        return env if gpus else {**env, "CUDA_VISIBLE_DEVICES": "-1"}
     env = {**_QUIET, "GLASSES_THREADS": str(max(1, (os.cpu_count() or 1) // spec.workers))}
     if not gpus:
         env["CUDA_VISIBLE_DEVICES"] = "-1"  # no CUDA probing (and its error lines) on a CPU host

@@ -3,11 +3,14 @@ the marker a failed chief leaves for its workers."""
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from glasses.config import is_loopback
 from glasses.errors import SearchError
 from glasses.files import read_json, write_json
 from glasses.search.spec import SearchSpec
@@ -25,8 +28,9 @@ def trial_records(project_dir: Path) -> list[dict[str, Any]]:
         records.append({
             "trial_id": trial["trial_id"], "status": trial["status"], "score": trial.get("score"),
             "val_loss": _last_value(trial, "val_loss"),
-            "values": trial["hyperparameters"]["values"], "worker": meta.get("tuner_id"),
-            "epochs": meta.get("epochs"), "seconds": meta.get("seconds"), "folds": meta.get("folds"),
+            "values": trial["hyperparameters"]["values"], "worker": meta.get("tuner_id"), "node": meta.get("node"),
+            "epochs": meta.get("epochs"), "seconds": meta.get("seconds"), "ended_at": meta.get("ended_at"),
+            "folds": meta.get("folds"),
             "checkpoint": str(trial_json.parent / "checkpoint.weights.h5"),
         })
     return records
@@ -67,12 +71,14 @@ def is_complete(spec: SearchSpec) -> bool:
 
 def trials_table(spec: SearchSpec) -> pd.DataFrame:
     """The search's trials as a table: id, image size, hyperparameters, val accuracy and loss,
-    epochs, seconds, worker id, folds (None without cross-validation), status and checkpoint."""
+    epochs, seconds, when it ended (Unix time), worker id, node (the host or Dask worker it ran on), folds (None without
+    cross-validation), status and checkpoint."""
     rows = []
     for record in trial_records(spec.project_dir):
         rows.append({"trial_id": record["trial_id"], "image_size": spec.image_size, **record["values"],
                      "val_accuracy": record["score"], "val_loss": record["val_loss"], "epochs": record["epochs"],
-                     "seconds": record["seconds"], "worker": record["worker"],
+                     "seconds": record["seconds"], "ended_at": record["ended_at"], "worker": record["worker"],
+                     "node": record["node"],
                      "folds": len(record["folds"]) if record["folds"] else None, "status": record["status"],
                      "checkpoint": record["checkpoint"]})
     return pd.DataFrame(rows)
@@ -93,34 +99,54 @@ def chief_down_marker(spec: SearchSpec) -> Path:
 
 
 def mark_chief_down(spec: SearchSpec, reason: str) -> None:
-    write_json(chief_down_marker(spec), {"reason": reason, "port": spec.port})
+    write_json(chief_down_marker(spec), {"reason": reason, "search_id": spec.search_id})
 
 
 def chief_down_reason(spec: SearchSpec) -> str | None:
-    """Why this search's chief (on this port) ended badly, or None while it has not."""
+    """Why this search's chief ended badly, or None while it has not."""
     marker = chief_down_marker(spec)
     if not marker.is_file():
         return None
     found = read_json(marker)
-    return found["reason"] if found.get("port") == spec.port else None
+    return found["reason"] if found.get("search_id") == spec.search_id else None
 
 
 def chief_card(spec: SearchSpec) -> Path:
-    """What a chief publishes once it listens: its search id, address and pid."""
+    """What a chief publishes once it listens: its search id, the address and port workers dial
+    (the port it actually bound), its host and pid. Workers dial only what this says."""
     return spec.directory / f"{spec.project_name}.chief.json"
 
 
-def publish_chief(spec: SearchSpec, pid: int) -> None:
-    write_json(chief_card(spec), {"search_id": spec.search_id, "host": spec.host, "port": spec.port, "pid": pid})
+def publish_chief(spec: SearchSpec, address: str, port: int) -> None:
+    write_json(chief_card(spec), {"search_id": spec.search_id, "address": address, "port": port,
+                                  "host": socket.gethostname(), "pid": os.getpid()})
 
 
-def chief_is_up(spec: SearchSpec) -> bool:
-    """Whether this search's own chief (same search id and port) has said it listens."""
+def chief_address(spec: SearchSpec) -> tuple[str, int] | None:
+    """Where this search's own chief (same search id) listens, once it has published it."""
     card = chief_card(spec)
     if not card.is_file():
-        return False
-    found = read_json(card)
-    return found.get("search_id") == spec.search_id and found.get("port") == spec.port
+        return None
+    found = read_state(card)
+    return (found["address"], int(found["port"])) if found.get("search_id") == spec.search_id else None
+
+
+def dial_address(spec: SearchSpec) -> str:
+    """The address workers should dial to reach a chief bound to `spec.bind` on this host: the
+    configured one, else loopback for a loopback bind, the bound address itself, or, for a
+    wildcard bind (0.0.0.0, ::), this host's address on its default route."""
+    if spec.address:
+        return spec.address
+    if is_loopback(spec.bind):
+        return "127.0.0.1"
+    if spec.bind not in ("0.0.0.0", "::", ""):
+        return spec.bind
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # UDP: sends nothing, only picks the route
+            return probe.getsockname()[0]
+        except OSError:
+            return socket.gethostbyname(socket.gethostname())
 
 
 def error_file(spec: SearchSpec, trial_id: str) -> Path:

@@ -30,11 +30,15 @@ class SearchSpec(BaseModel):
     folds: int  # k of the k-fold cross-validation that scores each trial; 0: train on train, score on val
     fixed: dict[str, int | str]  # what the search holds fixed: earlier stages' choices and stage.fixed
     seed: int
-    host: str
-    port: int
+    bind: str  # the address the chief binds
+    address: str | None  # the address workers dial; None: the one the chief publishes
+    port: int  # 0: the chief binds a free port and publishes it (records.chief_card)
     workers: int
     worker_timeout_s: float
     chief_timeout_s: float
+    # How long the chief waits for its first worker: worker_timeout_s when the workers start with
+    # it; on a Dask cluster they may queue behind other tasks, so up to chief_timeout_s.
+    await_workers_s: float
     gpus_per_worker: int | Literal["all"]
 
     @property
@@ -50,7 +54,7 @@ class SearchSpec(BaseModel):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now (for tests: a search binds its own, `port` 0)."""
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]

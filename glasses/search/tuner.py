@@ -4,6 +4,7 @@ records who ran each trial, and the process-wide role settings Keras Tuner reads
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 import traceback
@@ -16,11 +17,20 @@ from glasses.search.spec import SearchSpec
 HEARTBEAT_S = 3.0
 
 
-def set_role(spec: SearchSpec, tuner_id: str) -> None:
-    """Makes this process the chief (`tuner_id` "chief") or a worker of the spec's oracle."""
+def set_role(tuner_id: str, address: str, port: int) -> None:
+    """Makes this process the chief (`tuner_id` "chief") or a worker of the oracle at
+    address:port (Keras Tuner reads these when a tuner is built; the chief binds its own)."""
     os.environ["KERASTUNER_TUNER_ID"] = tuner_id
-    os.environ["KERASTUNER_ORACLE_IP"] = spec.host
-    os.environ["KERASTUNER_ORACLE_PORT"] = str(spec.port)
+    os.environ["KERASTUNER_ORACLE_IP"] = address
+    os.environ["KERASTUNER_ORACLE_PORT"] = str(port)
+
+
+NODE_ENV = "GLASSES_NODE"  # set by the launcher on a Dask worker: that worker's name
+
+
+def node() -> str:
+    """Where this process runs: its Dask worker's name, else the host name."""
+    return os.environ.get(NODE_ENV) or socket.gethostname()
 
 
 def _hypermodel(spec: SearchSpec):
@@ -65,7 +75,8 @@ def build_tuner(spec: SearchSpec, strategy=None):
                 raise
             epochs = max(len(h.history.get("loss", [])) for h in histories)
             write_json(Path(self.get_trial_dir(trial.trial_id)) / "worker.json",
-                       {"tuner_id": self.tuner_id, "seconds": round(time.monotonic() - started, 2),
+                       {"tuner_id": self.tuner_id, "node": node(), "ended_at": round(time.time(), 2),
+                        "seconds": round(time.monotonic() - started, 2),
                         "epochs": epochs, "folds": [_best_epoch(h) for h in histories] if self.folds else None})
             return histories
 

@@ -14,7 +14,7 @@ import threading
 import time
 
 from glasses.errors import SearchError
-from glasses.search.records import chief_down_reason, chief_is_up, is_complete
+from glasses.search.records import chief_address, chief_card, chief_down_reason, is_complete
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, set_role
 
@@ -26,7 +26,6 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     if is_complete(spec):
         print(f"{tuner_id}: search {spec.project_dir} already complete", flush=True)
         return 0
-    set_role(spec, tuner_id)
     _limit_threads()
     import keras
 
@@ -38,7 +37,7 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     # A chief that is gone should fail this worker's calls soon (the task retries), not in an hour.
     set_client_timeout(max(10.0, spec.worker_timeout_s))
     strategy, replicas = _strategy()
-    wait_for_chief(spec)
+    set_role(tuner_id, *wait_for_chief(spec))
     _stop_when_chief_down(spec, tuner_id)
     tuner = build_tuner(spec, strategy)
     tuner.oracle = _PatientClient(tuner.oracle)
@@ -67,9 +66,10 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     return 0
 
 
-def wait_for_chief(spec: SearchSpec) -> None:
-    """Returns once this search's own chief listens: it has published the spec's search id and
-    port (so a stranger listening on that port is never taken for it) and accepts a connection.
+def wait_for_chief(spec: SearchSpec) -> tuple[str, int]:
+    """Returns the address and port of this search's own chief once it listens: it has published
+    them with the spec's search id (so a stranger listening on that port is never taken for it,
+    and no port is chosen before the chief has bound it) and accepts a connection there.
 
     Raises:
         SearchError: the chief is marked down, or has not come within `worker_timeout_s`.
@@ -78,25 +78,25 @@ def wait_for_chief(spec: SearchSpec) -> None:
     while True:
         reason = chief_down_reason(spec)
         if reason:
-            raise SearchError(f"the chief at {spec.host}:{spec.port} is down: {reason}")
-        problem = _reach(spec)
-        if problem is None:
-            return
+            raise SearchError(f"the chief of search {spec.search_id} is down: {reason}")
+        found, problem = _reach(spec)
+        if found:
+            return found
         if time.monotonic() > deadline:
-            raise SearchError(f"no chief of search {spec.search_id} at {spec.host}:{spec.port} after "
-                              f"{spec.worker_timeout_s:.0f}s ({problem})")
+            raise SearchError(f"no chief of search {spec.search_id} after {spec.worker_timeout_s:.0f}s ({problem})")
         time.sleep(0.5)
 
 
-def _reach(spec: SearchSpec) -> str | None:
-    """None when the search's chief is up and reachable, else what is wrong."""
-    if not chief_is_up(spec):
-        return "it has not published this search's id"
+def _reach(spec: SearchSpec) -> tuple[tuple[str, int] | None, str]:
+    """The chief's published address when it is up and reachable there, else None and what is wrong."""
+    found = chief_address(spec)
+    if found is None:
+        return None, f"it has not published this search's id in {chief_card(spec).name}"
     try:
-        with socket.create_connection((spec.host, spec.port), timeout=2):
-            return None
+        with socket.create_connection(found, timeout=2):
+            return found, ""
     except OSError as error:
-        return str(error)
+        return None, f"{found[0]}:{found[1]}: {error}"
 
 
 def _stop_when_chief_down(spec: SearchSpec, tuner_id: str) -> None:

@@ -127,6 +127,9 @@ def test_a_tuner_worker_on_a_dask_worker_takes_its_name_and_threads():
     spec = SearchSpec.model_construct(workers=2, gpus_per_worker=1)
     env = worker_env(spec, 1, gpus=0, on_dask=("gpu2", 8))
     assert (env["GLASSES_NODE"], env["GLASSES_THREADS"], env["CUDA_VISIBLE_DEVICES"]) == ("gpu2", "4", "-1")
+    # what a Dask nanny sets for its worker is not the tuner's: unset (a fixed malloc trim threshold
+    # made every trial about twice as slow)
+    assert env["MALLOC_TRIM_THRESHOLD_"] is None and env["OMP_NUM_THREADS"] is None
     on_gpu = worker_env(spec, 1, gpus=2, on_dask=("gpu2", 1))
     assert on_gpu["GLASSES_THREADS"] == "1" and "CUDA_VISIBLE_DEVICES" not in on_gpu  # the Dask worker's own
     here = worker_env(spec, 1, gpus=2)
@@ -219,3 +222,14 @@ def _tiny_cache(tmp_path: Path) -> Path:
     organized = dataset.organize(source, tmp_path / "organized")
     split = dataset.split(organized.dir, tmp_path / "split", (0.6, 0.2, 0.2), seed=1337)
     return inputs.build_cache(split.dir, tmp_path / "cache", 16)
+
+
+def test_a_role_process_does_not_inherit_what_its_environment_unsets(monkeypatch):
+    from glasses.search.launch import run_process
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    lines: list[str] = []
+    code = "import os; print(os.environ.get('MALLOC_TRIM_THRESHOLD_'), os.environ.get('GLASSES_NODE'))"
+    assert run_process([sys.executable, "-c", code], lines.append, 30,
+                       {"MALLOC_TRIM_THRESHOLD_": None, "GLASSES_NODE": "A"}) == 0
+    assert lines == ["None A"]

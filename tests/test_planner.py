@@ -102,8 +102,13 @@ def test_too_small_a_budget_names_the_least_that_fits(quick):
         _plan(quick, 90)
     least = str(caught.value).rsplit("give at least ", 1)[1]
     sized, _ = _plan(quick, parse_duration(least))
-    # the smallest run: one size, a trial per worker (stage 3: enough for the ensemble), the fewest steps
-    assert sized.search == scale_search(quick.search, 1e-6, quick.ensemble.fallback)
+    # the smallest run: one size, a trial per worker (stage 3: enough for the ensemble), about the
+    # fewest steps (the budget is named in whole seconds: what that rounding leaves may buy a few steps)
+    least_run = scale_search(quick.search, 1e-6, quick.ensemble.fallback)
+    for stage in ("stage1", "stage2", "stage3"):
+        got, fewest = getattr(sized.search, stage), getattr(least_run, stage)
+        assert (got.image_sizes, got.max_trials, got.keep) == (fewest.image_sizes, fewest.max_trials, fewest.keep)
+        assert fewest.max_steps <= got.max_steps <= 1.1 * fewest.max_steps, stage
     assert sized.search.stage1.image_sizes == [32]
     assert [s.max_trials for s in (sized.search.stage1, sized.search.stage2, sized.search.stage3)] == [2, 2, 4]
     with pytest.raises(GlassesError, match=f"give at least {least}"):

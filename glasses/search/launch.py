@@ -29,6 +29,11 @@ from glasses.watchdog import PARENT_PID
 EXIT_PORT_IN_USE = 4  # glasses.search.chief's, not imported: that module imports keras-tuner
 KILL_GRACE_S = 30  # past the chief's own timeout, its process is killed
 _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+# What a Dask nanny sets for its worker (distributed.nanny.pre-spawn-environ) and a tuner process
+# must not inherit (None: unset): a fixed malloc trim threshold turns off glibc's adaptive mmap
+# threshold, so TensorFlow maps and unmaps its tensors every step; one OpenMP/BLAS thread.
+_NOT_FROM_DASK = {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": None, "MKL_NUM_THREADS": None,
+                  "OPENBLAS_NUM_THREADS": None}
 
 
 def run_chief(spec_path: Path, on_line: Callable[[str], None] = print) -> Path:
@@ -98,7 +103,8 @@ def role_command(role: str, spec_path: Path, tuner_id: str | None = None) -> lis
     return command + (["--tuner-id", tuner_id] if tuner_id else [])
 
 
-def worker_env(spec: SearchSpec, index: int, gpus: int, on_dask: tuple[str, int] | None = None) -> dict[str, str]:
+def worker_env(spec: SearchSpec, index: int, gpus: int, on_dask: tuple[str, int] | None = None
+               ) -> dict[str, str | None]:
     """The environment of worker `index`: its GPUs (if any), its threads and where it runs.
 
     On this machine (`threads`), a share of its cores and GPUs by index. On a Dask worker
@@ -107,7 +113,8 @@ def worker_env(spec: SearchSpec, index: int, gpus: int, on_dask: tuple[str, int]
     """
     if on_dask:
         name, threads = on_dask
-        env = {**_QUIET, NODE_ENV: name, "GLASSES_THREADS": str(max(1, threads // min(threads, spec.workers)))}
+        env = {**_QUIET, **_NOT_FROM_DASK, NODE_ENV: name,
+               "GLASSES_THREADS": str(max(1, threads // min(threads, spec.workers)))}
         return env if gpus else {**env, "CUDA_VISIBLE_DEVICES": "-1"}
     env = {**_QUIET, "GLASSES_THREADS": str(max(1, (os.cpu_count() or 1) // spec.workers))}
     if not gpus:
@@ -130,15 +137,16 @@ def visible_gpus() -> int:
 
 
 def run_process(command: list[str], on_line: Callable[[str], None], timeout_s: float,
-                env: dict[str, str] | None = None) -> int:
+                env: dict[str, str | None] | None = None) -> int:
     """Runs a process to the end, streaming its output lines, killing it at the timeout.
+
+    Its environment is ours with `env` on top (a None value unsets that variable).
 
     Returns the exit code (negative for a signal). The process group is killed if we are
     interrupted, so no tuner process outlives its caller's call.
     """
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, **(env or {}), PARENT_PID: str(os.getpid())},
-                               start_new_session=True)
+                               env=_environment(env), start_new_session=True)
     timer = threading.Timer(timeout_s, _kill_group, args=(process,))
     timer.start()
     try:
@@ -148,6 +156,11 @@ def run_process(command: list[str], on_line: Callable[[str], None], timeout_s: f
     finally:
         timer.cancel()
         _kill_group(process)
+
+
+def _environment(changes: dict[str, str | None] | None) -> dict[str, str]:
+    merged = {**os.environ, **(changes or {}), PARENT_PID: str(os.getpid())}
+    return {key: value for key, value in merged.items() if value is not None}
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -6,14 +6,16 @@ default, so "Quick run" in the UI needs no edits), builds and validates the conf
 """
 
 import time
+from contextlib import nullcontext
 from datetime import date
 from typing import Any, Literal
 
 from prefect import flow
 from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.runtime import flow_run
 
-from glasses import cluster
+from glasses import cluster, registry
 from glasses.config import Config, run_name
 from glasses.planner import parse_duration
 from glasses.report import Stopwatch
@@ -24,6 +26,7 @@ from tasks import cluster as tasks_cluster
 # Not `from __future__ import annotations`: Prefect builds the parameters' schema from these
 # annotations when a deployment loads this file, and string annotations would not resolve.
 Preset = Literal["quick", "paper", "smoke"]
+Mode = Literal["resume", "retune"]
 
 
 def run_searches(config: Config, stage: str, sizes: list[int], chosen: dict[str, Any], split: dict,
@@ -44,12 +47,16 @@ def _plan(config: Config, stage: str, size: int, chosen: dict[str, Any], split: 
 def _run(config: Config, specs: list[str]) -> list[str]:
     # Their time limit is the search's chief_timeout_s, kept by the chief and enforced on the role
     # processes (killed 30 s past it): a Prefect timeout cannot interrupt a task blocked in a thread.
-    chiefs = [search.chief.submit(spec) for spec in specs]
-    worker = search.worker.with_options(retries=config.search.worker_retries)
-    with tasks_cluster.worker_placement(config):
-        workers = [worker.submit(spec, index) for index in range(config.search.workers) for spec in specs]
-    wait(workers)
-    return [chief.result() for chief in chiefs]
+    # A chief "on the flow" runs in a thread of the flow's process, whatever the flow's task runner.
+    on_flow = cluster.is_dask(config.search.cluster) and config.search.chief_on == "flow"
+    with ThreadPoolTaskRunner(max_workers=len(specs)) if on_flow else nullcontext() as here:
+        chiefs = [here.submit(search.chief, {"spec_path": spec}) if here else search.chief.submit(spec)
+                  for spec in specs]
+        worker = search.worker.with_options(retries=config.search.worker_retries)
+        with tasks_cluster.worker_placement(config):
+            workers = [worker.submit(spec, index) for index in range(config.search.workers) for spec in specs]
+        wait(workers)
+        return [chief.result() for chief in chiefs]
 
 
 def _name() -> str:
@@ -60,7 +67,7 @@ def _name() -> str:
 @flow(name="glasses-pipeline", flow_run_name=_name, retries=1, retry_delay_seconds=10, log_prints=True)
 def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: str | None = None,
              overrides: dict[str, Any] | None = None, strict: bool = False, time_budget: str | None = None,
-             budget_started_at: float | None = None) -> str:
+             budget_started_at: float | None = None, mode: Mode = "resume") -> str:
     """Trains, searches and ships the glasses ensemble; returns the path of the run's summary.json.
 
     When the shipped model learned nothing (`summary["alarm"]`), the run ends Completed under
@@ -77,20 +84,29 @@ def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: st
             data and this machine's measured speed to end within it; empty: the preset as is.
         budget_started_at: When the budget's clock started (Unix time); empty: this run's start.
             `glasses run` sets its own start, so its start-up counts too.
+        mode: resume (continue the work dir's searches to their trial counts, reuse finished
+            stages) or retune (also add `search.stage3.retune_trials` trials to stage 3 and
+            rebuild the ensemble; the scheduled deployment's). Either way the run's model
+            replaces the champion only if it is better (glasses.registry).
     """
     started = time.time()
     budget_s = parse_duration(time_budget)  # a bad value fails here, before any work
     config = data.configure(preset, data_dir, work_dir, overrides)
+    run = {"id": str(flow_run.get_id() or ""), "flow_run": flow_run.get_name() or "", "mode": mode}
     summary = stages.with_options(result_storage=caching.result_storage(config),
                                   task_runner=tasks_cluster.task_runner(config))(
-        config, budget_s, budget_started_at or started)
+        config, budget_s, budget_started_at or started, run)
     return model.outcome(summary, strict)
 
 
 @flow(name="glasses-stages", log_prints=True)
-def stages(config: Config, budget_s: float | None = None, started_at: float | None = None) -> str:
+def stages(config: Config, budget_s: float | None = None, started_at: float | None = None,
+           run: dict | None = None) -> str:
     """The stages of one run, on one work dir held for the run (apart from the data, one at a time);
-    with a budget (seconds from `started_at`), the searches are sized to it after the split."""
+    with a budget (seconds from `started_at`), the searches are sized to it after the split.
+    `run`: the pipeline run's id, name and mode (retune: stage 3 grows, once per run id)."""
+    run = {"id": "", "flow_run": "", "mode": "resume", **(run or {})}
+    run["entry"] = registry.entry_name(config.preset)
     with claim(config.work_dir, config.data.data_dir):
         clock = Stopwatch()
         tasks_cluster.check_storage(config)  # on a Dask cluster: every worker sees the work dir
@@ -107,18 +123,25 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
         clock.lap("stage1")
 
         size = stage1["chosen"]["image_size"]
-        stage2 = search.finish_stage2(config, run_searches(config, "stage2", [size], {}, split, fingerprint))
+        specs2 = run_searches(config, "stage2", [size], {}, split, fingerprint)
+        stage2 = search.finish_stage2(config, specs2)
         clock.lap("stage2")
 
+        if run["mode"] == "retune":
+            config = search.retune_trials(config, size, stage2["chosen"],
+                                          data.cache(config, split["dir"], fingerprint, size), run["id"])
         specs3 = run_searches(config, "stage3", [size], stage2["chosen"], split, fingerprint)
         stage3 = search.finish_stage3(config, specs3)
         clock.lap("stage3")
 
         shipped = model.ensemble(config, specs3, split["dir"])
+        decision = model.champion(config, shipped, split["dir"], fingerprint, run)
         clock.lap("ensemble")
         drawn = model.draw_figures(config, shipped, [stage1, stage2, stage3])
-        latent = model.latent_baseline(config, source, fingerprint)
+        latent = model.latent_baseline(config, source, fingerprint, split["dir"])
         clock.lap("analyses")
-        return model.summary(config, organized, split, [stage1, stage2, stage3], shipped, drawn, latent,
-                             clock.durations(), plan)
+        path = model.summary(config, organized, split, [stage1, stage2, stage3], shipped, drawn, latent,
+                             clock.durations(), plan, decision)
+        model.tidy(config, specs1 + specs2 + specs3, path, decision)
+        return path
 

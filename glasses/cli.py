@@ -49,24 +49,43 @@ def synth(out: Path = typer.Option(..., "--out", help="Directory to write the da
                f"({result.glasses} glasses, {result.no_glasses} no glasses) in {result.seconds:.1f}s")
 
 
+_DATA_DIR = typer.Option(None, "--data-dir", help="A dataset in the Kaggle layout; default: synthesize the "
+                         "built-in one into the work dir.")
+_WORK_DIR = typer.Option(None, "--work-dir", help="Where every output goes [work].")
+_PRESET = typer.Option("quick", "--preset", help=f"One of {', '.join(PRESETS)}.")
+_CONFIG = typer.Option(None, "--config", help="YAML/JSON overrides.")
+_WORKERS = typer.Option(None, "--workers", help="Tuner workers per search.")
+_DASK = typer.Option(None, "--dask-address", help="An existing Dask scheduler (tcp://host:8786): tuner workers "
+                     "run on its workers, which must see the work dir at the same path.")
+_STRICT = typer.Option(False, "--strict", help=f"Exit with code {NOTHING_LEARNED_EXIT} (not 0) when the shipped "
+                       "model learned nothing (1 is an error, 2 a usage error); without it the run warns and exits 0.")
+_BUDGET = typer.Option(None, "--time-budget", help="e.g. 90s, 15m, 1h30m: size the searches to this machine's "
+                       "measured speed and the data so the run ends within it (the preset's shape, scaled).")
+
+
 @app.command()
-def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A dataset in the Kaggle layout; "
-                                                "default: synthesize the built-in one into the work dir."),
-        work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Where every output goes [work]."),
-        preset: str = typer.Option("quick", "--preset", help=f"One of {', '.join(PRESETS)}."),
-        config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON overrides."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Tuner workers per search."),
-        dask_address: Optional[str] = typer.Option(None, "--dask-address", help="An existing Dask scheduler "
-                                                   "(tcp://host:8786): tuner workers run on its workers, which "
-                                                   "must see the work dir at the same path."),
-        strict: bool = typer.Option(False, "--strict", help=f"Exit with code {NOTHING_LEARNED_EXIT} (not 0) "
-                                    "when the shipped model learned nothing (1 is an error, 2 a usage "
-                                    "error); without it the run warns and exits 0."),
-        time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 90s, 15m, 1h30m: size the "
-                                                  "searches to this machine's measured speed and the data so "
-                                                  "the run ends within it (the preset's shape, scaled).")) -> None:
-    """Run the whole pipeline as a Prefect flow and print the ensemble's test accuracy; warn when
-    the shipped model does not clearly beat always answering the majority class."""
+def run(data_dir: Optional[Path] = _DATA_DIR, work_dir: Optional[Path] = _WORK_DIR, preset: str = _PRESET,
+        config_file: Optional[Path] = _CONFIG, workers: Optional[int] = _WORKERS,
+        dask_address: Optional[str] = _DASK, strict: bool = _STRICT, time_budget: Optional[str] = _BUDGET) -> None:
+    """Run the whole pipeline as a Prefect flow (resuming what the work dir has) and print the
+    ensemble's test accuracy; warn when the shipped model does not clearly beat always answering
+    the majority class. Its model replaces the champion only if better."""
+    _pipeline("resume", data_dir, work_dir, preset, config_file, workers, dask_address, strict, time_budget)
+
+
+@app.command()
+def retune(data_dir: Optional[Path] = _DATA_DIR, work_dir: Optional[Path] = _WORK_DIR, preset: str = _PRESET,
+           config_file: Optional[Path] = _CONFIG, workers: Optional[int] = _WORKERS,
+           dask_address: Optional[str] = _DASK, strict: bool = _STRICT,
+           time_budget: Optional[str] = _BUDGET) -> None:
+    """Like run, and stage 3's search gets search.stage3.retune_trials more trials (on changed
+    data every stage runs anew); the ensemble is rebuilt from the best of all, and replaces the
+    champion only if better on val and not worse on test beyond registry.margin."""
+    _pipeline("retune", data_dir, work_dir, preset, config_file, workers, dask_address, strict, time_budget)
+
+
+def _pipeline(mode: str, data_dir: Path | None, work_dir: Path | None, preset: str, config_file: Path | None,
+              workers: int | None, dask_address: str | None, strict: bool, time_budget: str | None) -> None:
     started = time.time()  # a time budget counts from here: Prefect's start-up is part of the run
     try:
         parse_duration(time_budget)  # a bad value is one error line before anything starts
@@ -90,7 +109,7 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
         summary = Path(pipeline(preset=config.preset, data_dir=_text(config.data.data_dir),
                                 work_dir=str(config.work_dir.resolve()),
                                 overrides=config.model_dump(mode="json", exclude={"work_dir", "preset"}),
-                                time_budget=time_budget, budget_started_at=started))
+                                time_budget=time_budget, budget_started_at=started, mode=mode))
     except GlassesError as error:
         _fail(error)
     finally:
@@ -100,6 +119,53 @@ def run(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data
     shipped = result["ensemble"]
     typer.echo(f"shipped model ({shipped['method']}) test accuracy: {shipped['test_accuracy']:.4f}  ({summary})")
     _warn_if_nothing_learned(result["alarm"], strict)
+
+
+@app.command()
+def models(work_dir: Optional[Path] = _WORK_DIR) -> None:
+    """List the model registry: every run's model, its scores, whether it was promoted and why;
+    the one serving (the champion, model/ensemble.keras) marked with *."""
+    from glasses import registry
+    from glasses.workdir import WorkDir
+
+    work = WorkDir(_work_dir(work_dir))
+    table = registry.listing(work)
+    if table.empty:
+        typer.echo(f"no models registered in {work.models} yet: run `glasses run` first")
+        return
+    typer.echo(f"{'':1} {'run':24} {'date (UTC)':25} {'data':16} {'method':11} {'members':>7} {'val':>6} "
+               f"{'test':>6}  promoted: why")
+    for row in table.itertuples():
+        mark = "*" if row.serving else " "
+        typer.echo(f"{mark} {row.run:24} {row.date:25} {row.data_fingerprint:16} {row.method:11} {row.members:>7} "
+                   f"{row.val_accuracy:>6.4f} {row.test_accuracy:>6.4f}  {_yes(row.promoted)}: {row.reason}")
+    holder = registry.champion(work)
+    if holder:
+        typer.echo(f"serving: {holder['run']} since {holder['since']} ({holder['reason']})")
+
+
+@app.command()
+def promote(run_name: str = typer.Argument(..., metavar="RUN", help="A run in `glasses models`."),
+            work_dir: Optional[Path] = _WORK_DIR) -> None:
+    """Make an earlier run's model the champion again (what `glasses predict` serves)."""
+    from glasses import registry
+    from glasses.workdir import WorkDir, claim
+
+    root = _work_dir(work_dir)
+    try:
+        with claim(root, None):  # not while a run is using the work dir
+            holder = registry.promote(WorkDir(root), run_name)
+    except GlassesError as error:
+        _fail(error)
+    typer.echo(f"serving: {holder['run']} ({WorkDir(root).model})")
+
+
+def _work_dir(work_dir: Path | None) -> Path:
+    return (work_dir or build_config("quick").work_dir).resolve()
+
+
+def _yes(value) -> str:
+    return "yes" if str(value).lower() == "true" else "no"
 
 
 def _warn_if_nothing_learned(alarm: dict, strict: bool) -> None:
@@ -122,9 +188,13 @@ def serve(preset: str = typer.Option("quick", "--preset", help=f"One of {', '.jo
           work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Default: $GLASSES_HOME or ~/.glasses."),
           config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON overrides."),
           name: str = typer.Option("weekly-retune", "--name", help="The deployment's name."),
-          cron: str = typer.Option(RETUNE_CRON, "--cron", help="When to re-tune (UTC).")) -> None:
+          cron: str = typer.Option(RETUNE_CRON, "--cron", help="When to re-tune (UTC)."),
+          mode: str = typer.Option("retune", "--mode", help="What its runs do: retune (add stage-3 trials, "
+                                   "promote only a better model) or resume.")) -> None:
     """Serve the pipeline as a Prefect deployment on a schedule, one run at a time (needs a
     Prefect server: set PREFECT_API_URL). Runs can be started and retried from the UI."""
+    if mode not in ("retune", "resume"):
+        _fail(GlassesError(f"--mode {mode!r} is not retune or resume"))
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "glasses")
     try:
         overrides = read_config_file(config_file) if config_file else None
@@ -135,7 +205,8 @@ def serve(preset: str = typer.Option("quick", "--preset", help=f"One of {', '.jo
         _fail(error)
     from deployments.serve import serve as serve_deployment  # imports prefect; only this command needs it
 
-    parameters = {"preset": preset, "data_dir": _text(data_dir), "work_dir": _text(work_dir), "overrides": overrides}
+    parameters = {"preset": preset, "data_dir": _text(data_dir), "work_dir": _text(work_dir), "overrides": overrides,
+                  "mode": mode}
     serve_deployment(name, cron, parameters, tags=["glasses", preset])
 
 

@@ -68,6 +68,8 @@ class StageConfig(_Section):
     fixed: dict[str, int | str] = Field(default_factory=dict, description="Hyperparameters held fixed, "
                                         "by their names in glasses.space.SPACE.")
     keep: int | None = Field(None, ge=1, description="Keep only the checkpoints of the K best trials.")
+    retune_trials: int = Field(4, ge=0, le=10_000, description="Stage 3 only: the trials a retune run adds to "
+                               "the search (glasses retune, the scheduled deployment), when its data is unchanged.")
 
     @field_validator("image_sizes")
     @classmethod
@@ -101,6 +103,9 @@ class SearchConfig(_Section):
                          "machine), local (a Dask LocalCluster started for the run) or the address of an "
                          "existing Dask scheduler, tcp://host:8786 (also search.dask_address, --dask-address).")
     dask_address: str | None = Field(None, description="An existing Dask scheduler; sets cluster to it.")
+    chief_on: Literal["cluster", "flow"] = Field("cluster", description="On a Dask cluster, where each "
+                                                 "search's chief runs: cluster (on a Dask worker, next to its "
+                                                 "tuner workers) or flow (in the flow's process, on its host).")
     oracle_bind: str = Field("127.0.0.1", description="Address the chief binds (0.0.0.0: every interface); "
                              "loopback unless allow_remote_oracle.")
     oracle_address: str | None = Field(None, description="Address workers dial; None: what the chief "
@@ -203,6 +208,21 @@ class EnsembleConfig(_Section):
         "the simpler (best_single, average, majority, greedy). A majority vote has no log loss.")
 
 
+class RegistryConfig(_Section):
+    """Every run's shipped model, kept in <work>/models; the champion serves (<work>/model)."""
+
+    keep: int = Field(10, ge=1, le=10_000, description="Registry entries kept (the newest, and always the champion).")
+    margin: float = Field(0.02, ge=0, le=1, description="A challenger at least as good on val is promoted unless "
+                          "its test accuracy is below the champion's by more than this.")
+
+
+class RetuneConfig(_Section):
+    """What a retune run does when the data changed."""
+
+    keep_choices: bool = Field(False, description="Keep the champion's stage 1-2 choices (image size, conv "
+                               "layers, optimizer) instead of searching them again on the new data.")
+
+
 class Config(_Section):
     """Everything a run needs; `preset` names the defaults it started from."""
 
@@ -211,6 +231,8 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     search: SearchConfig
     ensemble: EnsembleConfig = EnsembleConfig()
+    registry: RegistryConfig = RegistryConfig()
+    retune: RetuneConfig = RetuneConfig()
 
 
 def _stage(sizes: list[int], batch: int, trials: int, steps: int, patience: int, warmup: int = 0,
@@ -229,7 +251,6 @@ def _report_epochs(sizes: list[int], batch: int, trials: int, epochs: int, patie
 PAPER_TRAIN_IMAGES = 3599  # the report's training split of its 4,500 images
 _LATER = []  # stages 2 and 3 search at stage 1's chosen size (64 in the report)
 
-
 _STAGE3_FIXED = {"conv_layers": 3, "optimizer": "adam"}
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -240,7 +261,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "worker_timeout_s": 600,
             "stage1": _report_epochs([64, 128, 256], 16, 5, 50, 5),
             "stage2": _report_epochs(_LATER, 64, 100, 50, 10),
-            "stage3": _report_epochs(_LATER, 64, 150, 100, 10, fixed=_STAGE3_FIXED, keep=100),
+            "stage3": _report_epochs(_LATER, 64, 150, 100, 10, fixed=_STAGE3_FIXED, keep=100, retune_trials=30),
         },
         "ensemble": {"threshold": 0.89, "fallback": 3},
     },
@@ -274,7 +295,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "cv_below": 0,
             "stage1": _stage([16, 24], 8, 2, 6, 6),
             "stage2": _stage(_LATER, 8, 2, 6, 6),
-            "stage3": _stage(_LATER, 8, 2, 6, 6, fixed=_STAGE3_FIXED, keep=2),
+            "stage3": _stage(_LATER, 8, 2, 6, 6, fixed=_STAGE3_FIXED, keep=2, retune_trials=2),
         },
         "ensemble": {"threshold": 0.99, "fallback": 2},
     },

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import json
 import logging
 import os
 import re
@@ -632,15 +633,36 @@ def subset_sizes(count: int, fractions: tuple[float, float, float]) -> tuple[int
     return n_train, n_val, count - n_train - n_val
 
 
-def assign_subsets(count: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
-    """Subset index (0 train, 1 val, 2 test) of each of `count` sorted items of one class,
-    seeded, in the sizes of `subset_sizes`."""
-    order = np.random.default_rng(seed).permutation(count)
-    n_train, n_val, _ = subset_sizes(count, fractions)
-    subsets = np.full(count, 2)
-    subsets[order[:n_train]] = 0
-    subsets[order[n_train:n_train + n_val]] = 1
-    return subsets
+def _hash_order(names: list[str], seed: int) -> list[str]:
+    """`names` in the order of a hash of (seed, name): seeded, and the same for a name whatever
+    else is in the list."""
+    return sorted(names, key=lambda name: hashlib.sha256(f"{seed}\0{name}".encode()).digest())
+
+
+def stable_subsets(classes: dict[str, list[str]], fractions: tuple[float, float, float], seed: int,
+                   earlier: dict[str, int] | None = None) -> dict[str, int]:
+    """Subset index (0 train, 1 val, 2 test) of each item name, stratified by class, that keeps
+    every earlier item where it was.
+
+    Items in `earlier` (name -> subset, an earlier split with the same seed and fractions) keep
+    their subset, even when their class changed. The others, per class in the order of a hash of
+    (seed, name), each go to the subset furthest below its size for the class's new count
+    (`subset_sizes`). So with no earlier split the sizes are exactly `subset_sizes`, and when rows
+    are added the old images never move and the fractions stay those sizes (unless rows were
+    removed from a subset, which the new ones then refill).
+    """
+    earlier = earlier or {}
+    found: dict[str, int] = {}
+    for names in classes.values():
+        targets = subset_sizes(len(names), fractions)
+        kept = {name: earlier[name] for name in names if name in earlier}
+        counts = [sum(1 for s in kept.values() if s == subset) for subset in range(3)]
+        found.update(kept)
+        for name in _hash_order([n for n in names if n not in kept], seed):
+            subset = max(range(3), key=lambda i: (targets[i] - counts[i], -i))
+            counts[subset] += 1
+            found[name] = subset
+    return found
 
 
 def plan_split(per_class: dict[str, int], fractions: tuple[float, float, float]) -> dict[str, dict[str, int]]:
@@ -682,11 +704,16 @@ def _organized_source(organized_dir: Path) -> dict | None:
     return read_json(manifest).get("source") if manifest.is_file() else None
 
 
-def split(organized_dir: Path, out_dir: Path, fractions: tuple[float, float, float], seed: int) -> Split:
-    """Splits class folders into stratified train/val/test folders, seeded.
+ASSIGNMENTS = "assignments.csv"  # in the split dir: name,subset of every image it ever placed
 
-    The same inputs (file names, and the source stamp of the organized dir) give the same
-    split, and a re-run with them does no work.
+
+def split(organized_dir: Path, out_dir: Path, fractions: tuple[float, float, float], seed: int) -> Split:
+    """Splits class folders into stratified train/val/test folders, seeded (`stable_subsets`).
+
+    An image the previous split in `out_dir` placed (same seed and fractions) keeps its subset,
+    so when data grows no image moves between train, val and test; `assignments.csv` remembers
+    every image ever placed, also those since removed. The same inputs (file names, and the
+    source stamp of the organized dir) give the same split, and a re-run with them does no work.
 
     Raises:
         DatasetError: when a class is too small for the fractions (see `plan_split`), before
@@ -696,28 +723,72 @@ def split(organized_dir: Path, out_dir: Path, fractions: tuple[float, float, flo
     key = {"fractions": list(fractions), "seed": seed, "source": _organized_source(organized_dir),
            "files": {name: [p.name for p in paths] for name, paths in files.items()}}
     manifest = Path(out_dir) / "split.json"
-    if manifest.is_file() and read_json(manifest).get("key") == key:
+    if manifest.is_file() and read_json(manifest).get("key") == key and "id" in read_json(manifest):
         return Split(dir=Path(out_dir), **read_json(manifest)["counts"])
     plan_split({name: len(paths) for name, paths in files.items()}, fractions)
+    earlier = _earlier_assignments(Path(out_dir), fractions, seed)
+    subsets = stable_subsets({name: [p.stem for p in paths] for name, paths in files.items()}, fractions, seed,
+                             earlier)
     with atomic_dir(out_dir) as tmp:
-        table = _place_subsets(files, tmp, fractions, seed)
+        table = _place_subsets(files, tmp, subsets)
         table.to_csv(tmp / "manifest.csv", index=False)
+        remembered = {**earlier, **subsets}
+        pd.DataFrame({"name": list(remembered), "subset": [SUBSETS[s] for s in remembered.values()]}).to_csv(
+            tmp / ASSIGNMENTS, index=False)
         counts = {s: int((table["subset"] == s).sum()) for s in SUBSETS}
-        write_json(tmp / "split.json", {"key": key, "counts": counts})
+        # what it was made of and where it placed each image: caches are keyed on this
+        placed = hashlib.sha256((json.dumps(key, sort_keys=True) + table.to_csv(index=False)).encode()).hexdigest()[:16]
+        write_json(tmp / "split.json", {"key": key, "id": placed, "counts": counts, "fractions": _achieved(table),
+                                        "kept": sum(1 for name in subsets if name in earlier)})
     return Split(dir=Path(out_dir), **counts)
 
 
-def _place_subsets(files: dict[str, list[Path]], tmp: Path, fractions: tuple[float, float, float],
-                   seed: int) -> pd.DataFrame:
+def _earlier_assignments(out_dir: Path, fractions: tuple[float, float, float], seed: int) -> dict[str, int]:
+    """name -> subset of the split already in `out_dir`, if it was made with this seed and these
+    fractions (else none: a new split)."""
+    manifest, table = out_dir / "split.json", out_dir / ASSIGNMENTS
+    if not (manifest.is_file() and table.is_file()):
+        return {}
+    key = read_json(manifest).get("key", {})
+    if key.get("seed") != seed or key.get("fractions") != list(fractions):
+        return {}
+    found = pd.read_csv(table, dtype=str, keep_default_na=False)
+    return {name: SUBSETS.index(subset) for name, subset in zip(found["name"], found["subset"])}
+
+
+def _achieved(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per class, the fraction of its images in each subset (what the split achieved)."""
+    out = {}
+    for label, name in enumerate(CLASSES):
+        rows = table[table["label"] == label]
+        out[name] = {s: round(float((rows["subset"] == s).mean()), 4) if len(rows) else 0.0 for s in SUBSETS}
+    return out
+
+
+def _place_subsets(files: dict[str, list[Path]], tmp: Path, subsets: dict[str, int]) -> pd.DataFrame:
     """Links each class's files into tmp/<subset>/<class>/; the manifest rows (path, label, subset)."""
     rows = []
     for label, name in enumerate(CLASSES):
-        for path, subset in zip(files[name], assign_subsets(len(files[name]), fractions, seed)):
-            target = tmp / SUBSETS[subset] / name / path.name
+        for path in files[name]:
+            subset = SUBSETS[subsets[path.stem]]
+            target = tmp / subset / name / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
             link_or_copy(path, target)
-            rows.append((f"{SUBSETS[subset]}/{name}/{path.name}", label, SUBSETS[subset]))
+            rows.append((f"{subset}/{name}/{path.name}", label, subset))
     return pd.DataFrame(rows, columns=["path", "label", "subset"])
+
+
+def split_id(split_dir: Path) -> str:
+    """What identifies the split in `split_dir`: a hash of what it was made of (the organized
+    images, seed, fractions) and where it placed each image; the caches and searches built on
+    it are keyed by it."""
+    return read_json(Path(split_dir) / "split.json")["id"]
+
+
+def split_assignments(split_dir: Path) -> dict[str, str]:
+    """Image name (file stem, `face-<id>`) -> subset of every image the split in `split_dir` placed."""
+    table = pd.read_csv(Path(split_dir) / "manifest.csv")
+    return {Path(path).stem: subset for path, subset in zip(table["path"], table["subset"])}
 
 
 def read_manifest(split_dir: Path, subset: str) -> tuple[list[str], list[int]]:

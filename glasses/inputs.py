@@ -10,12 +10,13 @@ upstream pipeline and no lock, unlike an in-process `Dataset.cache(file)`.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from glasses.dataset import SUBSETS, open_image, read_manifest
-from glasses.files import atomic_dir, read_json, write_json
+from glasses.dataset import SUBSETS, open_image, read_manifest, split_id
+from glasses.files import OUTPUT_MARKER, atomic_dir, read_json, write_json
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -59,13 +60,26 @@ def cache_dir_for(cache_root: Path, size: int) -> Path:
     return Path(cache_root) / f"{size}px"
 
 
+def unused_caches(cache_root: Path, sizes: set[int]) -> list[Path]:
+    """Removes the caches of sizes not in `sizes` (each made by `build_cache`: its marker and
+    cache.json inside); returns them."""
+    gone = []
+    for folder in sorted(Path(cache_root).glob("*px")) if Path(cache_root).is_dir() else []:
+        size = folder.name.removesuffix("px")
+        if (size.isdigit() and int(size) not in sizes and not folder.is_symlink()
+                and (folder / OUTPUT_MARKER).is_file() and (folder / "cache.json").is_file()):
+            shutil.rmtree(folder)
+            gone.append(folder)
+    return gone
+
+
 def build_cache(split_dir: Path, cache_root: Path, size: int) -> Path:
     """Decodes, resizes and rescales every subset once and saves it on disk.
 
     Returns the cache directory; a complete cache of the same split is reused as is.
     """
     target = cache_dir_for(cache_root, size)
-    key = read_json(Path(split_dir) / "split.json")["key"]
+    key = split_id(split_dir)
     marker = target / "cache.json"
     if marker.is_file() and read_json(marker).get("key") == key:
         return target

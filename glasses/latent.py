@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from glasses.dataset import (CLASSES, LATENT_COLUMNS, ROW_COLUMN, assign_subsets, face_file_name,
-                             has_latent_columns, read_columns, read_labels)
+from glasses.dataset import (CLASSES, LATENT_COLUMNS, ROW_COLUMN, SUBSETS, face_file_name, has_latent_columns,
+                             read_columns, read_labels, stable_subsets)
+from glasses.dataset import split_assignments as dataset_split_assignments
 from glasses.errors import DatasetError
 from glasses.evaluate import accuracy
 
@@ -100,20 +101,25 @@ def _parse_latents(csv: Path, frame: pd.DataFrame) -> np.ndarray:
 
 
 def split_subsets(ids: np.ndarray, labels: np.ndarray, fractions: tuple[float, float, float],
-                  seed: int) -> np.ndarray:
+                  seed: int, assignments: dict[str, str] | None = None) -> np.ndarray:
     """Subset index (0 train, 1 val, 2 test) of each row, stratified by class.
 
-    The rule is the images' (`glasses.dataset.split`): per class, items sorted by image file
-    name (`face-<id>.png`, so by the id's digits as text), then `assign_subsets`. Hence a row
-    lands in the same subset as its image, and the latent test set is the image test set.
+    With `assignments` (the image split's, `glasses.dataset.split_assignments`: image name ->
+    subset), each row goes where its image `face-<id>` went, so the latent test set is the image
+    test set, also after data was added. Without, the images' rule on these rows alone
+    (`glasses.dataset.stable_subsets`), which a first split of the same images also gives.
     """
     ids, labels = np.asarray(ids), np.asarray(labels)
-    subsets = np.empty(len(ids), dtype=int)
-    for label in range(len(CLASSES)):
-        members = np.flatnonzero(labels == label)
-        order = sorted(members, key=lambda i: face_file_name(ids[i]))
-        subsets[order] = assign_subsets(len(order), fractions, seed)
-    return subsets
+    names = [Path(face_file_name(i)).stem for i in ids]
+    if assignments is not None:
+        missing = [name for name in names if name not in assignments]
+        if missing:
+            raise DatasetError(f"{len(missing)} labelled row(s) have no image in the split, e.g. {missing[0]}; "
+                               "the latent baseline needs the split made from the same train.csv")
+        return np.array([SUBSETS.index(assignments[name]) for name in names], dtype=int)
+    classes = {name: [names[i] for i in np.flatnonzero(labels == label)] for label, name in enumerate(CLASSES)}
+    found = stable_subsets(classes, fractions, seed)
+    return np.array([found[name] for name in names], dtype=int)
 
 
 def build_latent_model(inputs: int = len(LATENT_COLUMNS)):
@@ -155,10 +161,10 @@ def _fit(parts: list[tuple[np.ndarray, np.ndarray]], seed: int, epochs: int, bat
 
 
 def latent_baseline(csv: Path, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 1337,
-                    epochs: int = 5, batch_size: int = 64) -> LatentResult:
+                    epochs: int = 5, batch_size: int = 64, split_dir: Path | None = None) -> LatentResult:
     """Trains and tests the report's dense network on the latents of a labels CSV.
 
-    Split as the images are (`split_subsets`), seeded with `keras.utils.set_random_seed(seed)`,
+    Split as the images are (`split_subsets`; with `split_dir`, as that split placed them), seeded with `keras.utils.set_random_seed(seed)`,
     validated on val each epoch and scored on test once at the end.
 
     Returns:
@@ -174,7 +180,8 @@ def latent_baseline(csv: Path, fractions: tuple[float, float, float] = (0.8, 0.1
     if table is None:
         return _skip(csv, started)
     ids, x, y = table
-    subsets = split_subsets(ids, y, fractions, seed)
+    assignments = dataset_split_assignments(split_dir) if split_dir else None
+    subsets = split_subsets(ids, y, fractions, seed, assignments)
     parts = [(x[subsets == s], y[subsets == s]) for s in range(3)]
     model = _fit(parts, seed, epochs, batch_size)
     return LatentResult(skipped=False, reason=None, train=len(parts[0][1]), val=len(parts[1][1]),

@@ -32,7 +32,8 @@ class Stopwatch:
 
 
 def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[dict], shipped: dict,
-                  figures: dict, latent: dict, durations: dict, plan: dict | None = None) -> Path:
+                  figures: dict, latent: dict, durations: dict, plan: dict | None = None,
+                  decision: dict | None = None) -> Path:
     """Writes `<work-dir>/summary.json`: the parts of the run plus the config that made it.
 
     Args:
@@ -43,11 +44,13 @@ def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[di
         latent: The latent baseline's result.
         durations: Seconds per step of the run.
         plan: What a time budget was turned into (glasses.planner.Plan.to_dict), if the run had one.
+        decision: This run's model against the champion (glasses.registry.challenge).
     """
     summary = {"dataset": dataset, "split": split, "workers": config.search.workers,
                "stages": {stage["stage"]: stage for stage in stages}, **shipped, "figures": figures,
                "latent": latent, "durations_s": durations, "preset": config.preset,
-               "config": config.model_dump(mode="json"), "plan": plan}
+               "config": config.model_dump(mode="json"), "plan": plan, "champion": decision,
+               "achieved_fractions": split.get("fractions")}
     return write_json(WorkDir(config.work_dir).summary, summary)
 
 
@@ -68,6 +71,7 @@ def summary_markdown(path: Path) -> str:
         f"{e['selection']}: val **{e['val_accuracy']:.4f}**, test **{e['test_accuracy']:.4f}**",
         f"- best single model (trial {b['trial_id']}): val {b['val_accuracy']:.4f}, test {b['test_accuracy']:.4f}",
         f"- {_baseline_text(s['alarm'])}",
+        *_champion_summary(s.get("champion")),
         f"- total time: {s['durations_s']['total']:.0f} s; report: {Path(path).parent / 'report.md'}",
         *_budget_summary(s),
     ]
@@ -229,8 +233,45 @@ def render_report(summary: dict) -> str:
              "Augmentation during training (flip, translation, rotation, zoom):", "",
              *_figure(summary, "augmentation", "augmentation samples"),
              *_stage_lines(summary), *_ensemble_lines(summary), *_evaluation_lines(summary),
-             *_latent_lines(summary), "## Timings", "", timings, "", *_budget_lines(summary)]
+             *_latent_lines(summary), *_champion_lines(summary.get("champion")), "## Timings", "", timings, "", *_budget_lines(summary)]
     return "\n".join(lines)
+
+
+def _champion_summary(decision: dict | None) -> list[str]:
+    if not decision:
+        return []
+    verdict = "promoted: it serves now" if decision["promoted"] else f"not promoted: {decision['serving']} serves"
+    return [f"- registry: this run's model is {decision['challenger']['run']}, {verdict} ({decision['reason']})"]
+
+
+def _champion_table(decision: dict) -> list[str]:
+    lines = ["| model | run | val accuracy | test accuracy |", "|---|---|---|---|"]
+    for role in ("challenger", "champion"):
+        row = decision.get(role)
+        if row:
+            lines.append(f"| {role} | {row['run']} | {row['val']:.4f} | {row['test']:.4f} |")
+    return lines
+
+
+def _champion_lines(decision: dict | None) -> list[str]:
+    """The champion and this run's model (the challenger), scored now on the same images."""
+    if not decision:
+        return []
+    verdict = "promoted" if decision["promoted"] else "not promoted"
+    return ["## Champion", "",
+            "This run's model (the challenger) and the model serving before it (the champion), both scored "
+            "now on this run's val and test images:", "", *_champion_table(decision), "",
+            f"The challenger was {verdict}: {decision['reason']}. The rule: promoted when at least as good on "
+            f"val and not worse on test by more than {decision['margin']:g}. Serving now: {decision['serving']} "
+            "(`model/ensemble.keras`; the registry: `glasses models`, `models/registry.csv`).", ""]
+
+
+def champion_markdown(decision: dict) -> str:
+    """The decision as a Prefect artifact."""
+    verdict = "**promoted**" if decision["promoted"] else "**not promoted**"
+    return "\n".join(["# Champion and challenger", "", *_champion_table(decision), "",
+                      f"Challenger {decision['challenger']['run']} {verdict}: {decision['reason']}.", "",
+                      f"Serving now: **{decision['serving']}**."]) + "\n"
 
 
 RUN_STEPS = ("data", "plan", "stage1", "stage2", "stage3", "ensemble", "analyses")  # the flow's laps, in order

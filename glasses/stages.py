@@ -10,12 +10,14 @@
 Stages 1-2 score each trial on the val split, or, when it is small (under `search.cv_below`
 images), by k-fold cross-validation over train+val: a choice on 37 val images is noise.
 
-Each search lives in `stages/<stage>/kt-<key>/size<px>`, keyed by everything that defines it,
-so a re-run with the same config continues (or reuses) it and a changed config starts anew.
+Each search lives in `stages/<stage>/kt-<key>/size<px>`, keyed by everything that defines it
+but its trial count, so a re-run with the same config continues (or reuses) it, more trials
+continue it (a retune), and any other change starts anew.
 """
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,7 @@ from glasses.errors import SearchError
 from glasses.figures import plot_by, plot_ranked
 from glasses.files import read_json, write_json, write_text
 from glasses.search import SearchSpec, keep_best, trials_table
+from glasses.search.records import trial_records
 
 
 def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
@@ -59,6 +62,39 @@ def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image
     return spec.save(path)
 
 
+RETUNE_LEDGER = "retune.json"  # in a stage's folder: the trial count each retune run set, by run
+
+
+def retune_trials(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
+                  chosen: dict[str, Any], cache_dir: Path, run_id: str) -> int:
+    """The trial count of this search for retune run `run_id`: when the search exists, what it
+    was set to (or has, if more) plus `stage.retune_trials`; a new search (new data, say) gets
+    `stage.max_trials`. The count is recorded per run, so a retry of the same run (same id)
+    gets the same count and does not add the trials twice."""
+    path = spec_path_for(stage_dir, stage, search, image_size, chosen, cache_dir)
+    ledger = Path(stage_dir) / RETUNE_LEDGER
+    found = read_json(ledger) if ledger.is_file() else {}
+    key = f"{run_id}/{path.parent.name}"
+    if key not in found:
+        earlier = SearchSpec.load(path) if path.is_file() else None
+        had = max(earlier.stage.max_trials, len(trial_records(earlier.project_dir))) if earlier else 0
+        found[key] = max(stage.max_trials, had) + stage.retune_trials if had else stage.max_trials
+        write_json(ledger, found)
+    return found[key]
+
+
+def unused_searches(work_root: Path, in_use: list[Path]) -> list[Path]:
+    """Removes the searches (`stages/<stage>/kt-<key>/`, each with its spec inside) that none of
+    `in_use` (spec paths) belongs to; returns them."""
+    keep = {Path(p).resolve().parent for p in in_use}
+    gone = []
+    for folder in sorted(Path(work_root).glob("stages/*/kt-*")):
+        if folder.resolve() not in keep and not folder.is_symlink() and any(folder.glob("size*.json")):
+            shutil.rmtree(folder)
+            gone.append(folder)
+    return gone
+
+
 def folds_for(search: SearchConfig, cache_dir: Path, cross_validate: bool) -> int:
     """k when this search scores trials by k-fold cross-validation (a stage that may, and a val
     split under `search.cv_below` images), else 0."""
@@ -70,9 +106,10 @@ def spec_path_for(stage_dir: Path, stage: StageConfig, search: SearchConfig, ima
                   chosen: dict[str, Any], cache_dir: Path, cross_validate: bool = False) -> Path:
     """Where `plan_search` writes the spec of this search: `kt-<key>/size<px>.json`, the key a
     hash of everything that defines the search (its stage config, size, fixed values, seed,
-    folds, data)."""
+    folds, data) but its trial count: more trials continue the same search."""
     split_key = read_json(Path(cache_dir) / "cache.json")["key"]
-    key = fingerprint({"stage": stage.model_dump(mode="json"), "size": image_size,
+    defining = stage.model_dump(mode="json", exclude={"max_trials", "retune_trials"})
+    key = fingerprint({"stage": defining, "size": image_size,
                        "fixed": {**chosen, **stage.fixed}, "seed": search.seed, "split": split_key,
                        "folds": folds_for(search, cache_dir, cross_validate)})
     return (Path(stage_dir) / f"kt-{key}").resolve() / f"size{image_size}.json"

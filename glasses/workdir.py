@@ -46,7 +46,27 @@ class WorkDir:
 
     @property
     def model(self) -> Path:
+        """The champion: the registry's model that serves (`glasses predict`'s default)."""
         return self.root / "model" / "ensemble.keras"
+
+    @property
+    def champion(self) -> Path:
+        """Which registry entry the champion is, since when and why."""
+        return self.root / "model" / "champion.json"
+
+    @property
+    def latest(self) -> Path:
+        """The model the latest run built (its challenger), before the registry takes it."""
+        return self.root / "latest" / "ensemble.keras"
+
+    @property
+    def models(self) -> Path:
+        """The registry: one folder per run's model, and registry.csv."""
+        return self.root / "models"
+
+    @property
+    def registry(self) -> Path:
+        return self.models / "registry.csv"
 
     @property
     def predictions(self) -> Path:

@@ -19,8 +19,9 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.filesystems import LocalFileSystem
 
-from glasses import inputs, stages
+from glasses import dataset, inputs, stages
 from glasses.config import Config, fingerprint
+from glasses.files import read_json
 from glasses.search import SearchSpec, is_complete
 from glasses.workdir import WorkDir
 
@@ -76,9 +77,10 @@ def budget_key(context, parameters: dict) -> str:
 
 
 def cache_key(context, parameters: dict) -> str:
-    data, work, size = parameters["config"].data, _work(parameters), parameters["size"]
-    present = (inputs.cache_dir_for(work.cache, size) / "cache.json").is_file()
-    return _key(work, present, "cache", parameters["fingerprint"], data.fractions, data.seed, size, work.root)
+    work, size, split = _work(parameters), parameters["size"], dataset.split_id(Path(parameters["split_dir"]))
+    marker = inputs.cache_dir_for(work.cache, size) / "cache.json"
+    present = marker.is_file() and read_json(marker).get("key") == split
+    return _key(work, present, "cache", split, size, work.root)
 
 
 def _complete(spec_path: Path) -> bool:
@@ -92,7 +94,7 @@ def plan_key(context, parameters: dict) -> str:
     path = stages.spec_path_for(work.stage(stage), getattr(config.search, stage), config.search,
                                 parameters["image_size"], parameters["chosen"], Path(parameters["cache_dir"]),
                                 cross_validate=stage != "stage3")
-    return _key(work, _complete(path), "plan", path)
+    return _key(work, _complete(path), "plan", path, getattr(config.search, stage).max_trials)
 
 
 def search_key(context, parameters: dict) -> str:
@@ -122,9 +124,9 @@ def finish_key(context, parameters: dict) -> str:
 def ensemble_key(context, parameters: dict) -> str:
     config: Config = parameters["config"]
     work = _work(parameters)
-    present = work.model.is_file() and work.predictions.is_file()
+    present = work.latest.is_file() and work.predictions.is_file()
     return _key(work, present, "ensemble", parameters["spec_paths"], config.ensemble.model_dump(mode="json"),
-                work.root)
+                config.search.stage3.max_trials, work.root)  # (a retune adds stage-3 trials to the same search)
 
 
 def figures_key(context, parameters: dict) -> str:
@@ -135,4 +137,5 @@ def figures_key(context, parameters: dict) -> str:
 
 def latent_key(context, parameters: dict) -> str:
     data = parameters["config"].data
-    return _key(_work(parameters), True, "latent", parameters["fingerprint"], data.fractions, data.seed)
+    return _key(_work(parameters), True, "latent", parameters["fingerprint"], data.fractions, data.seed,
+                dataset.split_id(Path(parameters["split_dir"])))

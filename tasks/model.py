@@ -16,10 +16,11 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed, State
 
-from glasses import dataset, figures, latent, report
+from glasses import dataset, figures, inputs, latent, registry, report, stages
 from glasses import ensemble as ensembles
 from glasses.config import Config
 from glasses.files import read_json
+from glasses.search import SearchSpec
 from glasses.workdir import WorkDir
 from tasks import caching
 
@@ -28,7 +29,7 @@ from tasks import caching
 def ensemble(config: Config, spec_paths: list[str], split_dir: str) -> dict:
     """Ensembles of the kept models above the threshold compared, the best on val shipped and scored."""
     work = WorkDir(config.work_dir)
-    result = ensembles.ship_ensemble([Path(p) for p in spec_paths], Path(split_dir), work.model,
+    result = ensembles.ship_ensemble([Path(p) for p in spec_paths], Path(split_dir), work.latest,
                                      config.ensemble, predictions_csv=work.predictions)
     logger, shipped, best = get_run_logger(), result["ensemble"], result["best_single"]
     if shipped["warning"]:
@@ -41,6 +42,40 @@ def ensemble(config: Config, spec_paths: list[str], split_dir: str) -> dict:
     return result
 
 
+@task(name="champion", cache_policy=NONE)
+def champion(config: Config, shipped: dict, split_dir: str, fingerprint: str, run: dict) -> dict:
+    """This run's model registered (as `run["entry"]`, unless the same model is there already)
+    and set against the champion on the current val and test images; promoted only if better
+    (glasses.registry). `run`: entry, flow_run (its name) and mode."""
+    work = WorkDir(config.work_dir)
+    name = registry.register(work, work.latest, run["entry"], shipped=shipped["ensemble"],
+                             config=config.model_dump(mode="json"), fingerprint=fingerprint,
+                             flow_run=run["flow_run"], mode=run["mode"])
+    decision = registry.challenge(work, name, Path(split_dir), config.registry.margin)
+    get_run_logger().info("challenger %s %s: %s; serving %s", name,
+                          "promoted" if decision["promoted"] else "not promoted", decision["reason"],
+                          decision["serving"])
+    create_markdown_artifact(report.champion_markdown(decision), key="champion",
+                             description="this run's model against the champion, and which one serves")
+    return decision
+
+
+@task(name="tidy", cache_policy=NONE)
+def tidy(config: Config, spec_paths: list[str], summary_path: str, decision: dict) -> dict[str, list[str]]:
+    """Bounded disk: the summary kept with the run's registry entry, registry entries beyond
+    `registry.keep` removed (never the champion), and caches and searches no stage of this run
+    uses any more."""
+    work = WorkDir(config.work_dir)
+    registry.attach(work, decision["challenger"]["run"], Path(summary_path))
+    removed = {"models": registry.prune(work, config.registry.keep),
+               "searches": [str(p) for p in stages.unused_searches(work.root, [Path(p) for p in spec_paths])],
+               "caches": [str(p) for p in inputs.unused_caches(work.cache, {SearchSpec.load(Path(p)).image_size
+                                                                            for p in spec_paths})]}
+    if any(removed.values()):
+        get_run_logger().info("removed what no stage uses any more: %s", removed)
+    return removed
+
+
 @task(name="figures", cache_key_fn=caching.figures_key, persist_result=True, retries=1)
 def draw_figures(config: Config, shipped: dict, stages: list[dict]) -> dict[str, str]:
     """Augmentation samples, misclassified test images, confusion matrix, stage plots (PNG)."""
@@ -49,10 +84,11 @@ def draw_figures(config: Config, shipped: dict, stages: list[dict]) -> dict[str,
 
 
 @task(name="latent-baseline", cache_key_fn=caching.latent_key, persist_result=True)
-def latent_baseline(config: Config, data_dir: str, fingerprint: str) -> dict:
-    """The report's Dense 128-16-1 on the 512-d latents; skipped with one line without them."""
+def latent_baseline(config: Config, data_dir: str, fingerprint: str, split_dir: str) -> dict:
+    """The report's Dense 128-16-1 on the 512-d latents, split as the images were; skipped with
+    one line without them."""
     result = latent.latent_baseline(dataset.find_layout(Path(data_dir)).csv, fractions=config.data.fractions,
-                                    seed=config.data.seed)
+                                    seed=config.data.seed, split_dir=Path(split_dir))
     logger = get_run_logger()
     if result.skipped:
         logger.info(result.reason)
@@ -63,11 +99,11 @@ def latent_baseline(config: Config, data_dir: str, fingerprint: str) -> dict:
 
 @task(name="summary", cache_policy=NONE)
 def summary(config: Config, dataset: dict, split: dict, stages: list[dict], shipped: dict, drawn: dict,
-            latent: dict, durations: dict, plan: dict | None = None) -> str:
+            latent: dict, durations: dict, plan: dict | None = None, decision: dict | None = None) -> str:
     """Writes summary.json and report.md, and publishes them as artifacts."""
     work = WorkDir(config.work_dir)
     path = report.write_summary(config, dataset=dataset, split=split, stages=stages, shipped=shipped,
-                                figures=drawn, latent=latent, durations=durations, plan=plan)
+                                figures=drawn, latent=latent, durations=durations, plan=plan, decision=decision)
     report.write_report(config)
     _publish(read_json(path), work)
     return str(path)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 from prefect.runtime import task_run
@@ -36,6 +37,17 @@ def plan(config: Config, stage: str, image_size: int, chosen: dict[str, Any], ca
     return str(stages.plan_search(WorkDir(config.work_dir).stage(stage), getattr(config.search, stage),
                                   config.search, image_size, chosen, Path(cache_dir),
                                   cross_validate=stage != "stage3"))
+
+
+@task(name="retune-trials", cache_policy=NONE)
+def retune_trials(config: Config, image_size: int, chosen: dict[str, Any], cache_dir: str, run_id: str) -> Config:
+    """A retune run's config: stage 3's search continued with `retune_trials` more trials (once
+    per run: a retry of the run gets the same count; glasses.stages.retune_trials)."""
+    trials = stages.retune_trials(WorkDir(config.work_dir).stage("stage3"), config.search.stage3, config.search,
+                                  image_size, chosen, Path(cache_dir), run_id)
+    get_run_logger().info("retune: stage 3 searches up to %d trials", trials)
+    stage3 = config.search.stage3.model_copy(update={"max_trials": trials})
+    return config.model_copy(update={"search": config.search.model_copy(update={"stage3": stage3})})
 
 
 def _run_name(role: str):

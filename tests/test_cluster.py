@@ -3,7 +3,9 @@ processes (A and B, one thread each) on loopback, the smoke pipeline run against
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,10 @@ from glasses import cluster
 from glasses.config import build_config
 from glasses.errors import OutputError
 from glasses.search import free_port
+
+# One xdist worker runs this module, so the module's shared cluster is started once.
+pytestmark = pytest.mark.xdist_group("dask-cluster")
+
 
 class DaskCluster:
     """A scheduler and named one-thread workers, each its own process, stopped at exit."""
@@ -171,6 +177,39 @@ def test_smoke_pipeline_on_an_existing_dask_cluster(prefect_server, shared_clust
     spans = first.groupby("image_size").agg(start=("started", "min"), end=("ended_at", "max"))
     assert len(spans) == 2 and spans["start"].max() < spans["end"].min(), spans
     assert "by node A: " in (work / "report.md").read_text()
+    cards = [json.loads(card.read_text()) for card in (work / "stages").rglob("*.chief.json")]
+    assert len(cards) == 4 and {card["node"] for card in cards} <= {"A", "B"}, cards  # chief_on: cluster
+
+
+@pytest.mark.slow
+def test_a_chief_on_the_flow_runs_in_the_flows_process(prefect_server, shared_cluster, tmp_path):
+    """search.chief_on = flow: the chief in a thread of the flow's process (this one, on this
+    host, not a Dask worker), its tuner workers on the Dask workers."""
+    from prefect import flow
+    from prefect_dask import DaskTaskRunner
+
+    from flows.pipeline import run_searches
+    from tasks import data
+
+    config = data.configure.fn("smoke", None, str(tmp_path / "work"), {"search": {
+        "dask_address": shared_cluster.address, "chief_on": "flow", "stage1": {"image_sizes": [16]}}})
+
+    @flow(task_runner=DaskTaskRunner(address=shared_cluster.address))
+    def one_search() -> list[str]:
+        source = data.source(config)
+        fingerprint = data.fingerprint(source)
+        split = data.split(config, data.organize(config, source, fingerprint)["dir"], fingerprint)
+        return run_searches(config, "stage1", [16], {}, split, fingerprint)
+
+    [spec] = one_search()
+    [card] = Path(spec).parent.glob("*.chief.json")
+    found = json.loads(card.read_text())
+    assert found["node"] == socket.gethostname()  # on the cluster it would be A or B
+    from glasses.search import SearchSpec
+    from glasses.search.records import trial_records
+
+    trials = trial_records(SearchSpec.load(Path(spec)).project_dir)
+    assert [t["status"] for t in trials] == ["COMPLETED"] * 2 and {t["node"] for t in trials} <= {"A", "B"}
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,12 +30,12 @@ from glasses.dataset import (
     SUBSETS,
     Organized,
     Split,
-    assign_subsets,
     find_layout,
     organize,
     read_labels,
     read_manifest,
     split,
+    stable_subsets,
 )
 from glasses.errors import DatasetError
 from glasses.files import OUTPUT_MARKER
@@ -628,15 +629,20 @@ def test_bad_input_keeps_a_previous_good_result_intact(kaggle, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# assign_subsets: the split arithmetic
+# stable_subsets: the split arithmetic
+
+
+def _assign(count: int, fractions, seed: int, earlier=None) -> np.ndarray:
+    names = [f"face-{i}" for i in range(1, count + 1)]
+    found = stable_subsets({"glasses": names}, fractions, seed, earlier)
+    return np.array([found[n] for n in names], dtype=int)
 
 
 @pytest.mark.parametrize("glasses, no_glasses", [(2858, 1642), (2854, 1646)])
-def test_assign_subsets_gives_the_reports_3599_449_452_of_4500(glasses, no_glasses):
+def test_stable_subsets_gives_the_reports_3599_449_452_of_4500(glasses, no_glasses):
     totals = np.zeros(3, dtype=int)
     for count in (glasses, no_glasses):
-        subsets = assign_subsets(count, FRACTIONS, seed=1337)
-        sizes = np.bincount(subsets, minlength=3)
+        sizes = np.bincount(_assign(count, FRACTIONS, seed=1337), minlength=3)
         assert sizes[0] == exact_floor(count, 0.8)
         assert sizes[1] == exact_floor(count, 0.1)
         assert sizes.sum() == count
@@ -646,18 +652,43 @@ def test_assign_subsets_gives_the_reports_3599_449_452_of_4500(glasses, no_glass
 
 @pytest.mark.parametrize("fractions", [(0.8, 0.1, 0.1), (0.7, 0.15, 0.15), (0.7, 0.2, 0.1),
                                        (0.6, 0.2, 0.2), (0.5, 0.25, 0.25), (0.9, 0.05, 0.05)])
-def test_assign_subsets_floors_train_and_val_exactly(fractions):
+def test_stable_subsets_floors_train_and_val_exactly(fractions):
     for count in [0, 1, 2, 7, 10, 90, 170, 333, 1000, 4321]:
-        sizes = np.bincount(assign_subsets(count, fractions, seed=0), minlength=3)
+        sizes = np.bincount(_assign(count, fractions, seed=0), minlength=3)
         expected_train, expected_val = exact_floor(count, fractions[0]), exact_floor(count, fractions[1])
         assert sizes.tolist() == [expected_train, expected_val, count - expected_train - expected_val], count
 
 
-def test_assign_subsets_is_seeded():
-    a = assign_subsets(500, FRACTIONS, seed=5)
-    assert np.array_equal(a, assign_subsets(500, FRACTIONS, seed=5))
-    assert not np.array_equal(a, assign_subsets(500, FRACTIONS, seed=6))
+def test_stable_subsets_is_seeded():
+    a = _assign(500, FRACTIONS, seed=5)
+    assert np.array_equal(a, _assign(500, FRACTIONS, seed=5))
+    assert not np.array_equal(a, _assign(500, FRACTIONS, seed=6))
     assert set(np.unique(a)) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("seed", [1337, 7])
+def test_added_rows_never_move_an_old_one_and_the_fractions_hold(seed):
+    """1,000 images, then 300 and 1,200 more, in two classes (29% / 71%): no old name changes
+    subset, and per class each subset stays within one point of its fraction."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(2500) < 0.29).astype(int)
+    names = [f"face-{i}" for i in range(1, 2501)]
+    earlier: dict[str, int] = {}
+    for upto in (1000, 1300, 2500):
+        classes = {c: [n for n, label in zip(names[:upto], labels[:upto]) if label == k]
+                   for k, c in enumerate(CLASSES)}
+        found = stable_subsets(classes, FRACTIONS, seed, earlier)
+        assert {n: found[n] for n in earlier} == earlier
+        for members in classes.values():
+            shares = np.bincount([found[n] for n in members], minlength=3) / len(members)
+            assert np.all(np.abs(shares - np.array(FRACTIONS)) <= 0.01), (upto, shares)
+        earlier = found
+
+
+def test_a_label_that_changed_keeps_its_subset():
+    first = stable_subsets({"glasses": ["a", "b", "c"], "no_glasses": ["d", "e"]}, FRACTIONS, 1)
+    again = stable_subsets({"glasses": ["a", "b"], "no_glasses": ["c", "d", "e"]}, FRACTIONS, 1, first)
+    assert again == first
 
 
 # ---------------------------------------------------------------------------------------------
@@ -726,9 +757,39 @@ def test_split_rerun_does_no_work(organized, tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a re-run with the same inputs re-split")
 
-    monkeypatch.setattr(dataset, "assign_subsets", must_not_run)
+    monkeypatch.setattr(dataset, "stable_subsets", must_not_run)
     assert split(organized, out, FRACTIONS, seed=6) == first
     assert snapshot(out) == before  # split.json's mtime included
+
+
+def test_after_rows_are_added_every_old_image_keeps_its_subset(tmp_path):
+    """A dataset grows from 60 to 100 labelled rows (the same ids and images, 40 new): organize
+    and split again into the same folders; the 60 stay where they were, the 40 new are split by
+    the fractions (per class, with the old ones, to the floored sizes)."""
+    labels = np.random.default_rng(3).permutation([1] * 63 + [0] * 37).tolist()
+    grown = write_kaggle_dataset(tmp_path / "grown", labels, size=(8, 8), latents=0, test_ids=0)
+    first = tmp_path / "first"
+    shutil.copytree(grown, first)
+    frame = pd.read_csv(first / "train.csv")
+    frame.iloc[:60].to_csv(first / "train.csv", index=False)
+    for image_id in range(61, 101):
+        (first / KAGGLE_SUBDIR / f"face-{image_id}.png").unlink()
+
+    organize(first, tmp_path / "organized")
+    split(tmp_path / "organized", tmp_path / "split", (0.6, 0.2, 0.2), seed=7)
+    before = split_labels(tmp_path / "split")
+    organize(grown, tmp_path / "organized")
+    result = split(tmp_path / "organized", tmp_path / "split", (0.6, 0.2, 0.2), seed=7)
+    after = split_labels(tmp_path / "split")
+    assert len(before) == 60 and len(after) == 100
+    assert {name: after[name] for name in before} == before
+    for label, count in ((1, 63), (0, 37)):
+        sizes = [sum(1 for subset, lab in after.values() if lab == label and subset == s) for s in SUBSETS]
+        assert sizes == [exact_floor(count, 0.6), exact_floor(count, 0.2),
+                         count - exact_floor(count, 0.6) - exact_floor(count, 0.2)], label
+    achieved = json.loads((tmp_path / "split" / "split.json").read_text())
+    assert achieved["kept"] == 60 and achieved["fractions"]["glasses"]["train"] == round(37 / 63, 4)
+    assert result.train + result.val + result.test == 100
 
 
 def test_split_redoes_the_split_when_the_seed_changes(organized, tmp_path):

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
@@ -45,7 +46,7 @@ def test_prefect_yaml_deploys_the_pipeline_weekly_on_a_process_pool(prefect_serv
     assert deployment.entrypoint == "flows/pipeline.py:pipeline"
     assert deployment.work_pool_name == "glasses"
     assert [s.schedule.cron for s in deployment.schedules] == [RETUNE_CRON]
-    assert deployment.parameters == {"preset": "quick"}
+    assert deployment.parameters == {"preset": "quick", "mode": "retune"}
     assert deployment.global_concurrency_limit.limit == 1
 
 
@@ -64,11 +65,12 @@ def test_glasses_serve_registers_the_deployment_and_a_triggered_run_completes(pr
         assert "serving deployment glasses-pipeline/served" in serve.stdout.readline()
         deployment = _wait_for_deployment("glasses-pipeline/served")
         assert [s.schedule.cron for s in deployment.schedules] == [RETUNE_CRON]
-        assert deployment.parameters["preset"] == "smoke"
+        assert deployment.parameters["preset"] == "smoke" and deployment.parameters["mode"] == "retune"
         run = run_deployment("glasses-pipeline/served", timeout=600, poll_interval=5)
         assert run.state.is_completed(), run.state.message
         assert run.name.startswith("smoke-builtin-")
         assert (work / "model" / "ensemble.keras").is_file()
+        assert pd.read_csv(work / "models" / "registry.csv")["mode"].tolist() == ["retune"]
     finally:
         os.killpg(serve.pid, 15)
         serve.wait(timeout=60)

@@ -105,6 +105,15 @@ def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server,
         assert out.shape == (shape[0], 1) and np.all((out >= 0) & (out <= 1))
 
     _assert_artifacts()
+    # The registry: this first model is the champion, what model/ensemble.keras serves.
+    decision = summary["champion"]
+    assert decision["promoted"] and decision["reason"] == "no champion yet" and decision["champion"] is None
+    registered = pd.read_csv(work / "models" / "registry.csv")
+    assert list(registered["run"]) == [decision["challenger"]["run"]] == [decision["serving"]]
+    assert (work / "model" / "ensemble.keras").read_bytes() == \
+        (work / "models" / decision["serving"] / "ensemble.keras").read_bytes()
+    assert (work / "models" / decision["serving"] / "summary.json").is_file()
+    assert "## Champion" in report
 
     # A re-run reuses every finished stage: each stage task is Cached, no trial runs again.
     stamps = _weights(work)
@@ -116,6 +125,8 @@ def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server,
     assert {"organize", "split", "cache-16px", "finish-stage1", "finish-stage3", "ensemble"} <= set(runs)
     again = json.loads((work / "summary.json").read_text())
     assert again["ensemble"]["test_accuracy"] == summary["ensemble"]["test_accuracy"]
+    assert len(pd.read_csv(work / "models" / "registry.csv")) == 1  # the same model: not registered again
+    assert "champion already" in again["champion"]["reason"]
 
     # Stage 3 changed and failing mid-search (the test-only fault switch): stages 1-2 stay
     # Cached; the retry of that same flow run continues stage 3 and reruns no finished trial.
@@ -137,6 +148,27 @@ def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server,
     assert {k: after[k] for k in kept} == kept and any("stage3" in k for k in kept)
     stage3 = pd.read_csv(work / "stages" / "stage3" / "trials.csv")
     assert len(stage3) == 3 and (stage3["status"] == "COMPLETED").all()
+
+    # A retune (the scheduled deployment's mode) fails mid-stage-3; its retry (the same flow run)
+    # adds stage 3's retune_trials (2) once, not twice; stages 1-2 and the data stay Cached.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GLASSES_FAULT", "stage3")
+        failed = pipeline.with_options(retries=0)(preset="smoke", work_dir=str(work), overrides=overrides,
+                                                  mode="retune", return_state=True)
+    assert failed.is_failed()
+    _retry(failed.state_details.flow_run_id)
+    runs = _last_stage_runs()
+    for name in ("organize", "split", "finish-stage1", "finish-stage2"):
+        assert runs[name] == "Cached", runs
+    assert runs["finish-stage3"] == "Completed" and runs["ensemble"] == "Completed"
+    stage3 = pd.read_csv(work / "stages" / "stage3" / "trials.csv")
+    assert len(stage3) == 3 + 2 and (stage3["status"] == "COMPLETED").all()
+    assert list(json.loads((work / "stages" / "stage3" / "retune.json").read_text()).values()) == [5]
+    retuned = json.loads((work / "summary.json").read_text())
+    registered = pd.read_csv(work / "models" / "registry.csv")
+    assert retuned["champion"]["challenger"]["run"] in set(registered["run"])
+    assert registered["mode"].iloc[-1] == "retune" and len(registered) <= 3
+    assert retuned["champion"]["serving"] == json.loads((work / "model" / "champion.json").read_text())["run"]
 
 
 def _messages() -> str:

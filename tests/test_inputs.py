@@ -98,7 +98,7 @@ def test_a_replaced_image_under_an_unchanged_csv_rebuilds_organize_split_and_cac
         organized = dataset.organize(source, tmp_path / "organized")
         split = dataset.split(organized.dir, tmp_path / "split", (0.6, 0.2, 0.2), seed=1)
         cache = inputs.build_cache(split.dir, tmp_path / "cache", 8)
-        return (read_json(organized.dir / "organized.json"), read_json(split.dir / "split.json")["key"],
+        return (read_json(organized.dir / "organized.json"), read_json(split.dir / "split.json")["id"],
                 read_json(cache / "cache.json")["key"])
 
     first = build()

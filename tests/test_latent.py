@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from glasses import dataset
-from glasses.dataset import CLASSES, LATENT_COLUMNS, SUBSETS, assign_subsets
+from glasses.dataset import CLASSES, LATENT_COLUMNS, SUBSETS, subset_sizes
 from glasses.errors import DatasetError
 from glasses.latent import LatentResult, latent_baseline, read_latents, split_subsets
 from tests.conftest import balanced_labels, write_kaggle_dataset
@@ -123,7 +123,7 @@ def test_split_is_stratified_per_class_with_the_image_rule():
     subsets = split_subsets(ids, y, FRACTIONS, seed=1337)
     for label in range(len(CLASSES)):
         count = int((y == label).sum())
-        expected = np.bincount(assign_subsets(count, FRACTIONS, 1337), minlength=3)
+        expected = np.array(subset_sizes(count, FRACTIONS))
         np.testing.assert_array_equal(np.bincount(subsets[y == label], minlength=3), expected)
         assert expected[0] == int(count * 0.8) and expected[1] == int(count * 0.1)
 
@@ -139,6 +139,13 @@ def test_split_puts_each_row_in_the_subset_of_its_image(tmp_path):
             image_subset[int(Path(path).stem.removeprefix("face-"))] = index
     subsets = split_subsets(np.arange(1, 37), np.array(labels), (0.6, 0.2, 0.2), seed=7)
     assert {i + 1: int(s) for i, s in enumerate(subsets)} == image_subset
+    # and after the split changed (here: made with another seed), as the split placed them
+    moved = dataset.split(organized.dir, tmp_path / "split", (0.6, 0.2, 0.2), seed=8)
+    placed = dataset.split_assignments(moved.dir)
+    subsets = split_subsets(np.arange(1, 37), np.array(labels), (0.6, 0.2, 0.2), seed=7, assignments=placed)
+    assert [SUBSETS[s] for s in subsets] == [placed[f"face-{i}"] for i in range(1, 37)]
+    with pytest.raises(DatasetError, match="1 labelled row.*no image in the split, e.g. face-37"):
+        split_subsets(np.arange(1, 38), np.array(labels + [1]), (0.6, 0.2, 0.2), seed=7, assignments=placed)
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -154,8 +161,7 @@ def test_baseline_learns_a_linear_rule_on_the_latents(trained):
 def test_baseline_split_counts_add_up_and_are_stratified(trained):
     _, y = linear_latents()
     assert trained.train + trained.val + trained.test == ROWS
-    per_class = [np.bincount(assign_subsets(int((y == c).sum()), FRACTIONS, 1337), minlength=3)
-                 for c in (0, 1)]
+    per_class = [np.array(subset_sizes(int((y == c).sum()), FRACTIONS)) for c in (0, 1)]
     assert [trained.train, trained.val, trained.test] == list(per_class[0] + per_class[1])
 
 

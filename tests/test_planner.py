@@ -138,9 +138,10 @@ def test_the_flow_parses_its_budget_and_hands_it_to_the_stages(monkeypatch, tmp_
     monkeypatch.setattr(caching, "result_storage", lambda config: "storage")
     monkeypatch.setattr(model, "outcome", lambda summary, strict: summary)
     assert flow.pipeline.fn(preset="smoke", time_budget="1h30m", budget_started_at=123.0) == "summary.json"
-    assert handed[-1] == (config, 5400.0, 123.0)
-    flow.pipeline.fn(preset="smoke")
+    assert handed[-1] == (config, 5400.0, 123.0, {"id": "", "flow_run": "", "mode": "resume"})
+    flow.pipeline.fn(preset="smoke", mode="retune")
     assert handed[-1][1] is None and handed[-1][2] > 123.0  # no budget; the clock from the run's start
+    assert handed[-1][3]["mode"] == "retune"
     with pytest.raises(ConfigError, match="time budget '90' is not a duration"):
         flow.pipeline.fn(preset="smoke", time_budget="90")
     assert len(handed) == 2

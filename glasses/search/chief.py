@@ -9,7 +9,7 @@ import time
 from glasses.search.keras_tuner_private import LivenessServicer, settle_ended_trials, start_server
 from glasses.search.records import ENDED, dial_address, last_error_line, publish_chief
 from glasses.search.spec import SearchSpec
-from glasses.search.tuner import build_tuner, set_role
+from glasses.search.tuner import build_tuner, node, set_role
 
 EXIT_INCOMPLETE = 3
 EXIT_PORT_IN_USE = 4
@@ -33,7 +33,7 @@ def serve(spec: SearchSpec) -> int:
         print(f"chief: cannot bind {spec.bind}:{spec.port}: the port is in use", flush=True)
         return EXIT_PORT_IN_USE
     address = dial_address(spec)
-    publish_chief(spec, address, port)
+    publish_chief(spec, address, port, node())
     print(f"chief: oracle serving at {address}:{port} (bound to {spec.bind}), "
           f"{_ended(oracle)}/{oracle.max_trials} trials ended", flush=True)
     reason = _wait(servicer, spec)

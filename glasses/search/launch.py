@@ -56,6 +56,9 @@ def run_chief(spec_path: Path, on_line: Callable[[str], None] = print) -> Path:
     chief_down_marker(spec).unlink(missing_ok=True)
     chief_card(spec).unlink(missing_ok=True)
     env = {**_QUIET, "CUDA_VISIBLE_DEVICES": "-1"}  # the oracle needs no GPU
+    on_dask = dask_worker()
+    if on_dask:  # on a Dask worker: named after it, without the nanny's settings
+        env = {**env, **_NOT_FROM_DASK, NODE_ENV: on_dask[0]}
     said: list[str] = []
 
     def note(line: str) -> None:

@@ -113,13 +113,13 @@ def chief_down_reason(spec: SearchSpec) -> str | None:
 
 def chief_card(spec: SearchSpec) -> Path:
     """What a chief publishes once it listens: its search id, the address and port workers dial
-    (the port it actually bound), its host and pid. Workers dial only what this says."""
+    (the port it actually bound), its host, node (Dask worker name or host) and pid. Workers dial only what this says."""
     return spec.directory / f"{spec.project_name}.chief.json"
 
 
-def publish_chief(spec: SearchSpec, address: str, port: int) -> None:
+def publish_chief(spec: SearchSpec, address: str, port: int, node: str) -> None:
     write_json(chief_card(spec), {"search_id": spec.search_id, "address": address, "port": port,
-                                  "host": socket.gethostname(), "pid": os.getpid()})
+                                  "host": socket.gethostname(), "node": node, "pid": os.getpid()})
 
 
 def chief_address(spec: SearchSpec) -> tuple[str, int] | None:

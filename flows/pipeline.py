@@ -118,14 +118,20 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
         config, plan = budget.size(config, split, budget_s, started_at or clock.started_at)
         clock.lap("plan")
 
-        specs1 = run_searches(config, "stage1", config.search.stage1.image_sizes, {}, split, fingerprint)
-        stage1 = search.finish_stage1(config, specs1)
-        clock.lap("stage1")
+        kept = (search.kept_choices(config, fingerprint)
+                if run["mode"] == "retune" and config.retune.keep_choices else None)
+        if kept:  # changed data, the champion's choices kept: no stage 1-2 searches
+            (stage1, stage2), specs1, specs2 = kept, [], []
+            size = stage1["chosen"]["image_size"]
+        else:
+            specs1 = run_searches(config, "stage1", config.search.stage1.image_sizes, {}, split, fingerprint)
+            stage1 = search.finish_stage1(config, specs1)
+            clock.lap("stage1")
 
-        size = stage1["chosen"]["image_size"]
-        specs2 = run_searches(config, "stage2", [size], {}, split, fingerprint)
-        stage2 = search.finish_stage2(config, specs2)
-        clock.lap("stage2")
+            size = stage1["chosen"]["image_size"]
+            specs2 = run_searches(config, "stage2", [size], {}, split, fingerprint)
+            stage2 = search.finish_stage2(config, specs2)
+            clock.lap("stage2")
 
         if run["mode"] == "retune":
             config = search.retune_trials(config, size, stage2["chosen"],

@@ -196,3 +196,19 @@ def listing(work: WorkDir) -> pd.DataFrame:
     table = rows(work)
     holder = champion(work)
     return table.assign(serving=[holder is not None and run == holder["run"] for run in table["run"]])
+
+
+def kept_stages(work: WorkDir, fingerprint: str) -> list[dict] | None:
+    """`retune.keep_choices` on changed data: the champion's stage 1 and 2 summaries (its image
+    size, conv layers and optimizer, with their tables and whichever plots are still on disk),
+    each marked `kept_from` its run; None when there is no champion, its data is this data (the
+    stages are reused anyway) or its summary is gone."""
+    holder = champion(work)
+    if holder is None:
+        return None
+    entry = work.models / holder["run"]
+    if not (entry / "summary.json").is_file() or read_json(entry / "entry.json")["data_fingerprint"] == fingerprint:
+        return None
+    stages = read_json(entry / "summary.json")["stages"]
+    return [{**stages[name], "plots": [p for p in stages[name]["plots"] if Path(p).is_file()],
+             "kept_from": holder["run"]} for name in ("stage1", "stage2")]

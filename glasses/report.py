@@ -89,7 +89,9 @@ def _stage_lines(summary: dict) -> list[str]:
         by_worker = ", ".join(f"{w}: {n}" for w, n in stage["trials_by_worker"].items())
         by_node = ", ".join(f"{w}: {n}" for w, n in stage.get("trials_by_node", {}).items())
         outcome = f"chose {stage['chosen']}" if stage["chosen"] else f"kept the {len(stage['kept'] or [])} best models"
-        lines += [f"### {name}", "",
+        kept = ([f"Kept from {stage['kept_from']}, the champion (retune.keep_choices: the data changed and this "
+                 "stage was not searched again); its numbers:", ""] if stage.get("kept_from") else [])
+        lines += [f"### {name}", "", *kept,
                   f"{stage['trials']} trials ({stage['completed']} completed, {stage['failed']} failed; by tuner "
                   f"{by_worker}; by node {by_node or '-'}); "
                   f"best val accuracy {stage['best_val_accuracy']:.4f}; {outcome}. Table: `stages/{name}/trials.csv`.",

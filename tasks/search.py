@@ -21,7 +21,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.context import TaskRunContext
 from prefect.runtime import task_run
 
-from glasses import cluster, search, stages
+from glasses import cluster, registry, search, stages
 from glasses.config import Config
 from glasses.search.records import ended_trials
 from glasses.workdir import WorkDir
@@ -48,6 +48,16 @@ def retune_trials(config: Config, image_size: int, chosen: dict[str, Any], cache
     get_run_logger().info("retune: stage 3 searches up to %d trials", trials)
     stage3 = config.search.stage3.model_copy(update={"max_trials": trials})
     return config.model_copy(update={"search": config.search.model_copy(update={"stage3": stage3})})
+
+
+@task(name="kept-choices", cache_policy=NONE)
+def kept_choices(config: Config, fingerprint: str) -> list[dict] | None:
+    """retune.keep_choices on changed data: the champion's stage 1-2 summaries, else None."""
+    kept = registry.kept_stages(WorkDir(config.work_dir), fingerprint)
+    if kept:
+        get_run_logger().info("keeping %s's choices: %s, %s (retune.keep_choices)", kept[0]["kept_from"],
+                              kept[0]["chosen"], kept[1]["chosen"])
+    return kept
 
 
 def _run_name(role: str):

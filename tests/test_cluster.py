@@ -191,7 +191,7 @@ def test_a_chief_on_the_flow_runs_in_the_flows_process(prefect_server, shared_cl
     from flows.pipeline import run_searches
     from tasks import data
 
-    config = data.configure.fn("smoke", None, str(tmp_path / "work"), {"search": {
+    config = build_config("smoke", overrides={"work_dir": tmp_path / "work"}, settings={"search": {
         "dask_address": shared_cluster.address, "chief_on": "flow", "stage1": {"image_sizes": [16]}}})
 
     @flow(task_runner=DaskTaskRunner(address=shared_cluster.address))

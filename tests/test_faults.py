@@ -23,7 +23,10 @@ pytestmark = pytest.mark.slow
 def _run(data: Path, work: Path, home: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)  # its own embedded server, as a user's `glasses run`
-    command = ["run", "--preset", "smoke", "--data-dir", str(data), "--work-dir", str(work)]
+    # (one stage-1 size: what is tested here is processes and files, not the choice)
+    small = work.parent / "one-size.json"
+    small.write_text(json.dumps({"search": {"stage1": {"image_sizes": [16]}}}))
+    command = ["run", "--preset", "smoke", "--data-dir", str(data), "--work-dir", str(work), "--config", str(small)]
     return subprocess.Popen([sys.executable, "-m", "glasses", *command], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -80,7 +83,7 @@ def test_sigterm_or_sigkill_mid_search_leaves_no_process_and_a_rerun_continues(t
     assert again.wait(timeout=400) == 0, (tmp_path / "third.log").read_text()[-3000:]
     after = _finished_trials(work)
     assert {k: v for k, v in after.items() if k in before} == before  # none run twice
-    assert len(after) == 4 + 2 + 2  # stage 1 (2 sizes x 2 trials), stage 2, stage 3 (keeps 2): none lost
+    assert len(after) == 2 + 2 + 2  # stages 1 (one size), 2 and 3 (keeps 2): none lost
     assert (work / "model" / "ensemble.keras").is_file()
     summary = json.loads((work / "summary.json").read_text())
     assert summary["dataset"]["labelled"] == 40 and summary["latent"]["skipped"] is False

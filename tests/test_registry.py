@@ -6,6 +6,7 @@ no-glasses rate, so which one is better is known before they are scored."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -134,3 +135,21 @@ def test_glasses_promote_restores_an_earlier_model_and_models_lists_it(tmp_path,
 def test_promote_names_what_is_missing(tmp_path):
     with pytest.raises(OutputError, match="no registry entry 'nope'.*entries: none"):
         registry.promote(WorkDir(tmp_path), "nope")
+
+
+def test_kept_choices_are_the_champions_on_changed_data_only(tmp_path, split_dir):
+    work = WorkDir(tmp_path / "work")
+    add(work, "run-1", 0.9)
+    registry.challenge(work, "run-1", split_dir, margin=0.02)
+    assert registry.kept_stages(work, "g" * 16) is None  # no summary kept with the entry yet
+    plot = tmp_path / "stage1.png"
+    plot.write_bytes(b"png")
+    stages = {"stage1": {"stage": "stage1", "chosen": {"image_size": 24}, "plots": [str(plot), "/gone.png"]},
+              "stage2": {"stage": "stage2", "chosen": {"conv_layers": 2, "optimizer": "adam"}, "plots": []}}
+    (tmp_path / "summary.json").write_text(json.dumps({"stages": stages}))
+    registry.attach(work, "run-1", tmp_path / "summary.json")
+    assert registry.kept_stages(work, "f" * 16) is None  # the champion's own data: nothing to keep
+    first, second = registry.kept_stages(work, "g" * 16)
+    assert first["chosen"] == {"image_size": 24} and first["plots"] == [str(plot)]
+    assert second["chosen"] == {"conv_layers": 2, "optimizer": "adam"}
+    assert first["kept_from"] == second["kept_from"] == "run-1"

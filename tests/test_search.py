@@ -121,8 +121,9 @@ def _kill_when_training(role: Role, timeout_s: float = 120) -> None:
     while not any("val_accuracy" in line for line in role.lines):
         assert time.monotonic() < deadline, "worker never trained"
         time.sleep(0.1)
-    for process in psutil.process_iter(["cmdline"]):
-        if role.tuner_id in (process.info["cmdline"] or []):
+    for process in psutil.process_iter(["cmdline"]):  # this search's (tests may run side by side)
+        command = process.info["cmdline"] or []
+        if role.tuner_id in command and str(role.spec_path) in command:
             process.kill()  # SIGKILL, mid-trial
 
 

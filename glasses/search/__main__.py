@@ -7,6 +7,7 @@ Keras Tuner takes a role from process-wide environment variables.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,5 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _exit(code: int) -> None:
+    """Ends the role at once: its outputs are written (atomically) and its lines flushed, and
+    TensorFlow's interpreter teardown would add about 1.4 s to every role of every search."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

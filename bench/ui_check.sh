@@ -3,7 +3,9 @@
 # serve the deployment, run `smoke` with a fault injected in stage 3 (GLASSES_FAULT=stage3: it fails
 # after one trial, and again on the flow's own retry), serve again without it, retry the failed run
 # (`prefect flow-run retry`), then screenshot the deployment, the flow run, the retried stages'
-# task runs (Cached up to stage 3), the Artifacts page and the report artifact with headless Chromium.
+# task runs (Cached up to stage 3), the Artifacts page and the report artifact with headless Chromium;
+# then one more run (the deployment retunes: stage 3 grows) and its champion artifact (this run's
+# model against the one serving) and `glasses models`.
 #   bench/ui_check.sh [OUT]      (OUT default /tmp/glasses-ui; needs chromium; port 4200 free)
 set -u
 cd "$(dirname "$0")/.."
@@ -53,3 +55,8 @@ shot flow-run "$UI/runs/flow-run/$ID"
 shot retried-stages "$UI/runs/flow-run/$LAST" 1600
 shot artifacts "$UI/artifacts"
 shot report "$UI/artifacts/artifact/$REPORT" 1600
+$BIN/prefect deployment run glasses-pipeline/weekly-retune -p preset=smoke --watch > "$R/retune.log" 2>&1
+echo "a second run (retune): $(tail -1 "$R/retune.log")"
+$BIN/glasses models --work-dir "$GLASSES_HOME"
+CHAMPION=$(query artifacts/filter '{"artifacts": {"key": {"any_": ["champion"]}}, "sort": "CREATED_DESC"}' "print(rows[0]['id'])")
+shot champion "$UI/artifacts/artifact/$CHAMPION"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -125,3 +127,29 @@ def test_cross_validation_only_below_the_val_threshold_and_only_where_a_stage_ch
     paths = {spec_path_for(tmp_path / "s", search.stage1, search.model_copy(update={"cv_below": below}), 32, {},
                            tmp_path, cross_validate) for below in (0, 10_000)}
     assert len(paths) == (2 if cross_validate else 1)
+
+
+def test_only_searches_and_caches_no_stage_uses_are_removed(tmp_path):
+    from glasses.files import OUTPUT_MARKER
+    from glasses.inputs import unused_caches
+    from glasses.stages import unused_searches
+
+    def search(stage: str, key: str) -> Path:
+        folder = tmp_path / "stages" / stage / f"kt-{key}"
+        (folder / "size16").mkdir(parents=True)
+        (folder / "size16.json").write_text("{}")
+        return folder / "size16.json"
+
+    used, old = search("stage3", "new"), search("stage3", "old")
+    mine = tmp_path / "stages" / "stage3" / "kt-users"  # no spec inside: not a search of ours
+    mine.mkdir()
+    assert unused_searches(tmp_path, [used]) == [old.parent]
+    assert used.is_file() and not old.parent.exists() and mine.is_dir()
+
+    for size in (16, 24, 32):
+        (tmp_path / "cache" / f"{size}px").mkdir(parents=True)
+        (tmp_path / "cache" / f"{size}px" / "cache.json").write_text("{}")
+        (tmp_path / "cache" / f"{size}px" / OUTPUT_MARKER).touch()
+    (tmp_path / "cache" / "64px").mkdir()  # without our marker: left alone
+    assert unused_caches(tmp_path / "cache", {16, 24}) == [tmp_path / "cache" / "32px"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["16px", "24px", "64px"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,24 +57,30 @@ def champion(work: WorkDir) -> dict | None:
     return read_json(work.champion)
 
 
-def _sha256(path: Path) -> str:
+def identity(path: Path) -> str:
+    """What makes two saved models the same model: a hash of their weights (`model.weights.h5`
+    in the .keras archive; the archive's metadata carries the time it was saved), else of the file."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return "weights:" + digest.hexdigest()
+    except (zipfile.BadZipFile, KeyError):
+        return "file:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def register(work: WorkDir, model_path: Path, name: str, *, shipped: dict, config: dict, fingerprint: str,
              flow_run: str = "", mode: str = "resume") -> str:
     """Keeps the model at `model_path` as registry entry `name` and lists it; returns the entry's
-    name. The same model (by content) already registered is not added again: its entry's name
-    is returned (a run that reused every stage ships the model an earlier run registered)."""
-    digest = _sha256(model_path)
+    name. The same model (the same weights: `identity`) already registered is not added again:
+    its entry's name is returned (a run that reused every stage, or whose new trials changed no
+    member of the ensemble, ships the model an earlier run registered)."""
+    digest = identity(model_path)
     table = rows(work)
     for run in table["run"]:
         entry = work.models / run / "entry.json"
-        if entry.is_file() and read_json(entry).get("sha256") == digest:
+        if entry.is_file() and read_json(entry).get("identity") == digest:
             return run
     if name in set(table["run"]):
         raise OutputError(f"registry entry {name} exists with another model; name the run differently")
@@ -81,7 +88,7 @@ def register(work: WorkDir, model_path: Path, name: str, *, shipped: dict, confi
     with atomic_dir(work.models / name, replace=False) as tmp:
         shutil.copyfile(model_path, tmp / MODEL_FILE)
         write_json(tmp / "entry.json", {"run": name, "date": date, "flow_run": flow_run, "mode": mode,
-                                        "data_fingerprint": fingerprint, "sha256": digest, "shipped": shipped})
+                                        "data_fingerprint": fingerprint, "identity": digest, "shipped": shipped})
         write_json(tmp / "config.json", config)
     row = {"run": name, "date": date, "flow_run": flow_run, "mode": mode, "data_fingerprint": fingerprint,
            "method": shipped["method"], "members": shipped["members"], "val_accuracy": shipped["val_accuracy"],

@@ -32,10 +32,10 @@ def constant_model(path: Path, probability: float) -> Path:
     """A saved Keras model that answers `probability` for any RGB image."""
     import keras
 
-    model = keras.Sequential([keras.Input(shape=(None, None, 3)), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros",
+    model = keras.Sequential([keras.Input(shape=(None, None, 3)), keras.layers.GlobalAveragePooling2D(name="pool"),
+                              keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros", name="out",
                                                  bias_initializer=keras.initializers.Constant(
-                                                     math.log(probability / (1 - probability))))])
+                                                     math.log(probability / (1 - probability))))], name="constant")
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path
@@ -87,7 +87,11 @@ def test_the_same_model_is_registered_once(tmp_path):
     shipped = {"method": "average", "members": 3, "val_accuracy": 0.8, "test_accuracy": 0.7}
     first = registry.register(work, model, "run-a", shipped=shipped, config={}, fingerprint="x")
     second = registry.register(work, model, "run-b", shipped=shipped, config={}, fingerprint="x")
-    assert first == second == "run-a" and list(registry.rows(work)["run"]) == ["run-a"]
+    # saved again (another run whose new trials changed no member): other bytes, the same weights
+    again = constant_model(tmp_path / "again.keras", 0.7)
+    assert again.read_bytes() != model.read_bytes()
+    third = registry.register(work, again, "run-c", shipped=shipped, config={}, fingerprint="x")
+    assert first == second == third == "run-a" and list(registry.rows(work)["run"]) == ["run-a"]
     entry = work.models / "run-a"
     assert {p.name for p in entry.iterdir()} >= {"ensemble.keras", "entry.json", "config.json"}
 
@@ -97,7 +101,7 @@ def test_the_registry_never_grows_past_keep_and_keeps_the_champion(tmp_path, spl
     add(work, "run-1", 0.9)
     registry.challenge(work, "run-1", split_dir, margin=0.0)
     for index in range(2, 7):
-        add(work, f"run-{index}", 0.1)  # all worse: run-1 stays the champion
+        add(work, f"run-{index}", 0.1 + index / 100)  # all worse (and each its own model): run-1 stays
         registry.challenge(work, f"run-{index}", split_dir, margin=0.0)
         registry.prune(work, keep=3)
         assert len(registry.rows(work)) <= 3

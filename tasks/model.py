@@ -123,7 +123,7 @@ def _publish(run: dict, work: WorkDir) -> None:
         create_table_artifact(report.planned_vs_actual(run), key="time-budget",
                               description="a time-budgeted run: seconds planned and taken per step")
     create_link_artifact(work.model.resolve().as_uri(), link_text=str(work.model.resolve()), key="model",
-                         description="the shipped model: keras.models.load_model(path)")
+                         description="the champion, the model serving: keras.models.load_model(path)")
     create_markdown_artifact(report.alarm_markdown(run), key="glasses-alarm",
                              description="did the shipped model beat always answering the majority class?")
 

@@ -29,19 +29,15 @@ Preset = Literal["quick", "paper", "smoke"]
 Mode = Literal["resume", "retune"]
 
 
-def run_searches(config: Config, stage: str, sizes: list[int], chosen: dict[str, Any], split: dict,
-                 fingerprint: str) -> list[str]:
+def run_searches(config: Config, stage: str, sizes: list[int], chosen: dict[str, Any],
+                 caches: dict[int, str]) -> list[str]:
     """Runs a stage's searches (one per size), each a chief task and `workers` concurrent worker
     task runs; returns their spec paths. On this machine one after another (each already uses
     every core); on a Dask cluster all at once, their workers submitted in turn (tuner0 of every
     search, then tuner1, ...) so that each search gets a Dask worker as soon as there is room."""
     if not cluster.is_dask(config.search.cluster):
-        return [_run(config, [_plan(config, stage, size, chosen, split, fingerprint)])[0] for size in sizes]
-    return _run(config, [_plan(config, stage, size, chosen, split, fingerprint) for size in sizes])
-
-
-def _plan(config: Config, stage: str, size: int, chosen: dict[str, Any], split: dict, fingerprint: str) -> str:
-    return search.plan(config, stage, size, chosen, data.cache(config, split["dir"], fingerprint, size))
+        return [_run(config, [search.plan(config, stage, size, chosen, caches[size])])[0] for size in sizes]
+    return _run(config, [search.plan(config, stage, size, chosen, caches[size]) for size in sizes])
 
 
 def _run(config: Config, specs: list[str]) -> list[str]:
@@ -123,20 +119,21 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
         if kept:  # changed data, the champion's choices kept: no stage 1-2 searches
             (stage1, stage2), specs1, specs2 = kept, [], []
             size = stage1["chosen"]["image_size"]
+            caches = data.cache(config, split["dir"], fingerprint, [size])
         else:
-            specs1 = run_searches(config, "stage1", config.search.stage1.image_sizes, {}, split, fingerprint)
+            caches = data.cache(config, split["dir"], fingerprint, config.search.stage1.image_sizes)
+            specs1 = run_searches(config, "stage1", config.search.stage1.image_sizes, {}, caches)
             stage1 = search.finish_stage1(config, specs1)
             clock.lap("stage1")
 
             size = stage1["chosen"]["image_size"]
-            specs2 = run_searches(config, "stage2", [size], {}, split, fingerprint)
+            specs2 = run_searches(config, "stage2", [size], {}, caches)
             stage2 = search.finish_stage2(config, specs2)
             clock.lap("stage2")
 
         if run["mode"] == "retune":
-            config = search.retune_trials(config, size, stage2["chosen"],
-                                          data.cache(config, split["dir"], fingerprint, size), run["id"])
-        specs3 = run_searches(config, "stage3", [size], stage2["chosen"], split, fingerprint)
+            config = search.retune_trials(config, size, stage2["chosen"], caches[size], run["id"])
+        specs3 = run_searches(config, "stage3", [size], stage2["chosen"], caches)
         stage3 = search.finish_stage3(config, specs3)
         clock.lap("stage3")
 

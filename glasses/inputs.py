@@ -1,22 +1,30 @@
-"""The tf.data input pipeline: decode, resize, rescale once per image size, cache on disk.
+"""The input pipeline: decode each image once, resize it to every image size, cache uint8 on disk.
 
-Each subset is decoded from the split folders (any size, PNG or JPEG, grey, RGB or RGBA),
-resized with nearest interpolation (as the report, and as the ensemble's own Resizing layer,
-so training and serving see the same pixels), rescaled to [0, 1] and saved with
-`tf.data.Dataset.save` into a directory keyed by the size. Readers (the tuner workers, in
-other processes or on other hosts) load it with `tf.data.Dataset.load`, which needs no
-upstream pipeline and no lock, unlike an in-process `Dataset.cache(file)`.
+`build_caches` decodes each image of the split once (on threads: PIL releases the GIL while it
+decodes), resizes it to every size asked for with nearest interpolation (exactly what
+`tf.image.resize(method="nearest")` and the ensemble's own Resizing layer compute, so training
+and serving see the same pixels), and writes, per size and subset, `images.npy` (uint8,
+N x size x size x 3) and `labels.npy`. uint8 takes a quarter of float32's disk and memory; the
+rescale to [0, 1] happens per batch when read. Readers (tuner workers in other processes or on
+other hosts) load a subset into memory and shuffle indices, not images: a shuffle buffer of
+integers, batches gathered in one op.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
-from glasses.dataset import SUBSETS, open_image, read_manifest, split_id
+from glasses.dataset import SUBSETS, open_image, read_manifest, split_id, unreadable_image
+from glasses.errors import DatasetError
 from glasses.files import OUTPUT_MARKER, atomic_dir, read_json, write_json
+
+CACHE_FORMAT = 2  # 1: float32 tf.data snapshots, one decode per size; 2: uint8 .npy, one decode for all sizes
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -41,19 +49,18 @@ def resize(images, size: int):
     return tf.cast(resized, tf.float32) / 255.0
 
 
-def _decoded(paths: list[str], labels: list[int], size: int):
-    import tensorflow as tf
+def nearest_indices(source: int, size: int) -> np.ndarray:
+    """The source row (or column) of each of `size` output rows, as TensorFlow's nearest resize
+    picks them (half-pixel centres, float32 arithmetic): floor((i + 0.5) * source / size)."""
+    scale = np.float32(source) / np.float32(size)
+    picked = np.floor((np.arange(size, dtype=np.float32) + np.float32(0.5)) * scale).astype(np.int64)
+    return np.clip(picked, 0, source - 1)
 
-    def load(path):
-        return read_rgb(path.decode() if isinstance(path, bytes) else path)
 
-    def decode(path, label):
-        image = tf.numpy_function(load, [path], tf.uint8)
-        image.set_shape([None, None, 3])
-        return resize(image, size), tf.cast(label, tf.float32)[None]
-
-    data = tf.data.Dataset.from_tensor_slices((paths, labels))
-    return data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """`image` (H x W x 3 uint8) at size x size, the pixels `resize` would pick, still uint8."""
+    rows, cols = nearest_indices(image.shape[0], size), nearest_indices(image.shape[1], size)
+    return image[rows[:, None], cols[None, :]]
 
 
 def cache_dir_for(cache_root: Path, size: int) -> Path:
@@ -61,7 +68,7 @@ def cache_dir_for(cache_root: Path, size: int) -> Path:
 
 
 def unused_caches(cache_root: Path, sizes: set[int]) -> list[Path]:
-    """Removes the caches of sizes not in `sizes` (each made by `build_cache`: its marker and
+    """Removes the caches of sizes not in `sizes` (each made by `build_caches`: its marker and
     cache.json inside); returns them."""
     gone = []
     for folder in sorted(Path(cache_root).glob("*px")) if Path(cache_root).is_dir() else []:
@@ -74,54 +81,122 @@ def unused_caches(cache_root: Path, sizes: set[int]) -> list[Path]:
 
 
 def build_cache(split_dir: Path, cache_root: Path, size: int) -> Path:
-    """Decodes, resizes and rescales every subset once and saves it on disk.
+    """The cache of one image size (see `build_caches`)."""
+    return build_caches(split_dir, cache_root, [size])[size]
 
-    Returns the cache directory; a complete cache of the same split is reused as is.
+
+def build_caches(split_dir: Path, cache_root: Path, sizes: list[int]) -> dict[int, Path]:
+    """Decodes every image of the split once and caches it at each of `sizes`.
+
+    Returns each size's cache directory; a complete cache of the same split is reused as is, so
+    only the missing sizes cost a decode (one for all of them).
+
+    Raises:
+        DatasetError: naming the first image in a subset's order that does not decode.
     """
-    target = cache_dir_for(cache_root, size)
     key = split_id(split_dir)
-    marker = target / "cache.json"
-    if marker.is_file() and read_json(marker).get("key") == key:
-        return target
-    with atomic_dir(target) as tmp:
-        counts = {}
-        for subset in SUBSETS:
-            paths, labels = read_manifest(split_dir, subset)
-            _decoded(paths, labels, size).save(str(tmp / subset))
-            counts[subset] = len(paths)
-        write_json(tmp / "cache.json", {"key": key, "size": size, "counts": counts})
-    return target
+    targets = {size: cache_dir_for(cache_root, size) for size in dict.fromkeys(sizes)}
+    missing = [size for size, target in targets.items() if not is_current(target, key)]
+    if missing:
+        with ExitStack() as stack:
+            temporary = {size: stack.enter_context(atomic_dir(targets[size])) for size in missing}
+            counts = {}
+            for subset in SUBSETS:
+                paths, labels = read_manifest(split_dir, subset)
+                _write_subset(paths, labels, {size: tmp / subset for size, tmp in temporary.items()})
+                counts[subset] = len(paths)
+            for size, tmp in temporary.items():
+                write_json(tmp / "cache.json", {"key": key, "size": size, "counts": counts, "format": CACHE_FORMAT})
+    return targets
+
+
+def is_current(cache_dir: Path, key: str) -> bool:
+    """Whether `cache_dir` is a complete cache of this format of the split `key`."""
+    marker = Path(cache_dir) / "cache.json"
+    if not marker.is_file():
+        return False
+    written = read_json(marker)
+    return written.get("key") == key and written.get("format") == CACHE_FORMAT
+
+
+def _write_subset(paths: list[str], labels: list[int], outputs: dict[int, Path]) -> None:
+    """Writes images.npy (uint8) and labels.npy at each size of `outputs`, decoding each path once."""
+    images = {}
+    for size, folder in outputs.items():
+        folder.mkdir()
+        shape = (len(paths), size, size, 3)
+        if not paths:  # numpy cannot memory-map an empty file
+            np.save(folder / "images.npy", np.zeros(shape, np.uint8))
+            continue
+        images[size] = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        np.save(folder / "labels.npy", np.asarray(labels, dtype=np.float32).reshape(-1, 1))
+
+    def place(index: int) -> None:
+        decoded = _decode(paths[index])
+        for size, array in images.items():
+            array[index] = resize_uint8(decoded, size)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(place, range(len(paths))))  # the first failure in subset order is raised
+    for array in images.values():
+        array.flush()
+    del images
+
+
+def _decode(path: str) -> np.ndarray:
+    try:
+        return read_rgb(path)
+    except DatasetError:
+        raise
+    except Exception as error:  # any decoder failure on a user's file names the file
+        raise unreadable_image(Path(path), error) from error
+
+
+def subset_arrays(cache_dir: Path, subset: str, rescale: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A cached subset as (images, labels) arrays in file order: images in [0, 1] as float32
+    (uint8 as stored with `rescale=False`), labels as ints."""
+    folder = Path(cache_dir) / subset
+    images = np.load(folder / "images.npy")
+    labels = np.load(folder / "labels.npy").reshape(-1).astype(int)
+    return (images.astype(np.float32) / 255.0 if rescale else images), labels
 
 
 def load_subset(cache_dir: Path, subset: str, batch_size: int, shuffle_seed: int | None = None,
                 repeat: bool = False):
-    """Loads a cached subset as batches: shuffled each epoch when a seed is given, prefetched.
+    """Loads a cached subset as batches of images in [0, 1]: shuffled each pass when a seed is
+    given, prefetched.
 
     Args:
-        cache_dir: A directory made by `build_cache`.
+        cache_dir: A directory made by `build_caches`.
         subset: "train", "val" or "test".
         batch_size: Global batch size.
         shuffle_seed: Shuffle with this seed (reshuffled every pass); None keeps file order.
         repeat: Repeat for ever (the caller says how many steps an epoch is).
     """
+    images, labels = subset_arrays(cache_dir, subset, rescale=False)
+    return batches(images, labels.astype(np.float32).reshape(-1, 1), batch_size, shuffle_seed, repeat)
+
+
+def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle_seed: int | None = None,
+            repeat: bool = False):
+    """uint8 `images` and their `labels` in memory as a tf.data pipeline of rescaled batches.
+
+    Shuffles indices, not images: the shuffle buffer holds integers whatever the image size, and
+    each batch is one gather and one cast (cheaper than a map per image).
+    """
     import tensorflow as tf
 
-    data = tf.data.Dataset.load(str(Path(cache_dir) / subset))
+    pixels, targets = tf.constant(images), tf.constant(labels)
+    order = tf.data.Dataset.range(len(images))
     if shuffle_seed is not None:
-        count = read_json(Path(cache_dir) / "cache.json")["counts"][subset]
-        data = data.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
+        order = order.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
-        data = data.repeat()
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        order = order.repeat()
 
+    def gather(index):
+        return tf.cast(tf.gather(pixels, index), tf.float32) / 255.0, tf.gather(targets, index)
 
-def subset_arrays(cache_dir: Path, subset: str) -> tuple[np.ndarray, np.ndarray]:
-    """A cached subset as (images, labels) arrays in file order, for evaluation."""
-    images, labels = [], []
-    for x, y in load_subset(cache_dir, subset, batch_size=256):
-        images.append(x.numpy())
-        labels.append(y.numpy())
-    return np.concatenate(images), np.concatenate(labels).reshape(-1).astype(int)
+    return order.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -144,28 +219,13 @@ def cross_validation_folds(cache_dir: Path, folds: int, batch_size: int, seed: i
         One (train, val, train_images) per fold: the other folds as shuffled batches, repeated
         for ever, this fold as batches in file order, and how many images the fold trains on.
     """
-    import tensorflow as tf
-
-    counts = read_json(Path(cache_dir) / "cache.json")["counts"]
-    data = tf.data.Dataset.load(str(Path(cache_dir) / "train")).concatenate(
-        tf.data.Dataset.load(str(Path(cache_dir) / "val")))
-    labels = np.concatenate([y.numpy().reshape(-1) for _, y in data.batch(1024)])
-    if len(labels) != counts["train"] + counts["val"]:
-        raise ValueError(f"{cache_dir} holds {len(labels)} train+val images, its cache.json says "
-                         f"{counts['train'] + counts['val']}: rebuild the cache")
+    parts = [subset_arrays(cache_dir, subset, rescale=False) for subset in ("train", "val")]
+    images = np.concatenate([part[0] for part in parts])
+    labels = np.concatenate([part[1] for part in parts]).astype(np.float32).reshape(-1, 1)
     assigned = fold_ids(labels, folds, seed)
-    table = tf.constant(assigned)
-    indexed = data.enumerate()
-
-    def part(fold: int, inside: bool):
-        chosen = indexed.filter(lambda i, _: tf.equal(tf.gather(table, i) == fold, inside))
-        return chosen.map(lambda i, xy: xy)
-
     result = []
     for fold in range(folds):
-        train, val = part(fold, False), part(fold, True)
-        size = int((assigned != fold).sum())
-        train = train.shuffle(size, seed=seed + fold, reshuffle_each_iteration=True).repeat()
-        result.append((train.batch(batch_size).prefetch(tf.data.AUTOTUNE),
-                       val.batch(batch_size).prefetch(tf.data.AUTOTUNE), size))
+        inside, outside = assigned == fold, assigned != fold
+        result.append((batches(images[outside], labels[outside], batch_size, seed + fold, repeat=True),
+                       batches(images[inside], labels[inside], batch_size), int(outside.sum())))
     return result

@@ -77,10 +77,9 @@ def budget_key(context, parameters: dict) -> str:
 
 
 def cache_key(context, parameters: dict) -> str:
-    work, size, split = _work(parameters), parameters["size"], dataset.split_id(Path(parameters["split_dir"]))
-    marker = inputs.cache_dir_for(work.cache, size) / "cache.json"
-    present = marker.is_file() and read_json(marker).get("key") == split
-    return _key(work, present, "cache", split, size, work.root)
+    work, sizes, split = _work(parameters), parameters["sizes"], dataset.split_id(Path(parameters["split_dir"]))
+    present = all(inputs.is_current(inputs.cache_dir_for(work.cache, size), split) for size in sizes)
+    return _key(work, present, "cache", inputs.CACHE_FORMAT, split, sorted(set(sizes)), work.root)
 
 
 def _complete(spec_path: Path) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.runtime import task_run
 
 from glasses import dataset, inputs, synth
 from glasses.config import Config, build_config, default_home
@@ -59,11 +60,16 @@ def split(config: Config, organized_dir: str, fingerprint: str) -> dict:
     return _plain(asdict(result))
 
 
-@task(name="cache", task_run_name="cache-{size}px", cache_key_fn=caching.cache_key, persist_result=True,
+def _cache_run_name() -> str:
+    return "cache-" + "-".join(str(size) for size in task_run.parameters["sizes"]) + "px"
+
+
+@task(name="cache", task_run_name=_cache_run_name, cache_key_fn=caching.cache_key, persist_result=True,
       retries=1)
-def cache(config: Config, split_dir: str, fingerprint: str, size: int) -> str:
-    """Decodes, resizes and rescales the split once for an image size; returns the cache dir."""
-    return str(inputs.build_cache(Path(split_dir), WorkDir(config.work_dir).cache, size))
+def cache(config: Config, split_dir: str, fingerprint: str, sizes: list[int]) -> dict[int, str]:
+    """Decodes the split once and caches it at every size; returns each size's cache dir."""
+    built = inputs.build_caches(Path(split_dir), WorkDir(config.work_dir).cache, sizes)
+    return {size: str(path) for size, path in built.items()}
 
 
 def _plain(result: dict) -> dict:

@@ -139,3 +139,50 @@ def _train_and_val_sums(cache_dir) -> np.ndarray:
     sums = [inputs.subset_arrays(cache_dir, subset)[0] for subset in ("train", "val")]
     images = np.concatenate(sums)
     return images.reshape(len(images), -1).sum(axis=1)
+
+
+@pytest.mark.parametrize("source, size", [(24, 16), (17, 5), (1024, 48), (112, 40), (7, 20), (40, 40)])
+def test_the_cache_resize_picks_the_pixels_tensorflow_and_serving_pick(source, size):
+    import tensorflow as tf
+
+    image = np.random.default_rng(source).integers(0, 256, size=(source, source + 3, 3), dtype=np.uint8)
+    expected = tf.image.resize(image, (size, size), method="nearest").numpy()
+    assert np.array_equal(inputs.resize_uint8(image, size), expected)
+
+
+def test_every_size_is_cached_from_one_decode_in_uint8(tmp_path, monkeypatch):
+    source = write_kaggle_dataset(tmp_path / "source", balanced_labels(20), size=(30, 26))
+    split = dataset.split(dataset.organize(source, tmp_path / "o").dir, tmp_path / "split", (0.6, 0.2, 0.2), seed=1)
+    decoded = []
+    monkeypatch.setattr(inputs, "read_rgb", lambda path, read=inputs.read_rgb: decoded.append(path) or read(path))
+    caches = inputs.build_caches(split.dir, tmp_path / "cache", [8, 16, 12])
+    assert sorted(caches) == [8, 12, 16] and len(decoded) == 20  # each image once for three sizes
+    for size, folder in caches.items():
+        stored, labels = inputs.subset_arrays(folder, "val", rescale=False)
+        paths, expected = dataset.read_manifest(split.dir, "val")
+        assert stored.dtype == np.uint8 and stored.shape == (len(paths), size, size, 3)
+        images, _ = inputs.subset_arrays(folder, "val")
+        assert np.array_equal(images, stored.astype(np.float32) / 255)
+        assert labels.tolist() == expected
+        assert np.array_equal(stored[0], inputs.resize_uint8(inputs.read_rgb(paths[0]), size))
+    decoded.clear()
+    assert inputs.build_caches(split.dir, tmp_path / "cache", [16, 20])[20].is_dir()
+    assert len(decoded) == 20  # 16 px was current: one decode, for 20 px only
+
+
+def test_a_png_with_good_checksums_that_does_not_decode_is_named_by_the_cache(tmp_path):
+    import struct
+    import zlib
+
+    source = write_kaggle_dataset(tmp_path / "source", balanced_labels(20))
+    bad = source / KAGGLE_SUBDIR / "face-3.png"
+    idat = b"\x78\x9c" + b"\xff" * 50  # a zlib header, then a stream that does not inflate
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 24, 24, 8, 2, 0, 0, 0))
+                    + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    organized = dataset.organize(source, tmp_path / "organized")  # every checksum holds: organize passes it
+    split = dataset.split(organized.dir, tmp_path / "split", (0.6, 0.2, 0.2), seed=1)
+    with pytest.raises(DatasetError, match="face-3.png: unreadable image"):
+        inputs.build_caches(split.dir, tmp_path / "cache", [8, 16])
+    assert not list((tmp_path / "cache").iterdir())  # no partial cache, no temp dir left
+

@@ -124,12 +124,12 @@ def _write_subset(paths: list[str], labels: list[int], outputs: dict[int, Path])
     images = {}
     for size, folder in outputs.items():
         folder.mkdir()
+        np.save(folder / "labels.npy", np.asarray(labels, dtype=np.float32).reshape(-1, 1))
         shape = (len(paths), size, size, 3)
         if not paths:  # numpy cannot memory-map an empty file
             np.save(folder / "images.npy", np.zeros(shape, np.uint8))
             continue
         images[size] = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
-        np.save(folder / "labels.npy", np.asarray(labels, dtype=np.float32).reshape(-1, 1))
 
     def place(index: int) -> None:
         decoded = _decode(paths[index])
@@ -140,7 +140,7 @@ def _write_subset(paths: list[str], labels: list[int], outputs: dict[int, Path])
         list(pool.map(place, range(len(paths))))  # the first failure in subset order is raised
     for array in images.values():
         array.flush()
-    del images
+    images.clear()  # unmaps the files before their folder is renamed
 
 
 def _decode(path: str) -> np.ndarray:

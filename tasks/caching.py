@@ -21,7 +21,6 @@ from prefect.filesystems import LocalFileSystem
 
 from glasses import dataset, inputs, stages
 from glasses.config import Config, fingerprint
-from glasses.files import read_json
 from glasses.search import SearchSpec, is_complete
 from glasses.workdir import WorkDir
 

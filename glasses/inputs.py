@@ -155,10 +155,14 @@ def _decode(path: str) -> np.ndarray:
 def subset_arrays(cache_dir: Path, subset: str, rescale: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """A cached subset as (images, labels) arrays in file order: images in [0, 1] as float32
     (uint8 as stored with `rescale=False`), labels as ints."""
+    images, labels = _stored(cache_dir, subset)
+    return (images.astype(np.float32) / 255.0 if rescale else images), labels.reshape(-1).astype(int)
+
+
+def _stored(cache_dir: Path, subset: str) -> tuple[np.ndarray, np.ndarray]:
+    """A subset as written: uint8 images, float32 labels of shape (N, 1)."""
     folder = Path(cache_dir) / subset
-    images = np.load(folder / "images.npy")
-    labels = np.load(folder / "labels.npy").reshape(-1).astype(int)
-    return (images.astype(np.float32) / 255.0 if rescale else images), labels
+    return np.load(folder / "images.npy"), np.load(folder / "labels.npy").reshape(-1, 1)
 
 
 def load_subset(cache_dir: Path, subset: str, batch_size: int, shuffle_seed: int | None = None,
@@ -173,8 +177,7 @@ def load_subset(cache_dir: Path, subset: str, batch_size: int, shuffle_seed: int
         shuffle_seed: Shuffle with this seed (reshuffled every pass); None keeps file order.
         repeat: Repeat for ever (the caller says how many steps an epoch is).
     """
-    images, labels = subset_arrays(cache_dir, subset, rescale=False)
-    return batches(images, labels.astype(np.float32).reshape(-1, 1), batch_size, shuffle_seed, repeat)
+    return batches(*_stored(cache_dir, subset), batch_size, shuffle_seed, repeat)
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle_seed: int | None = None,
@@ -219,9 +222,8 @@ def cross_validation_folds(cache_dir: Path, folds: int, batch_size: int, seed: i
         One (train, val, train_images) per fold: the other folds as shuffled batches, repeated
         for ever, this fold as batches in file order, and how many images the fold trains on.
     """
-    parts = [subset_arrays(cache_dir, subset, rescale=False) for subset in ("train", "val")]
-    images = np.concatenate([part[0] for part in parts])
-    labels = np.concatenate([part[1] for part in parts]).astype(np.float32).reshape(-1, 1)
+    parts = [_stored(cache_dir, subset) for subset in ("train", "val")]
+    images, labels = (np.concatenate([part[k] for part in parts]) for k in (0, 1))
     assigned = fold_ids(labels, folds, seed)
     result = []
     for fold in range(folds):

@@ -199,7 +199,7 @@ def test_a_chief_on_the_flow_runs_in_the_flows_process(prefect_server, shared_cl
         source = data.source(config)
         fingerprint = data.fingerprint(source)
         split = data.split(config, data.organize(config, source, fingerprint)["dir"], fingerprint)
-        return run_searches(config, "stage1", [16], {}, split, fingerprint)
+        return run_searches(config, "stage1", [16], {}, data.cache(config, split["dir"], fingerprint, [16]))
 
     [spec] = one_search()
     [card] = Path(spec).parent.glob("*.chief.json")

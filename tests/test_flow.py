@@ -42,7 +42,7 @@ def _last_stage_runs(wait_s: float = 60) -> dict[str, str]:
             if all(t.state is not None and t.state.is_final() for t in tasks) or time.monotonic() > deadline:
                 break
             time.sleep(1)
-    # run names end in a short suffix ("organize-3fa") unless the task names its runs ("cache-16px")
+    # run names end in a short suffix ("organize-3fa") unless the task names its runs ("cache-16-24px")
     return {re.sub(r"-[0-9a-f]{3}$", "", t.name): t.state.name if t.state else "None" for t in tasks}
 
 
@@ -123,7 +123,7 @@ def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server,
     stage_tasks = {name: state for name, state in runs.items()
                    if name not in ("fingerprint", "summary", "champion", "tidy")}  # (these always run)
     assert {name: state for name, state in stage_tasks.items() if state != "Cached"} == {}
-    assert {"organize", "split", "cache-16px", "finish-stage1", "finish-stage3", "ensemble"} <= set(runs)
+    assert {"organize", "split", "cache-16-24px", "finish-stage1", "finish-stage3", "ensemble"} <= set(runs)
     again = json.loads((work / "summary.json").read_text())
     assert again["ensemble"]["test_accuracy"] == summary["ensemble"]["test_accuracy"]
     assert len(pd.read_csv(work / "models" / "registry.csv")) == 1  # the same model: not registered again

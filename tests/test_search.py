@@ -210,17 +210,18 @@ def test_a_truncated_trial_json_is_named_before_any_role_starts(tiny_cache, tmp_
 
 
 def _nan_cache(root: Path) -> Path:
-    """A cache whose images are NaN: any model's loss is NaN from the first step."""
+    """A cache whose labels are NaN: any model's loss is NaN from the first step."""
     import numpy as np
-    import tensorflow as tf
 
     from glasses.files import write_json
+    from glasses.inputs import CACHE_FORMAT
 
-    x = np.full((8, 16, 16, 3), np.nan, dtype=np.float32)
-    y = np.array([[0.0], [1.0]] * 4, dtype=np.float32)
-    for subset in ("train", "val", "test"):
-        tf.data.Dataset.from_tensor_slices((x, y)).save(str(root / subset))
-    write_json(root / "cache.json", {"key": "nan", "size": 16, "counts": {"train": 8, "val": 8, "test": 8}})
+    for subset in ("train", "val", "test"):  # pixels cannot be NaN in uint8: the labels are
+        (root / subset).mkdir(parents=True)
+        np.save(root / subset / "images.npy", np.zeros((8, 16, 16, 3), dtype=np.uint8))
+        np.save(root / subset / "labels.npy", np.full((8, 1), np.nan, dtype=np.float32))
+    write_json(root / "cache.json", {"key": "nan", "size": 16, "counts": {"train": 8, "val": 8, "test": 8},
+                                     "format": CACHE_FORMAT})
     return root
 
 

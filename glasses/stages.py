@@ -30,9 +30,12 @@ from glasses.cluster import is_dask
 from glasses.config import SearchConfig, StageConfig, fingerprint
 from glasses.errors import SearchError
 from glasses.figures import plot_by, plot_ranked
+from glasses import registry
 from glasses.files import read_json, write_json, write_text
+from glasses.inputs import unused_caches
 from glasses.search import SearchSpec, keep_best, trials_table
 from glasses.search.records import trial_records
+from glasses.workdir import WorkDir
 
 
 def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
@@ -93,6 +96,17 @@ def unused_searches(work_root: Path, in_use: list[Path]) -> list[Path]:
             shutil.rmtree(folder)
             gone.append(folder)
     return gone
+
+
+def tidy(work: WorkDir, run: str, summary_path: Path, spec_paths: list[Path], keep: int) -> dict[str, list[str]]:
+    """Bounded disk after a run: its summary kept with its registry entry `run`, registry entries
+    beyond `keep` removed (never the champion), and the searches and caches none of `spec_paths`
+    (the run's searches) uses; returns what was removed."""
+    registry.attach(work, run, summary_path)
+    sizes = {SearchSpec.load(Path(p)).image_size for p in spec_paths}
+    return {"models": registry.prune(work, keep),
+            "searches": [str(p) for p in unused_searches(work.root, [Path(p) for p in spec_paths])],
+            "caches": [str(p) for p in unused_caches(work.cache, sizes)]}
 
 
 def folds_for(search: SearchConfig, cache_dir: Path, cross_validate: bool) -> int:

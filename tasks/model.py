@@ -16,11 +16,10 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed, State
 
-from glasses import dataset, figures, inputs, latent, registry, report, stages
+from glasses import dataset, figures, latent, registry, report, stages
 from glasses import ensemble as ensembles
 from glasses.config import Config
 from glasses.files import read_json
-from glasses.search import SearchSpec
 from glasses.workdir import WorkDir
 from tasks import caching
 
@@ -65,12 +64,8 @@ def tidy(config: Config, spec_paths: list[str], summary_path: str, decision: dic
     """Bounded disk: the summary kept with the run's registry entry, registry entries beyond
     `registry.keep` removed (never the champion), and caches and searches no stage of this run
     uses any more."""
-    work = WorkDir(config.work_dir)
-    registry.attach(work, decision["challenger"]["run"], Path(summary_path))
-    removed = {"models": registry.prune(work, config.registry.keep),
-               "searches": [str(p) for p in stages.unused_searches(work.root, [Path(p) for p in spec_paths])],
-               "caches": [str(p) for p in inputs.unused_caches(work.cache, {SearchSpec.load(Path(p)).image_size
-                                                                            for p in spec_paths})]}
+    removed = stages.tidy(WorkDir(config.work_dir), decision["challenger"]["run"], Path(summary_path),
+                          [Path(p) for p in spec_paths], config.registry.keep)
     if any(removed.values()):
         get_run_logger().info("removed what no stage uses any more: %s", removed)
     return removed

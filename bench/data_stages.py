@@ -50,7 +50,7 @@ def limit(paths: list[Path]) -> float:
 
     def decode(path: Path) -> int:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB")).shape[0]
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB")).shape[0]
 
     started = time.perf_counter()
     with ThreadPoolExecutor(os.cpu_count()) as pool:

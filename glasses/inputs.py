@@ -38,7 +38,9 @@ def read_rgb(path: str | Path) -> np.ndarray:
     with open_image(Path(path)) as image:
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             image = image.point(lambda v: v / 256).convert("L")
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        if image.mode != "RGB":  # (an RGB image goes to numpy as it is: one copy less)
+            image = image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8)
 
 
 def resize(images, size: int):

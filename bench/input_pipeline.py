@@ -26,16 +26,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from glasses import dataset, inputs, synth  # noqa: E402
-
-
-def prepare(root: Path, n: int, resolution: int, size: int) -> Path:
-    """Synthesizes, organizes and splits the built-in data and caches it at `size`; the cache dir."""
-    source = synth.synthesize(root / "data", n=n, resolution=resolution, seed=1337).out_dir
-    organized = dataset.organize(source, root / "organized")
-    split = dataset.split(organized.dir, root / "split", (0.8, 0.1, 0.1), seed=1337)
-    return inputs.build_cache(split.dir, root / "cache", size)
+from glasses import inputs  # noqa: E402
+from workers import prepare  # noqa: E402
 
 
 def epoch_timer():

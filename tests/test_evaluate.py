@@ -56,6 +56,22 @@ def test_a_constant_model_that_answers_the_majority_still_raises_it():
     assert "inside the test accuracy's 95% interval" in alarm.reason
 
 
+def test_a_fair_model_on_too_few_test_images_raises_it_and_says_that_more_images_would_tell():
+    # 40 test images, 26 glasses (the train majority: 0.65); 30 right (0.75) and a fair ranking
+    labels = np.array([1] * 26 + [0] * 14)
+    probabilities = np.where(labels == 1, 0.7, 0.3)
+    probabilities[:5], probabilities[26:31] = 0.4, 0.6  # 5 wrong of each class
+    alarm = check_learning(probabilities, labels, TRAIN)
+    assert alarm.test_accuracy == 0.75 and alarm.majority_rate == 0.65 and alarm.test_roc_auc >= 0.65
+    assert alarm.raised and alarm.accuracy_ci95[0] <= 0.65  # 40 images: [0.598, 0.858]
+    assert alarm.reason.endswith("40 test images are too few to tell this model from the majority class")
+    assert alarm.advice.startswith("score it on more labelled images (`glasses evaluate --data-dir D`")
+    assert alarm.advice.endswith(ADVICE)
+    # the same rates on 400 images tell: no alarm
+    many = check_learning(np.tile(probabilities, 10), np.tile(labels, 10), TRAIN)
+    assert not many.raised and many.accuracy_ci95[0] > 0.65
+
+
 def test_a_good_model_raises_no_alarm():
     probabilities = np.where(TEST == 1, 0.8, 0.2)
     probabilities[:4] = 1 - probabilities[:4]  # 4 errors of 50: accuracy 0.92

@@ -1,6 +1,7 @@
 """Benchmark: end to end, wall time and peak memory (RSS of all processes) of `glasses run --preset quick`, by stage.
 
     .venv/bin/python bench/end_to_end.py                      # add `-- --preset smoke` for a quick self-test
+    .venv/bin/python bench/end_to_end.py --keep W             # keep the work dir (bench/quality.py --score W)
 
 Runs `<this python> -m glasses run --preset quick --work-dir <tmp>/work` (arguments after `--` are
 passed on; a `--preset` there replaces quick) with PREFECT_HOME in the temporary dir too, so every
@@ -23,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,7 +101,22 @@ def peak(samples: list[tuple[float, int]], start: float, end: float) -> float:
     return max(inside) / 2**20 if inside else float("nan")
 
 
-def report(samples: list[tuple[float, int]], windows, started: float, ended: float, preset: str) -> None:
+def search_start_ups(log: Path) -> list[tuple[str, float]]:
+    """(search, seconds) from its plan task's end to its chief's first trial: the start-up of its
+    chief and worker processes (Python, TensorFlow, the oracle), read from the timestamped log."""
+    planned, start_ups = {}, []
+    for line in log.read_text().splitlines():
+        elapsed, _, text = line.strip().partition(" ")
+        if found := re.search(r"Task run 'plan-(stage\d)-(\d+)px' - Finished", text):
+            planned[found.groups()] = float(elapsed)
+        elif (found := re.search(r"Task run 'chief-(stage\d)-size(\d+)' - Search: Running Trial #1$", text)) \
+                and found.groups() in planned:
+            start_ups.append((f"{found[1]} {found[2]} px", float(elapsed) - planned.pop(found.groups())))
+    return start_ups
+
+
+def report(samples: list[tuple[float, int]], windows, started: float, ended: float, preset: str,
+           start_ups: list[tuple[str, float]]) -> None:
     """Prints the stage table (or says there is none), the totals, and the target line last."""
     if windows:
         print("\nstages from summary.json durations_s, ended at its mtime")
@@ -107,6 +125,11 @@ def report(samples: list[tuple[float, int]], windows, started: float, ended: flo
             print(f"{name:10} {end - start:8.1f} {peak(samples, start, end):12.0f}")
     else:
         print("\nno summary.json (the run failed?): overall figures only")
+    if start_ups:
+        total = sum(seconds for _, seconds in start_ups)
+        print("\nsearch start-ups (plan done -> first trial): " +
+              ", ".join(f"{name} {seconds:.1f} s" for name, seconds in start_ups) +
+              f"; {total:.1f} s in all, {100 * total / (ended - started):.1f}% of the wall")
     top_time, top = max(samples, key=lambda s: s[1]) if samples else (started, 0)
     where = next((f", in {n}" for n, s, e in windows or [] if s <= top_time < e), "")
     print(f"\ntotal wall {ended - started:.1f} s, peak RSS {top / 2**20:.0f} MB (sum over the process tree) "
@@ -117,6 +140,7 @@ def report(samples: list[tuple[float, int]], windows, started: float, ended: flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log", type=Path, default=None, help="keep the run's timestamped output here")
+    parser.add_argument("--keep", type=Path, default=None, help="copy the run's work dir here (e.g. for bench/quality.py --score)")
     parser.add_argument("passed", nargs=argparse.REMAINDER, help="after --: more `glasses run` options")
     args = parser.parse_args()
     extra = args.passed[1:] if args.passed[:1] == ["--"] else args.passed
@@ -131,7 +155,10 @@ def main() -> None:
         code, samples, started, ended = run(command, env, log)
         if code != 0:
             print(f"exit code {code}; the run's last lines ({log}):\n" + "".join(log.read_text().splitlines(True)[-8:]))
-        report(samples, stage_windows(work, started, ended), started, ended, preset)
+        report(samples, stage_windows(work, started, ended), started, ended, preset, search_start_ups(log))
+        if args.keep:
+            shutil.copytree(work, args.keep, symlinks=True)
+            print(f"work dir kept: {args.keep}")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: st
     """Trains, searches and ships the glasses ensemble; returns the path of the run's summary.json.
 
     When the shipped model learned nothing (`summary["alarm"]`), the run ends Completed under
-    the name "Nothing learned", still returning the path, or with `strict` Failed (not retried).
+    the name "Nothing learned" (or "Not clearly learned": too few test images to tell), still
+    returning the path, or with `strict` Failed (not retried).
 
     Args:
         preset: quick (a laptop, built-in data), paper (the report's settings) or smoke (tests).

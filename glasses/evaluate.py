@@ -102,6 +102,8 @@ class Alarm:
         test_roc_auc: The model's test ROC-AUC (None when test holds one class).
         min_roc_auc: The ROC-AUC the model must reach.
         advice: What to try when raised (None when not).
+        too_few: Raised only because the test images are too few to tell a model that ranks
+            well and beats the majority's rate from that rate: "not clearly learned".
     """
 
     raised: bool
@@ -113,19 +115,28 @@ class Alarm:
     test_roc_auc: float | None
     min_roc_auc: float
     advice: str | None
+    too_few: bool = False
+
+    @property
+    def verdict(self) -> str:
+        """"learned", "nothing learned", or "not clearly learned" (too few test images to tell)."""
+        if not self.raised:
+            return "learned"
+        return "not clearly learned" if self.too_few else "nothing learned"
 
     @property
     def message(self) -> str:
         """One human line: the verdict, and what to try when raised."""
         if self.raised:
-            return f"nothing learned: {self.reason}; {self.advice}"
+            return f"{self.verdict}: {self.reason}; {self.advice}"
         auc = "n/a" if self.test_roc_auc is None else f"{self.test_roc_auc:.4f}"
         low, high = self.accuracy_ci95
         return (f"learned: test accuracy {self.test_accuracy:.4f} (95% CI {low:.4f}-{high:.4f}) above the "
                 f"majority class's {self.majority_rate:.4f}; test ROC-AUC {auc}")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "accuracy_ci95": list(self.accuracy_ci95), "message": self.message}
+        return {**asdict(self), "accuracy_ci95": list(self.accuracy_ci95), "verdict": self.verdict,
+                "message": self.message}
 
 
 def check_learning(probabilities: np.ndarray, labels: np.ndarray, train_labels: np.ndarray,
@@ -146,17 +157,17 @@ def check_learning(probabilities: np.ndarray, labels: np.ndarray, train_labels: 
     reasons = []
     if auc is not None and auc < min_roc_auc:
         reasons.append(f"test ROC-AUC {auc:.4f} is under {min_roc_auc}")
-    advice = ADVICE
+    advice, too_few = ADVICE, False
     if low <= rate:
         where = "inside" if rate <= high else "above"
         reasons.append(f"always answering {CLASSES[majority]} (the train majority) scores {rate:.4f} on test, "
                        f"{where} the test accuracy's 95% interval [{low:.4f}, {high:.4f}]")
         if not reasons[:-1] and correct / len(y) > rate:  # a fair ranking and a better accuracy: maybe noise
             reasons.append(f"{len(y)} test images are too few to tell this model from the majority class")
-            advice = TOO_FEW_ADVICE + ADVICE
+            advice, too_few = TOO_FEW_ADVICE + ADVICE, True
     raised = bool(reasons)
     return Alarm(raised, "; ".join(reasons) or None, majority, round(rate, 4), round(correct / len(y), 4),
-                 (round(low, 4), round(high, 4)), auc, min_roc_auc, advice if raised else None)
+                 (round(low, 4), round(high, 4)), auc, min_roc_auc, advice if raised else None, too_few)
 
 
 def predict_arrays(model, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:

@@ -181,7 +181,7 @@ def _baseline_text(alarm: dict) -> str:
     auc = "n/a" if alarm["test_roc_auc"] is None else f"{alarm['test_roc_auc']:.4f}"
     return (f"Test accuracy {alarm['test_accuracy']:.4f} (95% CI, Wilson: {low:.4f}-{high:.4f}) against "
             f"{alarm['majority_rate']:.4f} for always answering {CLASSES[alarm['majority_class']]} (the train "
-            f"split's majority class); test ROC-AUC {auc}. The alarm \"nothing learned\" is raised when the "
+            f"split's majority class); test ROC-AUC {auc}. The alarm is raised when the "
             f"ROC-AUC is under {alarm['min_roc_auc']} or that majority rate is not below the interval.")
 
 
@@ -191,12 +191,13 @@ def _warning_block(summary: dict) -> list[str]:
     if not alarm["raised"]:
         return []
     advice = alarm["advice"][:1].upper() + alarm["advice"][1:]
-    return [f"> **Warning: nothing learned.** {alarm['reason']}.", ">", f"> {advice}.", ""]
+    return [f"> **Warning: {alarm.get('verdict', 'nothing learned')}.** {alarm['reason']}.", ">", f"> {advice}.", ""]
 
 
 def alarm_markdown(summary: dict) -> str:
     """The alarm's verdict for the Prefect UI: a warning or an all-clear, and the numbers."""
-    title = "# Nothing learned" if summary["alarm"]["raised"] else "# The shipped model learned"
+    verdict = summary["alarm"].get("verdict", "nothing learned")  # summaries before it had none
+    title = f"# {verdict.capitalize()}" if summary["alarm"]["raised"] else "# The shipped model learned"
     return "\n".join([title, "", *_warning_block(summary), _baseline_text(summary["alarm"]), ""])
 
 

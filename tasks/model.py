@@ -2,7 +2,8 @@
 
 The summary task puts the run on the Prefect UI's pages: the report with its figures, the
 ensembles compared, the test metrics, the alarm when nothing was learned, and a link to the
-model file; `outcome` gives the run's final state (named "Nothing learned" under the alarm).
+model file; `outcome` gives the run's final state (named "Nothing learned", or "Not clearly
+learned", under the alarm).
 """
 
 from __future__ import annotations
@@ -124,11 +125,13 @@ def _publish(run: dict, work: WorkDir) -> None:
 
 
 NOTHING_LEARNED = "Nothing learned"  # the name of a run's final state when the alarm was raised
+NOT_CLEARLY_LEARNED = "Not clearly learned"  # ... when only because its test images are too few to tell
 
 
 def outcome(summary_path: str, strict: bool = False) -> State | str:
     """The pipeline flow's return value: the summary path, in a Completed state named
-    NOTHING_LEARNED when the alarm was raised, or with `strict` a Failed one (not retried: the
+    NOTHING_LEARNED when the alarm was raised (NOT_CLEARLY_LEARNED when only because its test images
+    are too few to tell), or with `strict` a Failed one (not retried: the
     retry would only meet the same models).
 
     Not a task: a task returning a State would take that state itself, not the flow.
@@ -138,10 +141,11 @@ def outcome(summary_path: str, strict: bool = False) -> State | str:
         return summary_path
     message = f"{alarm['message']} (summary: {summary_path})"
     get_run_logger().warning(message)
+    name = NOT_CLEARLY_LEARNED if alarm.get("too_few") else NOTHING_LEARNED
     if not strict:
-        return Completed(message=message, name=NOTHING_LEARNED, data=summary_path)
+        return Completed(message=message, name=name, data=summary_path)
     _no_retry()
-    return Failed(message=message, name=NOTHING_LEARNED)
+    return Failed(message=message, name=name)
 
 
 def _no_retry() -> None:

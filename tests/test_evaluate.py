@@ -47,7 +47,7 @@ def test_a_constant_model_on_imbalanced_labels_raises_the_alarm():
     assert alarm.advice == ADVICE
     for hint in ("max_steps", "max_trials", "image_sizes", "--time-budget", "more labelled data"):
         assert hint in alarm.message
-    assert alarm.message.startswith("nothing learned: ")
+    assert alarm.message.startswith("nothing learned: ") and not alarm.too_few and alarm.verdict == "nothing learned"
 
 
 def test_a_constant_model_that_answers_the_majority_still_raises_it():
@@ -66,7 +66,8 @@ def test_a_fair_model_on_too_few_test_images_raises_it_and_says_that_more_images
     assert alarm.raised and alarm.accuracy_ci95[0] <= 0.65  # 40 images: [0.598, 0.858]
     assert alarm.reason.endswith("40 test images are too few to tell this model from the majority class")
     assert alarm.advice.startswith("score it on more labelled images (`glasses evaluate --data-dir D`")
-    assert alarm.advice.endswith(ADVICE)
+    assert alarm.advice.endswith(ADVICE) and alarm.too_few and alarm.verdict == "not clearly learned"
+    assert alarm.message.startswith("not clearly learned: ")
     # the same rates on 400 images tell: no alarm
     many = check_learning(np.tile(probabilities, 10), np.tile(labels, 10), TRAIN)
     assert not many.raised and many.accuracy_ci95[0] > 0.65
@@ -95,6 +96,7 @@ def test_a_fair_accuracy_with_a_poor_ranking_still_raises_it():
 def test_the_verdict_as_a_dict_for_summary_json():
     verdict = check_learning(np.full(len(TEST), 0.3), TEST, TRAIN).to_dict()
     assert set(verdict) == {"raised", "reason", "majority_class", "majority_rate", "test_accuracy",
-                            "accuracy_ci95", "test_roc_auc", "min_roc_auc", "advice", "message"}
+                            "accuracy_ci95", "test_roc_auc", "min_roc_auc", "advice", "too_few", "verdict",
+                            "message"}
     assert isinstance(verdict["accuracy_ci95"], list) and len(verdict["accuracy_ci95"]) == 2
     assert verdict["raised"] is True and verdict["majority_class"] == 1

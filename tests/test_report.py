@@ -73,6 +73,23 @@ def test_a_report_of_a_model_that_learned_nothing_warns_at_the_top_and_says_what
     assert alarm_markdown(run_summary(learned=True)).startswith("# The shipped model learned")
 
 
+def test_a_report_of_a_fair_model_on_too_few_test_images_says_it_is_not_clear_and_how_to_tell():
+    import numpy as np
+
+    from glasses.evaluate import check_learning
+
+    labels = np.array([1] * 14 + [0] * 6)  # run_summary's 20 test images; 16 right, a fair ranking
+    probabilities = np.where(labels == 1, 0.8, 0.2)
+    probabilities[[0, 1, 14, 15]] = [0.4, 0.4, 0.6, 0.6]
+    summary = run_summary(learned=False)
+    summary["alarm"] = check_learning(probabilities, labels, train_labels=[1] * 40 + [0] * 20).to_dict()
+    report = render_report(summary)
+    assert report.splitlines()[2].startswith("> **Warning: not clearly learned.** always answering glasses")
+    assert "20 test images are too few to tell this model from the majority class" in report
+    assert "> Score it on more labelled images (`glasses evaluate --data-dir D`" in report
+    assert alarm_markdown(summary).startswith("# Not clearly learned")
+
+
 def test_the_terminal_summary_names_what_shipped_and_the_alarm(tmp_path):
     path = write_json(tmp_path / "summary.json", run_summary(learned=False, method="best_single"))
     text = summary_markdown(path)

@@ -88,6 +88,10 @@ def test_a_run_that_learned_nothing_ends_named_so_and_strict_fails_it_without_a_
     assert state.is_completed() and state.name == model.NOTHING_LEARNED == "Nothing learned"
     assert state.message.startswith("nothing learned: test ROC-AUC 0.5000") and nothing in state.message
     assert state.result() == nothing and ends(nothing) == nothing  # callers still get the summary's path
+    unsure = run_summary(learned=False)  # only too few test images to tell: named for that
+    unsure["alarm"].update(too_few=True, message="not clearly learned: 20 test images are too few")
+    state = ends(str(write_json(tmp_path / "c" / "summary.json", unsure)), return_state=True)
+    assert state.is_completed() and state.name == model.NOT_CLEARLY_LEARNED == "Not clearly learned"
 
     failed = ends(nothing, strict=True, return_state=True)
     assert failed.is_failed() and failed.name == "Nothing learned" and "--time-budget" in failed.message

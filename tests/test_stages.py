@@ -62,7 +62,23 @@ def test_one_trial_a_value_uses_the_spread_of_all_trials():
     assert how["chosen"] == how["within_noise"][0] < 5 and how["decided_by"] == "tie-break"
 
 
-def test_stage2_prefers_fewer_layers_and_adam_unless_beaten_beyond_noise():
+def test_stage2_breaks_a_depth_tie_with_the_reports_3_layers_then_the_nearest_depth():
+    # A quick run's stage 2 (seed 1337): depths 1, 3, 3, 4, every one within noise of the best (4)
+    # with one or two trials a depth; "the fewest layers" took 1 and shipped a 1-layer network.
+    rows = [(4, "adam", 0.4455, 0.8007), (3, "sgd", 0.4437, 0.7708), (1, "adam", 0.5716, 0.7143),
+            (3, "sgd", 0.5757, 0.6678)]
+    table = pd.DataFrame([{"conv_layers": c, "optimizer": o, "val_loss": lo, "val_accuracy": a, "status": "COMPLETED"}
+                          for c, o, lo, a in rows])
+    chosen, (layers, _) = choose_depth_and_optimizer(table)
+    assert layers["decided_by"] == "tie-break" and set(layers["within_noise"]) == {1, 3, 4}
+    assert chosen["conv_layers"] == 3 and layers["within_noise"] == [3, 4, 1]
+    # no 3 among the tied: the nearest depth, fewer first
+    assert choose_depth_and_optimizer(table[table["conv_layers"] != 3])[0]["conv_layers"] == 4
+    two_five = table.assign(conv_layers=table["conv_layers"].map({4: 5, 3: 2, 1: 1}))
+    assert choose_depth_and_optimizer(two_five)[1][0]["within_noise"][0] == 2
+
+
+def test_stage2_prefers_the_reports_depth_and_adam_unless_beaten_beyond_noise():
     rows = [(3, "adam", 0.40, 0.85), (3, "sgd", 0.41, 0.84), (3, "adam", 0.42, 0.84), (3, "sgd", 0.39, 0.86),
             (4, "adam", 0.38, 0.86), (4, "sgd", 0.43, 0.83)]
     table = pd.DataFrame([{"conv_layers": c, "optimizer": o, "val_loss": lo, "val_accuracy": a, "status": "COMPLETED"}

@@ -119,7 +119,7 @@ class Alarm:
 
     @property
     def verdict(self) -> str:
-        """"learned", "nothing learned", or "not clearly learned" (too few test images to tell)."""
+        """The verdict: "learned", "nothing learned", or "not clearly learned" (too few test images)."""
         if not self.raised:
             return "learned"
         return "not clearly learned" if self.too_few else "nothing learned"

@@ -6,6 +6,8 @@ and scores every model on held-out images.
     .venv/bin/python bench/retrain.py W                          # W's best stage-3 trial, as trained
     .venv/bin/python bench/retrain.py W --trials 0 2 --variants constant cosine ema --seeds 1 2
     .venv/bin/python bench/retrain.py W --steps 1080 2280        # longer training (patience scaled)
+    .venv/bin/python bench/retrain.py W --size 40                # the same networks at another size
+    .venv/bin/python bench/retrain.py W --bn-images 0 512        # BatchNorm statistics: Keras' or clean
 
 Variants (the report trains with Keras' default learning rates, `constant`):
   constant  the optimizer at its default learning rate, as the search does
@@ -47,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["constant"])
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="training steps (default: the stage's max_steps); warm-up and patience scale with them")
+    parser.add_argument("--size", type=int, default=None,
+                        help="train at this image size instead of the search's (the run must have cached it: "
+                             "a size stage 1 tried)")
+    parser.add_argument("--bn-images", type=int, nargs="+", default=None,
+                        help="BatchNorm statistics from this many clean training images before each validation "
+                             "(default: the stage's bn_stats_images); 0: Keras' moving averages")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="training seeds")
     parser.add_argument("--heldout", type=Path, default=None,
                         help="a labelled data dir (Kaggle layout) to score on; default: synthesized")
@@ -83,7 +91,7 @@ def heldout_arrays(data: Path, size: int):
     return x.astype("float32") / 255.0, np.array([label for _, label in rows])
 
 
-def train(spec, values: dict, variant: str, steps: int, seed: int) -> tuple:
+def train(spec, values: dict, variant: str, steps: int, seed: int, bn_images: int) -> tuple:
     """One model of the trial's shape trained as the search's workers train, under `variant`.
     Returns (model, history, seconds)."""
     import keras
@@ -91,7 +99,7 @@ def train(spec, values: dict, variant: str, steps: int, seed: int) -> tuple:
     from glasses.budget import epochs_for
     from glasses.files import read_json
     from glasses.inputs import load_subset
-    from glasses.model import build_model
+    from glasses.model import batchnorm_callback, build_model, clean_sample
     from glasses.space import spec_from_values
 
     stage = spec.stage.model_copy(update={
@@ -108,12 +116,16 @@ def train(spec, values: dict, variant: str, steps: int, seed: int) -> tuple:
     optimizer = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[shape.optimizer](
         rate, use_ema=variant == "ema", ema_momentum=0.99)
     model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["accuracy"])
+    batch = stage.batch_size
+    data = load_subset(spec.cache_dir, "train", batch, shuffle_seed=seed, repeat=True)
+    # In this order: the EMA weights swapped in, then BatchNorm statistics set for them.
     callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if variant == "ema" else []
+    if bn_images:
+        callbacks.append(batchnorm_callback(clean_sample(data, min(bn_images, train_images))))
     callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=budget.patience,
                                                    restore_best_weights=True, start_from_epoch=budget.warmup_epochs))
-    batch = stage.batch_size
     started = time.monotonic()
-    history = model.fit(load_subset(spec.cache_dir, "train", batch, shuffle_seed=seed, repeat=True),
+    history = model.fit(data,
                         validation_data=load_subset(spec.cache_dir, "val", batch), epochs=budget.epochs,
                         steps_per_epoch=budget.steps_per_epoch, callbacks=callbacks, verbose=0)
     return model, history, time.monotonic() - started
@@ -122,6 +134,12 @@ def train(spec, values: dict, variant: str, steps: int, seed: int) -> tuple:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec, rows = stage3(args.work)
+    if args.size and args.size != spec.image_size:
+        cache = spec.cache_dir.parent / f"{args.size}px"
+        if not (cache / "cache.json").is_file():
+            raise SystemExit(f"no cache at {args.size} px in {cache.parent}: have "
+                             f"{', '.join(sorted(p.name for p in cache.parent.glob('*px')))}")
+        spec = spec.model_copy(update={"image_size": args.size, "cache_dir": cache})
     by_id = {r["trial_id"]: r for r in rows}
     missing = [t for t in (args.trials or []) if t not in by_id]
     if missing:
@@ -136,26 +154,29 @@ def main(argv: list[str] | None = None) -> int:
         x, y = heldout_arrays(data, spec.image_size)
     results = []
     for trial in trials:
-        for steps in args.steps or [spec.stage.max_steps]:
+        for steps, bn_images in [(s, b) for s in args.steps or [spec.stage.max_steps]
+                                 for b in args.bn_images or [spec.stage.bn_stats_images]]:
             for variant in args.variants:
                 for seed in args.seeds:
-                    model, history, seconds = train(spec, by_id[trial], variant, steps, seed)
+                    model, history, seconds = train(spec, by_id[trial], variant, steps, seed, bn_images)
                     p = model.predict(x, batch_size=512, verbose=0).ravel()
                     val = history.history["val_accuracy"]
-                    results.append({"trial": trial, "steps": steps, "variant": variant, "seed": seed,
+                    results.append({"trial": trial, "steps": steps, "bn_images": bn_images, "variant": variant,
+                                    "seed": seed,
                                     "epochs": len(val), "val_best": round(max(val), 4),
                                     "val_by_epoch": [round(v, 3) for v in val],
                                     "held_acc": round(float(((p > 0.5) == y).mean()), 4), "train_s": round(seconds, 1)})
                     print(json.dumps(results[-1]), flush=True)
     print(f"\n{len(y)} held-out images at {spec.image_size} px; stage-3 trial(s) of {args.work}")
-    print("| trial | steps | variant | runs | held-out acc, median (all) | best val, median | epochs | train s, median |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| trial | steps | BN images | variant | runs | held-out acc, median (all) | best val, median | epochs "
+          "| train s, median |")
+    print("|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["trial"], r["steps"], r["variant"]), []).append(r)
-    for (trial, steps, variant), rs in groups.items():
+        groups.setdefault((r["trial"], r["steps"], r["bn_images"], r["variant"]), []).append(r)
+    for (trial, steps, bn_images, variant), rs in groups.items():
         held = [r["held_acc"] for r in rs]
-        print(f"| {trial} | {steps} | {variant} | {len(rs)} | {statistics.median(held):.4f} "
+        print(f"| {trial} | {steps} | {bn_images} | {variant} | {len(rs)} | {statistics.median(held):.4f} "
               f"({', '.join(f'{h:.4f}' for h in held)}) | {statistics.median(r['val_best'] for r in rs):.4f} "
               f"| {', '.join(str(r['epochs']) for r in rs)} | {statistics.median(r['train_s'] for r in rs):.1f} |")
     return 0

@@ -65,6 +65,10 @@ class StageConfig(_Section):
     min_steps: int = Field(0, ge=0, description="Steps before early stopping may stop a trial (BatchNorm "
                            "statistics settle first on small data); below max_steps.")
     patience_steps: int = Field(ge=1, description="Steps without a better val accuracy that stop a trial.")
+    bn_stats_images: int = Field(512, ge=0, le=100_000, description="Before each validation, set BatchNorm's "
+                                 "statistics to their values on this many clean (unaugmented) training images "
+                                 "(glasses.model.set_batchnorm_statistics); 0: Keras' moving averages over "
+                                 "augmented batches, as the report trained.")
     fixed: dict[str, int | str] = Field(default_factory=dict, description="Hyperparameters held fixed, "
                                         "by their names in glasses.space.SPACE.")
     keep: int | None = Field(None, ge=1, description="Keep only the checkpoints of the K best trials.")
@@ -243,8 +247,9 @@ def _stage(sizes: list[int], batch: int, trials: int, steps: int, patience: int,
 
 def _report_epochs(sizes: list[int], batch: int, trials: int, epochs: int, patience: int, **kw: Any) -> dict:
     """A stage of the report, its epochs turned into steps on its 3,599 training images (so that a
-    run on the report's data trains exactly the report's epochs)."""
+    run on the report's data trains exactly the report's epochs), BatchNorm as the report had it."""
     steps_per_epoch = math.ceil(PAPER_TRAIN_IMAGES / batch)
+    kw.setdefault("bn_stats_images", 0)
     return _stage(sizes, batch, trials, epochs * steps_per_epoch, patience * steps_per_epoch, **kw)
 
 

@@ -22,6 +22,14 @@ def test_paper_preset_has_the_reports_exact_settings():
     assert config.search.seed == 1337 and config.data.seed == 1337
     assert config.data.fractions == (0.8, 0.1, 0.1)
     assert config.ensemble.threshold == 0.89
+    # BatchNorm as the report trained it: Keras' moving averages
+    assert {s.bn_stats_images for s in (s1, s2, s3)} == {0}
+
+
+def test_other_presets_validate_with_clean_batchnorm_statistics():
+    for preset in ("quick", "smoke"):
+        search = build_config(preset).search
+        assert {s.bn_stats_images for s in (search.stage1, search.stage2, search.stage3)} == {512}
 
 
 def test_quick_is_the_default_and_smoke_is_tiny():

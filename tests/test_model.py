@@ -6,7 +6,7 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from glasses.model import ModelSpec, build_model
+from glasses.model import ModelSpec, batchnorm_callback, build_model, clean_sample, set_batchnorm_statistics
 from glasses.space import MAX_CONV_LAYERS, allowed_values, check_fixed, model_spec, spec_from_values
 
 
@@ -89,3 +89,70 @@ def test_space_declares_exactly_what_fixed_may_hold():
             check_fixed({name: "none" if isinstance(values[0], int) else 8})
     with pytest.raises(ValueError, match=f"unknown hyperparameter 'filters_{MAX_CONV_LAYERS}'"):
         check_fixed({f"filters_{MAX_CONV_LAYERS}": 8})
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm statistics from clean training images
+
+
+def _two_layer_model():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    return build_model(ModelSpec(image_size=16, conv_layers=2, filters=(8, 16), pooling=("max", "avg")))
+
+
+def _bn_inputs(model, images):
+    """Each BatchNorm layer's inputs on `images`, in inference mode (no augmentation)."""
+    import keras
+
+    return [keras.Model(model.inputs, layer.input).predict(images, verbose=0)
+            for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_batchnorm_statistics_are_those_of_the_clean_images_layer_after_layer():
+    import keras
+
+    model = _two_layer_model()
+    images = np.random.default_rng(0).random((70, 16, 16, 3), dtype=np.float32) * 0.5 + 0.25
+    assert set_batchnorm_statistics(model, images, chunk=32) == 2  # 70 in chunks of 32, 32, 6
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer, inputs in zip(layers, _bn_inputs(model, images)):  # the second's inputs pass the first as set
+        np.testing.assert_allclose(layer.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), inputs.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5)
+    # what Keras starts from (0 and 1) is gone: the statistics are the data's
+    assert not np.allclose(layers[0].moving_variance.numpy(), 1.0)
+
+
+def test_clean_sample_takes_the_first_images_of_the_batches():
+    batches = [(np.full((4, 2, 2, 3), i, np.float32), np.zeros(4)) for i in range(5)]
+    sample = clean_sample(batches, 10)
+    assert sample.shape == (10, 2, 2, 3)
+    assert [float(v) for v in sample[:, 0, 0, 0]] == [0] * 4 + [1] * 4 + [2] * 2
+    assert len(clean_sample(batches[:1], 10)) == 4  # fewer than asked: all there are
+    with pytest.raises(ValueError, match="no training images"):
+        clean_sample([], 10)
+
+
+def test_fit_validates_and_keeps_the_statistics_of_the_clean_images():
+    import keras
+
+    rng = np.random.default_rng(1)
+    x, y = rng.random((48, 16, 16, 3), dtype=np.float32), rng.integers(0, 2, 48).astype("float32")
+    model = _two_layer_model()
+    first = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    seen = []
+
+    class Probe(keras.callbacks.Callback):  # after the BatchNorm callback: what validation uses
+        def on_test_begin(self, logs=None):
+            seen.append(first.moving_mean.numpy().copy())
+
+    sample = x[:32]
+    model.fit(x, y, batch_size=8, epochs=2, validation_data=(x[32:], y[32:]), verbose=0,
+              callbacks=[batchnorm_callback(sample), Probe()])
+    assert len(seen) == 2  # one validation an epoch
+    after_fit = [v.numpy().copy() for v in first.weights]
+    set_batchnorm_statistics(model, sample)  # the same weights and images: nothing moves
+    for before, now in zip(after_fit, first.weights):
+        np.testing.assert_allclose(before, now.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seen[-1], first.moving_mean.numpy(), rtol=1e-5, atol=1e-6)

@@ -20,9 +20,10 @@ pytestmark = pytest.mark.slow
 
 
 def _spec(tmp_path: Path, cache_dir: Path, max_trials: int = 4, epochs: int = 1, patience: int = 1,
-          **overrides) -> Path:
+          bn_images: int = 512, **overrides) -> Path:
     """A search on the tiny cache (28 training images: 4 steps an epoch at batch 8)."""
-    stage = StageConfig(batch_size=8, max_trials=max_trials, max_steps=4 * epochs, patience_steps=4 * patience)
+    stage = StageConfig(batch_size=8, max_trials=max_trials, max_steps=4 * epochs, patience_steps=4 * patience,
+                        bn_stats_images=bn_images)
     values = dict(search_id="test-search", directory=tmp_path / "kt", project_name="size16", cache_dir=cache_dir, image_size=16,
                   stage=stage, folds=0, fixed={}, seed=1337, bind="127.0.0.1", address=None, port=0, workers=2,
                   worker_timeout_s=30, chief_timeout_s=300, gpus_per_worker=1)
@@ -84,6 +85,7 @@ def test_chief_and_two_workers_run_each_trial_once(tiny_cache, tmp_path):
     records = trial_records(SearchSpec.load(spec_path).project_dir)
     assert sorted(r["trial_id"] for r in records) == ["0", "1", "2", "3"]
     assert all(r["status"] == "COMPLETED" and r["epochs"] == 1 for r in records)
+    assert {r["bn_images"] for r in records} == {28}  # BatchNorm statistics of all 28 training images
     assert {r["worker"] for r in records} == {"tuner0", "tuner1"}
     assert all(Path(r["checkpoint"]).is_file() for r in records)
     table = search.trials_table(SearchSpec.load(spec_path))
@@ -110,6 +112,7 @@ def test_cross_validation_scores_each_trial_by_the_mean_of_its_folds(tiny_cache,
     assert len(records) == 2
     for record in records:
         assert record["status"] == "COMPLETED" and len(record["folds"]) == 3
+        assert 20 <= record["bn_images"] < 28 + 9  # a fold's training images: 2/3 of train+val
         folds = record["folds"]
         assert record["score"] == pytest.approx(sum(f["val_accuracy"] for f in folds) / 3, abs=1e-6)
         assert record["val_loss"] == pytest.approx(sum(f["val_loss"] for f in folds) / 3, abs=1e-5)
@@ -200,9 +203,10 @@ def test_a_worker_does_not_take_a_stranger_on_the_port_for_its_chief(tiny_cache,
 
 
 def test_a_truncated_trial_json_is_named_before_any_role_starts(tiny_cache, tmp_path):
-    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=1)
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=1, bn_images=0)
     chief, tuners = _search(spec_path, workers=1)
     _join(chief, *tuners)
+    assert [r["bn_images"] for r in _completed(spec_path)] == [0]  # Keras' own BatchNorm statistics, as asked
     trial_json = next(SearchSpec.load(spec_path).project_dir.glob("trial_*/trial.json"))
     trial_json.write_text(trial_json.read_text()[:40])  # a kill mid-write (before writes were atomic)
     with pytest.raises(SearchError, match=f"{trial_json} is truncated or corrupt"):

@@ -145,6 +145,17 @@ def test_cross_validation_only_below_the_val_threshold_and_only_where_a_stage_ch
     assert len(paths) == (2 if cross_validate else 1)
 
 
+def test_a_search_trained_with_other_batchnorm_statistics_is_another_search(tmp_path):
+    from glasses.files import write_json
+    from glasses.stages import spec_path_for
+
+    write_json(tmp_path / "cache.json", {"key": "k", "size": 32, "counts": {"train": 800, "val": 400, "test": 100}})
+    search = build_config("quick").search
+    paths = {spec_path_for(tmp_path / "s", search.stage3.model_copy(update={"bn_stats_images": n}), search, 32, {},
+                           tmp_path) for n in (0, 512, 512)}
+    assert len(paths) == 2
+
+
 def test_only_searches_and_caches_no_stage_uses_are_removed(tmp_path):
     from glasses.files import OUTPUT_MARKER
     from glasses.inputs import unused_caches

@@ -30,7 +30,7 @@ def trial_records(project_dir: Path) -> list[dict[str, Any]]:
             "val_loss": _last_value(trial, "val_loss"),
             "values": trial["hyperparameters"]["values"], "worker": meta.get("tuner_id"), "node": meta.get("node"),
             "epochs": meta.get("epochs"), "seconds": meta.get("seconds"), "ended_at": meta.get("ended_at"),
-            "folds": meta.get("folds"),
+            "folds": meta.get("folds"), "bn_images": meta.get("bn_images"),
             "checkpoint": str(trial_json.parent / "checkpoint.weights.h5"),
         })
     return records

@@ -57,18 +57,23 @@ def build_tuner(spec: SearchSpec, strategy=None):
         and fails a trial whose loss became NaN (instead of scoring its last good epoch)."""
 
         folds: list[tuple] = []  # (train, val, images) per fold under cross-validation, else empty
+        train_images: int | None = None  # in the training split (a repeated dataset does not say)
 
         def run_trial(self, trial, *args, **kwargs):
             started = time.monotonic()
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), keras.callbacks.TerminateOnNaN()]
+            bn_images = spec.stage.bn_stats_images
             try:
                 with Heartbeat(self.oracle, trial.trial_id):
                     if self.folds:  # one fit per fold; Keras Tuner averages their best epochs
                         histories = []
-                        for train, val, _ in self.folds:
-                            histories += super().run_trial(trial, train, validation_data=val, **kwargs)
+                        for train, val, images in self.folds:
+                            fit, used = _clean_batchnorm(kwargs, train, min(bn_images, images))
+                            histories += super().run_trial(trial, train, validation_data=val, **fit)
                     else:
-                        histories = super().run_trial(trial, *args, **kwargs)
+                        train = kwargs.get("x", args[0] if args else None)
+                        fit, used = _clean_batchnorm(kwargs, train, min(bn_images, self.train_images or bn_images))
+                        histories = super().run_trial(trial, *args, **fit)
                 _fail_on_nan(histories)
             except Exception:  # the chief names it if trials keep failing; Keras Tuner records it
                 write_text(error_file(spec, trial.trial_id), traceback.format_exc(limit=3))
@@ -77,13 +82,27 @@ def build_tuner(spec: SearchSpec, strategy=None):
             write_json(Path(self.get_trial_dir(trial.trial_id)) / "worker.json",
                        {"tuner_id": self.tuner_id, "node": node(), "ended_at": round(time.time(), 2),
                         "seconds": round(time.monotonic() - started, 2),
-                        "epochs": epochs, "folds": [_best_epoch(h) for h in histories] if self.folds else None})
+                        "epochs": epochs, "folds": [_best_epoch(h) for h in histories] if self.folds else None,
+                        "bn_images": used})
             return histories
 
     return GlassesTuner(
         _hypermodel(spec), objective="val_accuracy", max_trials=spec.stage.max_trials, seed=spec.seed,
         max_retries_per_trial=1, max_consecutive_failed_trials=3, directory=str(spec.directory),
         project_name=spec.project_name, overwrite=False, distribution_strategy=strategy)
+
+
+def _clean_batchnorm(kwargs: dict, train, images: int) -> tuple[dict, int]:
+    """`fit`'s kwargs with a callback that sets BatchNorm statistics from clean images of
+    `train` before each validation (`glasses.model.batchnorm_callback`): `images` of them (the
+    stage's bn_stats_images, at most all there are), none when 0; and how many it took. They are taken here, as an
+    array: Keras Tuner deep-copies the callbacks of each trial, and a dataset does not copy."""
+    if not images or train is None:
+        return kwargs, 0
+    from glasses.model import batchnorm_callback, clean_sample
+
+    sample = clean_sample(train, images)
+    return {**kwargs, "callbacks": [batchnorm_callback(sample), *kwargs["callbacks"]]}, len(sample)
 
 
 def _best_epoch(history) -> dict[str, float]:

@@ -50,6 +50,7 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
         train_images = read_json(spec.cache_dir / "cache.json")["counts"]["train"]
         data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed, repeat=True),
                 "validation_data": load_subset(spec.cache_dir, "val", batch)}
+    tuner.train_images = train_images
     budget = epochs_for(stage, train_images, replicas)
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=budget.patience,
                                          restore_best_weights=True, start_from_epoch=budget.warmup_epochs)

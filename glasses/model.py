@@ -90,21 +90,60 @@ def set_batchnorm_statistics(model, images: np.ndarray, chunk: int = 256) -> int
     """
     import keras
 
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in layers:  # in order: each one's inputs come through the layers set before it
-        upto = keras.Model(model.inputs, layer.input)
-        axes = tuple(i for i in range(len(upto.output.shape)) if i != layer.axis % len(upto.output.shape))
-        total = squares = 0.0
-        count = 0
-        for start in range(0, len(images), chunk):
-            h = np.asarray(upto(images[start:start + chunk], training=False), dtype=np.float64)
-            total = total + h.sum(axis=axes)
-            squares = squares + (h * h).sum(axis=axes)
-            count += h.size // h.shape[layer.axis]
-        mean = total / count
-        layer.moving_mean.assign(mean.astype(np.float32))
-        layer.moving_variance.assign(np.maximum(squares / count - mean * mean, 0.0).astype(np.float32))
-    return len(layers)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    chain = _chain(model)
+    if chain is None:  # any other graph: each layer's inputs through a model up to it
+        for norm in norms:
+            upto = keras.Model(model.inputs, norm.input)
+            _set_from(norm, [upto(images[i:i + chunk], training=False) for i in range(0, len(images), chunk)])
+        return len(norms)
+    # build_model's chain, in one pass: the images go layer by layer, in chunks, and at each
+    # BatchNormalization its statistics are set before the chunks go through it
+    chunks = [images[i:i + chunk] for i in range(0, len(images), chunk)]
+    pending: list = []
+    for layer in chain:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            chunks = [_through(pending, c) for c in chunks]
+            _set_from(layer, chunks)
+            pending = []
+        pending.append(layer)
+    return len(norms)
+
+
+def _chain(model) -> list | None:
+    """`model`'s layers when each takes the output of the one before (build_model's CNN), else None."""
+    previous = model.inputs[0] if len(model.inputs) == 1 else None
+    layers = [layer for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
+    for layer in layers:
+        try:
+            if previous is None or layer.input is not previous:
+                return None
+            previous = layer.output
+        except (AttributeError, ValueError):  # a layer called more than once, or with several inputs
+            return None
+    return layers
+
+
+def _through(layers: list, x):
+    for layer in layers:
+        x = layer(x, training=False)
+    return x
+
+
+def _set_from(norm, chunks: list) -> None:
+    """Sets a BatchNormalization layer's moving mean and variance to those of its inputs `chunks`
+    (two passes: the mean, then the squared deviations from it; float64 across chunks)."""
+    import keras
+
+    axis = norm.axis % len(chunks[0].shape)
+    axes = [i for i in range(len(chunks[0].shape)) if i != axis]
+    count = sum(int(np.prod([c.shape[i] for i in axes])) for c in chunks)
+    mean = sum(np.asarray(keras.ops.sum(c, axis=axes), np.float64) for c in chunks) / count
+    shape = [1 if i in axes else -1 for i in range(len(chunks[0].shape))]
+    centred = keras.ops.reshape(keras.ops.convert_to_tensor(mean.astype(np.float32)), shape)
+    variance = sum(np.asarray(keras.ops.sum(keras.ops.square(c - centred), axis=axes), np.float64) for c in chunks) / count
+    norm.moving_mean.assign(mean.astype(np.float32))
+    norm.moving_variance.assign(variance.astype(np.float32))
 
 
 def clean_sample(batches, images: int) -> np.ndarray:

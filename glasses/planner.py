@@ -28,6 +28,9 @@ from glasses.throughput import Throughput, measure
 # Costs the start-up measurement does not see, set from the task and trial times (the logs,
 # stages/*/trial_*/worker.json) of budgeted smoke and quick runs on 2 cores (bench/RESULTS.md).
 PER_EPOCH_S = 0.3  # callbacks at each epoch's end: checkpoint, TensorBoard, early stopping
+# Setting BatchNorm statistics before each validation (stage.bn_stats_images) costs this many
+# inference passes over its images: 0.8-1.4 for quick's networks at 32/40 px, one thread.
+BN_STATS_PASSES = 1.5
 PER_TRIAL_S = 1.5  # the oracle's round trips, the trial's folder and files
 SEARCH_TASKS_S = 4.0  # a search's Prefect tasks (cache, plan, chief, workers) and the chief's wait
 FINISH_STAGE_S = 3.0  # a stage's table and plots
@@ -215,12 +218,13 @@ def _search_s(search: SearchConfig, name: str, size: int, counts: Counts, throug
 
 def _trial_s(stage: StageConfig, size: int, folds: int, counts: Counts, throughput: Throughput) -> float:
     """One trial on one worker alone: each of its models (k with cross-validation) trains all
-    its steps and scores its validation images every epoch."""
+    its steps and scores its validation images every epoch, its BatchNorm statistics set first."""
     fit, score = counts.fit_and_score(folds)
     epochs = epochs_for(stage, fit)
     batch = stage.batch_size
     train = SPACE_FACTOR * epochs.epochs * epochs.steps_per_epoch * batch / throughput.train_rate(size, batch)
-    evaluate = epochs.epochs * score / throughput.evaluate_rate(size, batch)
+    inferred = score + BN_STATS_PASSES * min(stage.bn_stats_images, fit)
+    evaluate = epochs.epochs * inferred / throughput.evaluate_rate(size, batch)
     return max(1, folds) * (throughput.model_s + train + evaluate + epochs.epochs * PER_EPOCH_S)
 
 

@@ -6,7 +6,7 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from glasses.model import ModelSpec, batchnorm_callback, build_model, clean_sample, set_batchnorm_statistics
+from glasses.model import ModelSpec, _chain, batchnorm_callback, build_model, clean_sample, set_batchnorm_statistics
 from glasses.space import MAX_CONV_LAYERS, allowed_values, check_fixed, model_spec, spec_from_values
 
 
@@ -115,6 +115,7 @@ def test_batchnorm_statistics_are_those_of_the_clean_images_layer_after_layer():
 
     model = _two_layer_model()
     images = np.random.default_rng(0).random((70, 16, 16, 3), dtype=np.float32) * 0.5 + 0.25
+    assert _chain(model) is not None  # build_model's CNN takes the one-pass way
     assert set_batchnorm_statistics(model, images, chunk=32) == 2  # 70 in chunks of 32, 32, 6
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer, inputs in zip(layers, _bn_inputs(model, images)):  # the second's inputs pass the first as set
@@ -122,6 +123,22 @@ def test_batchnorm_statistics_are_those_of_the_clean_images_layer_after_layer():
         np.testing.assert_allclose(layer.moving_variance.numpy(), inputs.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5)
     # what Keras starts from (0 and 1) is gone: the statistics are the data's
     assert not np.allclose(layers[0].moving_variance.numpy(), 1.0)
+
+
+def test_batchnorm_statistics_of_a_graph_that_is_not_a_chain():
+    import keras
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    b = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 1)(a))
+    model = keras.Model(inputs, keras.layers.Add()([a, b]))  # a feeds b and the sum: no chain
+    images = np.random.default_rng(2).random((40, 8, 8, 3), dtype=np.float32)
+    assert set_batchnorm_statistics(model, images, chunk=16) == 2
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer, inputs in zip(norms, _bn_inputs(model, images)):
+        np.testing.assert_allclose(layer.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), inputs.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5)
 
 
 def test_clean_sample_takes_the_first_images_of_the_batches():

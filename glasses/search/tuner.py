@@ -95,8 +95,9 @@ def build_tuner(spec: SearchSpec, strategy=None):
 def _clean_batchnorm(kwargs: dict, train, images: int) -> tuple[dict, int]:
     """`fit`'s kwargs with a callback that sets BatchNorm statistics from clean images of
     `train` before each validation (`glasses.model.batchnorm_callback`): `images` of them (the
-    stage's bn_stats_images, at most all there are), none when 0; and how many it took. They are taken here, as an
-    array: Keras Tuner deep-copies the callbacks of each trial, and a dataset does not copy."""
+    stage's bn_stats_images, at most all there are), none when 0; and how many it took. They
+    are taken here, as an array: Keras Tuner deep-copies the callbacks of each trial, and a
+    dataset does not copy."""
     if not images or train is None:
         return kwargs, 0
     from glasses.model import batchnorm_callback, clean_sample

@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec, rows = stage3(args.work)
     if args.size and args.size != spec.image_size:
-        cache = spec.cache_dir.parent / f"{args.size}px"
+        from glasses.inputs import cache_dir_for
+
+        cache = cache_dir_for(spec.cache_dir.parent, args.size)
         if not (cache / "cache.json").is_file():
             raise SystemExit(f"no cache at {args.size} px in {cache.parent}: have "
                              f"{', '.join(sorted(p.name for p in cache.parent.glob('*px')))}")

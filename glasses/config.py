@@ -53,6 +53,19 @@ class DataConfig(_Section):
         return fractions
 
 
+class EarlyStopConfig(_Section):
+    """Early stopping across trials, decided by the chief's oracle (glasses.search.early_stop)."""
+
+    rule: Literal["off", "median"] = Field("off", description="off: every trial trains its whole budget (the "
+                                           "report's plain random search); median: the chief stops a trial whose "
+                                           "best val log loss so far is worse than the median of the other trials "
+                                           "at the same evaluation.")
+    after_steps: int = Field(0, ge=0, description="Steps a trial trains before the rule may stop it; 0: the "
+                             "stage's min_steps (BatchNorm's statistics and the first epochs are noise).")
+    peers: int = Field(2, ge=1, le=1000, description="Other trials that must have reached the same evaluation "
+                       "before the rule compares against their median.")
+
+
 class StageConfig(_Section):
     """One random search stage (a row of the report's table)."""
 
@@ -74,6 +87,8 @@ class StageConfig(_Section):
     keep: int | None = Field(None, ge=1, description="Keep only the checkpoints of the K best trials.")
     retune_trials: int = Field(4, ge=0, le=10_000, description="Stage 3 only: the trials a retune run adds to "
                                "the search (glasses retune, the scheduled deployment), when its data is unchanged.")
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig, description="Stop trials that are "
+                                        "behind the others at the same evaluation (off: the report's search).")
 
     @field_validator("image_sizes")
     @classmethod
@@ -94,6 +109,9 @@ class StageConfig(_Section):
         if self.min_steps >= self.max_steps:
             raise ValueError(f"min_steps {self.min_steps} must be below max_steps {self.max_steps}, "
                              "or early stopping can never act")
+        if self.early_stop.after_steps >= self.max_steps:
+            raise ValueError(f"early_stop.after_steps {self.early_stop.after_steps} must be below max_steps "
+                             f"{self.max_steps}, or the rule can never act")
         if self.keep is not None and self.keep > self.max_trials:
             raise ValueError(f"keep {self.keep} must be at most max_trials {self.max_trials}")
         return self

@@ -35,7 +35,7 @@ from glasses import registry
 from glasses.files import read_json, write_json, write_text
 from glasses.inputs import unused_caches
 from glasses.search import SearchSpec, keep_best, trials_table
-from glasses.search.records import trial_records
+from glasses.search.records import STOPPED, trial_records
 from glasses.workdir import WorkDir
 
 
@@ -123,7 +123,9 @@ def spec_path_for(stage_dir: Path, stage: StageConfig, search: SearchConfig, ima
     hash of everything that defines the search (its stage config, size, fixed values, seed,
     folds, data) but its trial count: more trials continue the same search."""
     split_key = read_json(Path(cache_dir) / "cache.json")["key"]
-    defining = stage.model_dump(mode="json", exclude={"max_trials", "retune_trials"})
+    # With early stopping off (the report's search), the key is what it was before the setting existed.
+    exclude = {"max_trials", "retune_trials"} | ({"early_stop"} if stage.early_stop.rule == "off" else set())
+    defining = stage.model_dump(mode="json", exclude=exclude)
     key = fingerprint({"stage": defining, "size": image_size,
                        "fixed": {**chosen, **stage.fixed}, "seed": search.seed, "split": split_key,
                        "folds": folds_for(search, cache_dir, cross_validate)})
@@ -143,7 +145,8 @@ def compare(table: pd.DataFrame, column: str, preference: list) -> dict[str, Any
         {"column", "chosen", "best" (the lowest mean loss), "within_noise" (the values tied with
         it), "decided_by" ("difference": no other value was within noise; else "tie-break"),
         "metric" ("val_loss", or "val_accuracy" where losses are missing), "values": {value:
-        {"trials", "val_loss", "val_loss_se", "val_accuracy", "val_accuracy_se"}}}
+        {"trials" (completed), "val_loss", "val_loss_se", "val_accuracy", "val_accuracy_se", and
+        "stopped": the trials stopped early, when any}}}
     """
     done = _completed(table, column)
     metric = "val_loss" if "val_loss" in done and done["val_loss"].notna().all() else "val_accuracy"
@@ -167,6 +170,12 @@ def compare(table: pd.DataFrame, column: str, preference: list) -> dict[str, Any
             row[name] = None if mean is None else round(mean, 4)
             row[f"{name}_se"] = None if mean is None else round(float(pooled[name] / np.sqrt(counts[value])), 4)
         values[_plain(value)] = row
+    # Trials the chief stopped early are evidence too, but not finished: they are counted, never
+    # averaged; a value whose every trial was stopped was behind the others and is not chosen.
+    stopped = table[table["status"] == STOPPED].groupby(column).size()
+    for value, count in stopped.items():
+        values.setdefault(_plain(value), {"trials": 0, "val_loss": None, "val_loss_se": None,
+                                          "val_accuracy": None, "val_accuracy_se": None})["stopped"] = int(count)
     return {"column": column, "chosen": _plain(ordered[0]), "best": _plain(best),
             "within_noise": [_plain(v) for v in ordered], "metric": metric,
             "decided_by": "tie-break" if len(within) > 1 else "difference", "values": values}
@@ -282,7 +291,8 @@ def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, co
                                      f"{name}: every trial, the {len(kept)} kept")))
     chosen, choices = choose(table)
     summary = {"stage": name, "trials": len(table), "completed": int((table["status"] == "COMPLETED").sum()),
-               "failed": int((table["status"] == "FAILED").sum()), "chosen": chosen, "choices": choices,
+               "failed": int((table["status"] == "FAILED").sum()),
+               "stopped": int((table["status"] == STOPPED).sum()), "chosen": chosen, "choices": choices,
                "folds": max(s.folds for s in specs),
                "means": {c: {str(k): round(v, 4) for k, v in _means(table, c).items()} for c in compared},
                "workers": sorted(table["worker"].dropna().unique().tolist()),

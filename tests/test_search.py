@@ -20,10 +20,10 @@ pytestmark = pytest.mark.slow
 
 
 def _spec(tmp_path: Path, cache_dir: Path, max_trials: int = 4, epochs: int = 1, patience: int = 1,
-          bn_images: int = 512, **overrides) -> Path:
+          bn_images: int = 512, early_stop: dict | None = None, **overrides) -> Path:
     """A search on the tiny cache (28 training images: 4 steps an epoch at batch 8)."""
     stage = StageConfig(batch_size=8, max_trials=max_trials, max_steps=4 * epochs, patience_steps=4 * patience,
-                        bn_stats_images=bn_images)
+                        bn_stats_images=bn_images, early_stop=early_stop or {})
     values = dict(search_id="test-search", directory=tmp_path / "kt", project_name="size16", cache_dir=cache_dir, image_size=16,
                   stage=stage, folds=0, fixed={}, seed=1337, bind="127.0.0.1", address=None, port=0, workers=2,
                   worker_timeout_s=30, chief_timeout_s=300, gpus_per_worker=1)
@@ -257,3 +257,114 @@ def test_a_trial_whose_worker_dies_on_it_twice_is_failed_not_requeued_forever(ti
     records = {r["trial_id"]: r for r in trial_records(SearchSpec.load(spec_path).project_dir)}
     assert records["0"]["status"] == "FAILED"
     assert [r["status"] for k, r in sorted(records.items()) if k != "0"] == ["COMPLETED", "COMPLETED"]
+
+
+class MadeUpWorker:
+    """A worker that trains nothing: it speaks keras-tuner's gRPC protocol to a real chief and
+    reports the evaluations a test makes up."""
+
+    def __init__(self, spec_path: Path, tuner_id: str):
+        import grpc
+        from keras_tuner.src.protos import get_service, get_service_grpc
+
+        spec = SearchSpec.load(spec_path)
+        deadline = time.monotonic() + 60
+        while search.records.chief_address(spec) is None:
+            assert time.monotonic() < deadline, "the chief never published its address"
+            time.sleep(0.2)
+        address, port = search.records.chief_address(spec)
+        self.stub = get_service_grpc().OracleStub(grpc.insecure_channel(f"{address}:{port}"))
+        self.service, self.tuner_id = get_service(), tuner_id
+
+    def next_trial(self):
+        return self.stub.CreateTrial(self.service.CreateTrialRequest(tuner_id=self.tuner_id), timeout=30).trial
+
+    def evaluate(self, trial_id: str, losses: list[float]) -> list[str]:
+        """Reports `losses` as the trial's evaluations (4 steps apart); the chief's answers."""
+        from keras_tuner.src.engine.trial import TrialStatus
+
+        from glasses.search.early_stop import Evaluation
+
+        answers = []
+        for epoch, loss in enumerate(losses):
+            metrics = Evaluation(0, epoch, 4 * (epoch + 1), loss, 1.0 - loss).to_metrics()
+            request = self.service.UpdateTrialRequest(trial_id=trial_id, metrics=metrics, step=epoch)
+            answers.append(TrialStatus.from_proto(self.stub.UpdateTrial(request, timeout=30).trial.status))
+        return answers
+
+    def end(self, trial, loss: float) -> None:
+        """Reports the trial's result and ends it, as keras-tuner's worker does after training."""
+        from keras_tuner.src.engine.trial import Trial, TrialStatus
+
+        metrics = {"val_accuracy": 1.0 - loss, "val_loss": loss}
+        self.stub.UpdateTrial(self.service.UpdateTrialRequest(trial_id=trial.trial_id, metrics=metrics, step=0),
+                              timeout=30)
+        ended = Trial.from_proto(trial)
+        ended.status = TrialStatus.COMPLETED
+        self.stub.EndTrial(self.service.EndTrialRequest(trial=ended.to_proto()), timeout=30)
+
+
+def _kill_chief(spec_path: Path) -> None:
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "chief" in command and str(spec_path) in command:
+            process.kill()
+
+
+def test_the_chief_stops_a_trial_behind_the_others_even_across_its_restart(tiny_cache, tmp_path):
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=3, epochs=3, early_stop={"rule": "median", "peers": 1})
+    chief = Role(spec_path, "chief")
+    chief.start()
+    ahead, behind = MadeUpWorker(spec_path, "tuner0"), MadeUpWorker(spec_path, "tuner1")
+    first, second = ahead.next_trial(), behind.next_trial()
+    assert ahead.evaluate(first.trial_id, [0.5, 0.4]) == ["RUNNING", "RUNNING"]
+    assert behind.evaluate(second.trial_id, [0.45, 0.6]) == ["RUNNING", "STOPPED"]  # 0.45 > 0.4 at epoch 1
+
+    # The chief dies before the stopped trial is ended; a new one keeps it stopped, ended at its stop.
+    _kill_chief(spec_path)
+    _join(chief)
+    search.records.chief_card(SearchSpec.load(spec_path)).unlink()  # the dead chief's address
+    chief = Role(spec_path, "chief")
+    chief.start()
+    ahead, behind = MadeUpWorker(spec_path, "tuner0"), MadeUpWorker(spec_path, "tuner1")
+    # The worker whose trial was stopped takes the next one: the trial the dead chief left
+    # running (requeued); the stopped trial is never handed out again.
+    redo, new = behind.next_trial(), ahead.next_trial()
+    assert (first.trial_id, second.trial_id, redo.trial_id, new.trial_id) == ("0", "1", "0", "2")
+    assert behind.evaluate(redo.trial_id, [0.3, 0.3, 0.3]) == ["RUNNING"] * 3
+    behind.end(redo, 0.3)
+    assert ahead.evaluate(new.trial_id, [0.25, 0.25, 0.25]) == ["RUNNING"] * 3
+    ahead.end(new, 0.25)
+    from keras_tuner.src.engine.trial import TrialStatus
+
+    over = [TrialStatus.from_proto(w.next_trial().status) for w in (ahead, behind)]
+    assert over == ["STOPPED", "STOPPED"]  # every trial has ended: the search is over
+    _join(chief)
+    assert chief.ok, "\n".join(chief.lines[-20:])
+    assert any(f"trial {second.trial_id} had been stopped early" in line for line in chief.lines)
+    records = {r["trial_id"]: r for r in trial_records(SearchSpec.load(spec_path).project_dir)}
+    assert {t: r["status"] for t, r in records.items()} == {"0": "COMPLETED", "1": "STOPPED", "2": "COMPLETED"}
+    assert records["1"]["stopped_steps"] == 8 and records["1"]["score"] == pytest.approx(0.55)
+    table = search.trials_table(SearchSpec.load(spec_path))
+    assert table.set_index("trial_id").loc["1", "stopped_steps"] == 8
+
+
+def test_real_workers_report_every_evaluation_and_stopped_trials_end_early(tiny_cache, tmp_path):
+    from glasses.search.early_stop import load_progress
+
+    # 144 steps: 3 epochs of 50 (an epoch is at least 50 steps), evaluated after each
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=4, epochs=36, patience=36,
+                      early_stop={"rule": "median", "peers": 1})
+    chief, tuners = _search(spec_path)
+    _join(chief, *tuners)
+    assert chief.ok, "\n".join(chief.lines[-20:])
+    project = SearchSpec.load(spec_path).project_dir
+    records, progress = trial_records(project), load_progress(project)
+    assert sorted(progress) == ["0", "1", "2", "3"]
+    for record in records:
+        evaluations = progress[record["trial_id"]]["evaluations"]
+        assert [e["steps"] for e in evaluations] == [50, 100, 150][:len(evaluations)]
+        if record["status"] == "STOPPED":  # behind at its last evaluation: trained fewer epochs
+            assert record["stopped_steps"] == evaluations[-1]["steps"] and record["epochs"] == len(evaluations)
+        else:
+            assert record["status"] == "COMPLETED" and len(evaluations) == 3

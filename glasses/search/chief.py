@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import time
 
-from glasses.search.keras_tuner_private import LivenessServicer, settle_ended_trials, start_server
+from glasses.search.early_stop import MedianStop
+from glasses.search.keras_tuner_private import (LivenessServicer, settle_ended_trials, settle_stopped_trials,
+                                                start_server)
 from glasses.search.records import ENDED, dial_address, last_error_line, publish_chief
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, node, set_role
@@ -28,7 +30,10 @@ def serve(spec: SearchSpec) -> int:
     oracle = tuner.oracle
     for trial_id in settle_ended_trials(oracle):
         print(f"chief: trial {trial_id} had ended before the last chief stopped: not run again", flush=True)
-    servicer, server, port = start_server(oracle, spec.bind, spec.port, spec.worker_timeout_s)
+    stopper = MedianStop(spec.project_dir, spec.stage.early_stop, spec.stage.min_steps)
+    for trial_id in settle_stopped_trials(oracle, stopper):
+        print(f"chief: trial {trial_id} had been stopped early before the last chief stopped: ended there", flush=True)
+    servicer, server, port = start_server(oracle, spec.bind, spec.port, spec.worker_timeout_s, stopper)
     if server is None:
         print(f"chief: cannot bind {spec.bind}:{spec.port}: the port is in use", flush=True)
         return EXIT_PORT_IN_USE

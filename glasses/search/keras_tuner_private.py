@@ -19,7 +19,9 @@ Imported only inside the role processes (it imports keras-tuner's generated prot
 
 from __future__ import annotations
 
+import copy
 import threading
+from datetime import datetime
 import time
 from concurrent import futures
 
@@ -28,6 +30,7 @@ from keras_tuner.src.distribute import oracle_chief, oracle_client
 from keras_tuner.src.engine import trial as trial_module
 from keras_tuner.src.protos import get_service, get_service_grpc
 
+from glasses.search.early_stop import Evaluation, MedianStop
 from glasses.search.records import ENDED
 
 
@@ -65,6 +68,32 @@ def settle_ended_trials(oracle) -> list[str]:
     return settled
 
 
+def end_stopped(oracle, trial_id: str, stop: dict) -> None:
+    """Ends a trial the chief had stopped but no worker ended (the worker or the chief died in
+    between): COMPLETED with its scores at the stop, so it is neither run again nor lost. Its
+    best checkpoint so far is on disk (Keras Tuner saves each better epoch)."""
+    if trial_id in oracle._retry_queue:
+        oracle._retry_queue.remove(trial_id)
+    oracle.update_trial(trial_id, {"val_accuracy": stop["val_accuracy"], "val_loss": stop["val_loss"]},
+                        step=stop["epoch"])
+    trial = oracle.trials[trial_id]
+    trial.status = trial_module.TrialStatus.COMPLETED
+    # Keras Tuner's display numbers and times a trial from its start in this process; this one
+    # began before it (it keeps both in oracle.json only since its last save).
+    display = oracle._display
+    display.trial_start.setdefault(trial_id, datetime.now())
+    display.trial_number.setdefault(trial_id, len(display.trial_number) + 1)
+    oracle.end_trial(trial)
+
+
+def settle_stopped_trials(oracle, stopper: MedianStop) -> list[str]:
+    """Ends the trials waiting on the retry queue that the chief had stopped; returns their ids."""
+    settled = [t for t in list(oracle._retry_queue) if stopper.stop_of(t)]
+    for trial_id in settled:
+        end_stopped(oracle, trial_id, stopper.stop_of(trial_id))
+    return settled
+
+
 def set_client_timeout(seconds: float) -> None:
     """How long a worker's oracle client waits for the chief's answer (keras-tuner: 1 hour)."""
     oracle_client.TIMEOUT = seconds
@@ -89,8 +118,9 @@ class LivenessServicer(oracle_chief.OracleServicer):
     recorded FAILED instead of handed out again forever; too many failures in a row (Keras
     Tuner's `max_consecutive_failed_trials`) set `fatal`, and the chief ends the search."""
 
-    def __init__(self, oracle, worker_timeout_s: float):
+    def __init__(self, oracle, worker_timeout_s: float, stopper: MedianStop):
         super().__init__(oracle)
+        self.stopper = stopper
         self.lock = threading.RLock()
         self.worker_timeout_s = worker_timeout_s
         self.last_seen: dict[str, float] = {}
@@ -144,7 +174,12 @@ class LivenessServicer(oracle_chief.OracleServicer):
         return dropped
 
     def _after_death(self, trial, tuner_id: str) -> str:
-        """A worker died running `trial`: the trial goes back to the queue, or fails."""
+        """A worker died running `trial`: the trial goes back to the queue, or fails; one the
+        chief had stopped ends with its scores at the stop."""
+        stop = self.stopper.stop_of(trial.trial_id)
+        if stop:
+            end_stopped(self.oracle, trial.trial_id, stop)
+            return "ended at its early stop"
         if self._died_on(trial):
             self._fail(trial, f"its worker died {DEATHS_BEFORE_FAILED} times running it "
                               f"(last {tuner_id}; killed by the OOM killer?)")
@@ -163,6 +198,9 @@ class LivenessServicer(oracle_chief.OracleServicer):
                 stop = trial_module.Trial(self.oracle.get_space(), status=trial_module.TrialStatus.STOPPED)
                 return get_service().CreateTrialResponse(trial=stop.to_proto())
             ongoing = self.oracle.ongoing_trials.get(request.tuner_id)
+            if ongoing is not None and self.stopper.stop_of(ongoing.trial_id):  # restarted after its stop
+                end_stopped(self.oracle, ongoing.trial_id, self.stopper.stop_of(ongoing.trial_id))
+                ongoing = None
             if ongoing is not None and self._died_on(ongoing):  # it asks again: it restarted mid-trial
                 self._fail(ongoing, f"its worker died {DEATHS_BEFORE_FAILED} times running it "
                                     f"(last {request.tuner_id}; killed by the OOM killer?)")
@@ -184,7 +222,15 @@ class LivenessServicer(oracle_chief.OracleServicer):
     def UpdateTrial(self, request, context):
         with self.lock:
             self._seen(self._owner(request.trial_id))
-            return super().UpdateTrial(request, context)
+            evaluation = Evaluation.from_metrics(dict(request.metrics))
+            if evaluation is None:  # Keras Tuner's own report of the trial's result
+                return super().UpdateTrial(request, context)
+            # An evaluation mid-trial: recorded by the stopping rule, not scored; the answer's
+            # status STOPPED tells the worker to stop the trial.
+            trial = copy.copy(self.oracle.trials[request.trial_id])
+            if self.stopper.report(request.trial_id, evaluation):
+                trial.status = trial_module.TrialStatus.STOPPED
+            return get_service().UpdateTrialResponse(trial=trial.to_proto())
 
     def EndTrial(self, request, context):
         with self.lock:
@@ -209,16 +255,17 @@ class LivenessServicer(oracle_chief.OracleServicer):
             return super().GetBestTrials(request, context)
 
 
-def start_server(oracle, bind: str, port: int, worker_timeout_s: float
+def start_server(oracle, bind: str, port: int, worker_timeout_s: float, stopper: MedianStop
                  ) -> tuple[LivenessServicer, grpc.Server | None, int]:
-    """Serves `oracle` on `bind`, at `port` or, when it is 0, a free port; returns the servicer,
-    the server (None if it cannot bind) and the port it bound.
+    """Serves `oracle` on `bind`, at `port` or, when it is 0, a free port, with `stopper` deciding
+    on the trials' evaluations; returns the servicer, the server (None if it cannot bind) and the
+    port it bound.
 
     The port is bound exclusively: gRPC sets SO_REUSEPORT by default, which would let a
     second chief bind the same port and take half of the workers' calls.
     """
     address = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
-    servicer = LivenessServicer(oracle, worker_timeout_s)
+    servicer = LivenessServicer(oracle, worker_timeout_s, stopper)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
     get_service_grpc().add_OracleServicer_to_server(servicer, server)
     try:

@@ -13,9 +13,11 @@ import pandas as pd
 from glasses.config import is_loopback
 from glasses.errors import SearchError
 from glasses.files import read_json, write_json
+from glasses.search.early_stop import stop_record
 from glasses.search.spec import SearchSpec
 
-ENDED = ("COMPLETED", "FAILED")
+ENDED = ("COMPLETED", "FAILED")  # Keras Tuner's statuses of a trial that ended
+STOPPED = "STOPPED"  # ours: a trial the chief stopped early (Keras Tuner's COMPLETED, scored at the stop)
 
 
 def trial_records(project_dir: Path) -> list[dict[str, Any]]:
@@ -25,8 +27,11 @@ def trial_records(project_dir: Path) -> list[dict[str, Any]]:
         trial = read_state(trial_json)
         meta_path = trial_json.parent / "worker.json"
         meta = read_state(meta_path) if meta_path.is_file() else {}
+        stop = stop_record(trial_json.parent)
+        stopped = stop is not None and trial["status"] == "COMPLETED"
         records.append({
-            "trial_id": trial["trial_id"], "status": trial["status"], "score": trial.get("score"),
+            "trial_id": trial["trial_id"], "status": STOPPED if stopped else trial["status"],
+            "score": trial.get("score"), "stopped_steps": stop["steps"] if stopped else None,
             "val_loss": _last_value(trial, "val_loss"),
             "values": trial["hyperparameters"]["values"], "worker": meta.get("tuner_id"), "node": meta.get("node"),
             "epochs": meta.get("epochs"), "seconds": meta.get("seconds"), "ended_at": meta.get("ended_at"),
@@ -60,8 +65,8 @@ def check_state(spec: SearchSpec) -> None:
 
 
 def ended_trials(spec: SearchSpec) -> int:
-    """How many trials of the search have ended (completed or failed)."""
-    return sum(1 for r in trial_records(spec.project_dir) if r["status"] in ENDED)
+    """How many trials of the search have ended (completed, stopped early or failed)."""
+    return sum(1 for r in trial_records(spec.project_dir) if r["status"] in (*ENDED, STOPPED))
 
 
 def is_complete(spec: SearchSpec) -> bool:
@@ -72,7 +77,8 @@ def is_complete(spec: SearchSpec) -> bool:
 def trials_table(spec: SearchSpec) -> pd.DataFrame:
     """The search's trials as a table: id, image size, hyperparameters, val accuracy and loss,
     epochs, seconds, when it ended (Unix time), worker id, node (the host or Dask worker it ran on), folds (None without
-    cross-validation), status and checkpoint."""
+    cross-validation), status (COMPLETED, STOPPED: stopped early by the chief, scored at the stop, FAILED),
+    the steps it had trained when stopped, and checkpoint."""
     rows = []
     for record in trial_records(spec.project_dir):
         rows.append({"trial_id": record["trial_id"], "image_size": spec.image_size, **record["values"],
@@ -80,15 +86,18 @@ def trials_table(spec: SearchSpec) -> pd.DataFrame:
                      "seconds": record["seconds"], "ended_at": record["ended_at"], "worker": record["worker"],
                      "node": record["node"],
                      "folds": len(record["folds"]) if record["folds"] else None, "status": record["status"],
-                     "checkpoint": record["checkpoint"]})
+                     "stopped_steps": record["stopped_steps"], "checkpoint": record["checkpoint"]})
     return pd.DataFrame(rows)
 
 
 def keep_best(spec: SearchSpec, keep: int) -> list[str]:
-    """Deletes the checkpoints of all but the `keep` best completed trials; returns those kept."""
-    records = [r for r in trial_records(spec.project_dir) if r["status"] == "COMPLETED" and r["score"] is not None]
+    """Deletes the checkpoints of all but the `keep` best completed trials (and of every trial
+    stopped early: it trained less, and is never a member); returns those kept."""
+    records = trial_records(spec.project_dir)
+    stopped = [r for r in records if r["status"] == STOPPED]
+    records = [r for r in records if r["status"] == "COMPLETED" and r["score"] is not None]
     records.sort(key=lambda r: r["score"], reverse=True)
-    for record in records[keep:]:
+    for record in records[keep:] + stopped:
         Path(record["checkpoint"]).unlink(missing_ok=True)
     return [r["trial_id"] for r in records[:keep]]
 

@@ -67,12 +67,16 @@ def build_tuner(spec: SearchSpec, strategy=None):
                 with Heartbeat(self.oracle, trial.trial_id):
                     if self.folds:  # one fit per fold; Keras Tuner averages their best epochs
                         histories = []
-                        for train, val, images in self.folds:
+                        for fold, (train, val, images) in enumerate(self.folds):
                             fit, used = _clean_batchnorm(kwargs, train, min(bn_images, images))
+                            fit, report = self._reporting(fit, trial, fold)
                             histories += super().run_trial(trial, train, validation_data=val, **fit)
+                            if report.stopped:  # the chief stopped the trial: no further folds
+                                break
                     else:
                         train = kwargs.get("x", args[0] if args else None)
                         fit, used = _clean_batchnorm(kwargs, train, min(bn_images, self.train_images or bn_images))
+                        fit, report = self._reporting(fit, trial, 0)
                         histories = super().run_trial(trial, *args, **fit)
                 _fail_on_nan(histories)
             except Exception:  # the chief names it if trials keep failing; Keras Tuner records it
@@ -85,6 +89,44 @@ def build_tuner(spec: SearchSpec, strategy=None):
                         "epochs": epochs, "folds": [_best_epoch(h) for h in histories] if self.folds else None,
                         "bn_images": used})
             return histories
+
+        def _reporting(self, fit: dict, trial, fold: int) -> tuple[dict, ReportEvaluations]:
+            """`fit`'s kwargs with a callback that reports each evaluation to the chief."""
+            report = ReportEvaluations(self.oracle, trial.trial_id, fold, fit.get("steps_per_epoch") or 1)
+            return {**fit, "callbacks": [*fit["callbacks"], report]}, report
+
+    class ReportEvaluations(keras.callbacks.Callback):
+        """Sends the chief each evaluation of a trial (`glasses.search.early_stop`) and stops
+        training when the chief answers that the trial is stopped. Only a distributed worker
+        reports: a tuner with its own oracle has no other trials running to compare with."""
+
+        def __init__(self, oracle, trial_id: str, fold: int, steps_per_epoch: int):
+            super().__init__()
+            self.oracle, self.trial_id, self.fold, self.steps_per_epoch = oracle, trial_id, fold, steps_per_epoch
+            self.stopped = False
+
+        def __deepcopy__(self, memo):  # Keras Tuner copies a trial's callbacks; the oracle's stub does not copy
+            return self
+
+        def on_epoch_end(self, epoch, logs=None):
+            from glasses.search.early_stop import Evaluation
+            from glasses.search.keras_tuner_private import is_remote
+
+            logs = logs or {}
+            if not is_remote(self.oracle) or "val_loss" not in logs:
+                return
+            evaluation = Evaluation(fold=self.fold, epoch=epoch, steps=(epoch + 1) * self.steps_per_epoch,
+                                    val_loss=float(logs["val_loss"]),
+                                    val_accuracy=float(logs.get("val_accuracy", float("nan"))))
+            try:
+                answer = self.oracle.update_trial(self.trial_id, evaluation.to_metrics(), step=epoch)
+            except Exception:  # a lost report only loses this evaluation's say; the trial goes on
+                return
+            if answer.status == "STOPPED":
+                print(f"trial {self.trial_id}: stopped by the chief at epoch {epoch + 1}: behind the other trials",
+                      flush=True)
+                self.stopped = True
+                self.model.stop_training = True
 
     return GlassesTuner(
         _hypermodel(spec), objective="val_accuracy", max_trials=spec.stage.max_trials, seed=spec.seed,

@@ -145,7 +145,7 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
         latent = model.latent_baseline(config, source, fingerprint, split["dir"])
         clock.lap("analyses")
         path = model.summary(config, organized, split, [stage1, stage2, stage3], shipped, drawn, latent,
-                             clock.durations(), plan, decision)
+                             clock.durations(), plan, decision, clock.windows())
         model.tidy(config, specs1 + specs2 + specs3, path, decision)
         return path
 

@@ -7,6 +7,8 @@ import re
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from glasses.config import Config
 from glasses.dataset import CLASSES
 from glasses.files import read_json, write_json, write_text
@@ -20,12 +22,44 @@ class Stopwatch:
         self.started = self.last = time.monotonic()
         self.started_at = time.time()  # Unix time: a time budget's clock, shared across processes
         self.laps: dict[str, float] = {}
+        self.spans: dict[str, tuple[float, float]] = {}  # name -> (start, end), Unix time
 
     def lap(self, name: str) -> float:
         now = time.monotonic()
         self.laps[name] = round(now - self.last, 2)
+        end = time.time()
+        self.spans[name] = (round(end - (now - self.last), 2), round(end, 2))
         self.last = now
         return self.laps[name]
+
+    def windows(self) -> dict[str, tuple[float, float]]:
+        """Each step's start and end (Unix time): which trials ran in which stage of this run."""
+        return dict(self.spans)
+
+
+def worker_utilization(stages: list[dict], windows: dict[str, tuple[float, float]], workers: int) -> dict:
+    """How busy the tuner workers were: per stage, the seconds of the trials that ended within the
+    stage's window over workers x the stage's wall (start-ups, waits for the chief and a last
+    round that leaves a worker idle all count against it; stage 1's includes building the image
+    caches); `overall` over the three stages.
+    A stage reused from an earlier run (no trial ended in its window) is left out."""
+    found, busy, wall = {}, 0.0, 0.0
+    for stage in stages:
+        name, span = stage["stage"], windows.get(stage["stage"])
+        if span is None or not Path(stage.get("table", "")).is_file():
+            continue
+        table = pd.read_csv(stage["table"])
+        ran = table[(table["ended_at"] >= span[0]) & (table["ended_at"] <= span[1])] if len(table) else table
+        if ran.empty:
+            continue
+        seconds, stage_wall = float(ran["seconds"].sum()), span[1] - span[0]
+        found[name] = {"trial_s": round(seconds, 1), "wall_s": round(stage_wall, 1), "workers": workers,
+                       "utilization": round(seconds / (workers * stage_wall), 3)}
+        busy, wall = busy + seconds, wall + stage_wall
+    if found:
+        found["overall"] = {"trial_s": round(busy, 1), "wall_s": round(wall, 1), "workers": workers,
+                            "utilization": round(busy / (workers * wall), 3)}
+    return found
 
     def durations(self) -> dict[str, float]:
         return {**self.laps, "total": round(time.monotonic() - self.started, 2)}
@@ -33,7 +67,7 @@ class Stopwatch:
 
 def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[dict], shipped: dict,
                   figures: dict, latent: dict, durations: dict, plan: dict | None = None,
-                  decision: dict | None = None) -> Path:
+                  decision: dict | None = None, windows: dict | None = None) -> Path:
     """Writes `<work-dir>/summary.json`: the parts of the run plus the config that made it.
 
     Args:
@@ -45,12 +79,14 @@ def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[di
         durations: Seconds per step of the run.
         plan: What a time budget was turned into (glasses.planner.Plan.to_dict), if the run had one.
         decision: This run's model against the champion (glasses.registry.challenge).
+        windows: Each step's start and end (Stopwatch.windows), for the workers' utilization.
     """
     summary = {"dataset": dataset, "split": split, "workers": config.search.workers,
                "stages": {stage["stage"]: stage for stage in stages}, **shipped, "figures": figures,
                "latent": latent, "durations_s": durations, "preset": config.preset,
                "config": config.model_dump(mode="json"), "plan": plan, "champion": decision,
-               "achieved_fractions": split.get("fractions")}
+               "achieved_fractions": split.get("fractions"),
+               "utilization": worker_utilization(stages, windows or {}, config.search.workers)}
     return write_json(WorkDir(config.work_dir).summary, summary)
 
 
@@ -91,11 +127,18 @@ def _stage_lines(summary: dict) -> list[str]:
         outcome = f"chose {stage['chosen']}" if stage["chosen"] else f"kept the {len(stage['kept'] or [])} best models"
         kept = ([f"Kept from {stage['kept_from']}, the champion (retune.keep_choices: the data changed and this "
                  "stage was not searched again); its numbers:", ""] if stage.get("kept_from") else [])
+        stopped = f", {stage['stopped']} stopped early" if stage.get("stopped") else ""
+        busy = summary.get("utilization", {}).get(name)
+        busy = (f" Workers busy in trials {busy['utilization']:.0%} of the stage's {busy['wall_s']:.0f} s "
+                f"({busy['trial_s']:.0f} trial-seconds, {busy['workers']} workers)." if busy else "")
         lines += [f"### {name}", "", *kept,
-                  f"{stage['trials']} trials ({stage['completed']} completed, {stage['failed']} failed; by tuner "
+                  f"{stage['trials']} trials ({stage['completed']} completed{stopped}, {stage['failed']} failed; by tuner "
                   f"{by_worker}; by node {by_node or '-'}); "
-                  f"best val accuracy {stage['best_val_accuracy']:.4f}; {outcome}. Table: `stages/{name}/trials.csv`.",
-                  ""]
+                  f"best val accuracy {stage['best_val_accuracy']:.4f}; {outcome}. Table: `stages/{name}/trials.csv`."
+                  f"{busy}", ""]
+        if stage.get("stopped"):
+            lines += [f"Trials stopped early were behind the median of the others at the same evaluation "
+                      f"(`early_stop`); they are counted, not averaged, in the choice, and never kept.", ""]
         if stage.get("folds"):
             lines += [f"Each trial scored by {stage['folds']}-fold cross-validation over train+val (a val "
                       "split this small would make the choice noise).", ""]
@@ -227,6 +270,10 @@ def render_report(summary: dict) -> str:
     """The run as a human-readable markdown report; figures are linked relative to the work dir."""
     d, sp = summary["dataset"], summary["split"]
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["durations_s"].items())
+    overall = summary.get("utilization", {}).get("overall")
+    if overall:
+        timings += (f"; tuner workers busy in trials {overall['utilization']:.0%} of stages 1-3's "
+                    f"{overall['wall_s']:.0f} s")
     lines = ["# glasses: run report", "", *_warning_block(summary),
              f"Preset `{summary['preset']}`, {summary['workers']} tuner workers per search.", "",
              "## Data", "",

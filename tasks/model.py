@@ -95,11 +95,13 @@ def latent_baseline(config: Config, data_dir: str, fingerprint: str, split_dir: 
 
 @task(name="summary", cache_policy=NONE)
 def summary(config: Config, dataset: dict, split: dict, stages: list[dict], shipped: dict, drawn: dict,
-            latent: dict, durations: dict, plan: dict | None = None, decision: dict | None = None) -> str:
+            latent: dict, durations: dict, plan: dict | None = None, decision: dict | None = None,
+            windows: dict | None = None) -> str:
     """Writes summary.json and report.md, and publishes them as artifacts."""
     work = WorkDir(config.work_dir)
     path = report.write_summary(config, dataset=dataset, split=split, stages=stages, shipped=shipped,
-                                figures=drawn, latent=latent, durations=durations, plan=plan, decision=decision)
+                                figures=drawn, latent=latent, durations=durations, plan=plan, decision=decision,
+                                windows=windows)
     report.write_report(config)
     _publish(read_json(path), work)
     return str(path)

@@ -3,6 +3,8 @@ majority-class baseline and the alarm when nothing was learned."""
 
 from __future__ import annotations
 
+import pytest
+
 from glasses.files import write_json
 from glasses.report import _ensemble_lines, alarm_markdown, ensembles_rows, render_report, summary_markdown
 from tests.conftest import run_summary
@@ -115,3 +117,27 @@ def test_each_stage_choice_says_whether_the_difference_or_the_tie_break_decided(
     assert "| val log loss | 0.4600 ± 0.0316 | 0.4200 ± 0.0316 |" in text
     assert ("Chose image_size 32 by the tie-break: 32, 48 are within one standard error of the lowest loss (48) "
             "(compared on val loss).") in text
+
+
+def test_worker_utilization_is_trial_time_over_workers_times_each_stage_wall(tmp_path):
+    import pandas as pd
+
+    from glasses.report import Stopwatch, worker_utilization
+
+    def table(name: str, rows: list[tuple[float, float]]) -> dict:
+        path = tmp_path / f"{name}.csv"
+        pd.DataFrame([{"seconds": s, "ended_at": e} for s, e in rows]).to_csv(path, index=False)
+        return {"stage": name, "table": str(path)}
+
+    windows = {"stage1": (1000.0, 1100.0), "stage2": (1100.0, 1150.0), "stage3": (1150.0, 1400.0)}
+    stages = [table("stage1", [(60, 1070), (70, 1095), (50, 990)]),  # the last ended in an earlier run
+              table("stage2", [(40, 900)]),  # reused from an earlier run: left out
+              table("stage3", [(200, 1390), (210, 1395)])]
+    found = worker_utilization(stages, windows, workers=2)
+    assert found["stage1"] == {"trial_s": 130.0, "wall_s": 100.0, "workers": 2, "utilization": 0.65}
+    assert "stage2" not in found and found["stage3"]["utilization"] == pytest.approx(410 / 500, abs=1e-3)
+    assert found["overall"]["utilization"] == pytest.approx(540 / 700, abs=1e-3)
+    clock = Stopwatch()
+    clock.lap("data")
+    (start, end), = clock.windows().values()
+    assert start <= end and end - start < 5

@@ -180,3 +180,17 @@ def test_only_searches_and_caches_no_stage_uses_are_removed(tmp_path):
     (tmp_path / "cache" / "64px").mkdir()  # without our marker: left alone
     assert unused_caches(tmp_path / "cache", {16, 24}) == [tmp_path / "cache" / "32px"]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["16px", "24px", "64px"]
+
+
+def test_trials_stopped_early_are_counted_but_never_averaged_into_a_choice():
+    table = _table("image_size", {32: [(0.50, 0.78), (0.52, 0.77)], 64: [(0.45, 0.80)]})
+    # 64 px's other trial and every 48 px trial were stopped early: their losses at the stop are
+    # from fewer steps and would pull the means; 48 px, never finished, cannot be chosen.
+    stopped = [{"image_size": 64, "val_loss": 0.9, "val_accuracy": 0.6, "status": "STOPPED"},
+               {"image_size": 48, "val_loss": 0.1, "val_accuracy": 0.95, "status": "STOPPED"}]
+    chosen, [how] = choose_image_size(pd.concat([table, pd.DataFrame(stopped)], ignore_index=True))
+    assert how["values"][64]["trials"] == 1 and how["values"][64]["stopped"] == 1
+    assert how["values"][64]["val_loss"] == pytest.approx(0.45)
+    assert how["values"][48] == {"trials": 0, "val_loss": None, "val_loss_se": None, "val_accuracy": None,
+                                 "val_accuracy_se": None, "stopped": 1}
+    assert chosen["image_size"] != 48 and "stopped" not in how["values"][32]

@@ -137,6 +137,10 @@ class SearchConfig(_Section):
     allow_remote_oracle: bool = Field(False, description="Let oracle_bind be a non-loopback address. The "
                                       "oracle is unauthenticated gRPC: only on a trusted network.")
     seed: Seed = 1337
+    precision: Literal["float32", "bfloat16"] = Field("float32", description="What tuner workers train in: "
+                                                      "float32, or bfloat16 mixed precision (keras' mixed_bfloat16: "
+                                                      "variables and the output in float32). The saved models are "
+                                                      "float32 either way.")
     gpus_per_worker: int | Literal["all"] = Field(1, description="GPUs per worker on a GPU host: 0 to 64, "
                                                   "or all.")
     worker_retries: int = Field(2, ge=0, le=10, description="Retries of a worker task, same tuner id.")

@@ -68,7 +68,9 @@ def build_model(spec: ModelSpec, name: str = "cnn", compile: bool = True):
         x = keras.layers.ReLU()(x)
     x = _pool(spec.global_pooling, global_=True)(x)
     x = keras.layers.Dense(spec.dense_units, activation="relu")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="p_glasses")(x)
+    # float32 even under a mixed-precision policy: a sigmoid and its log loss in bfloat16 (8 bits
+    # of mantissa) round probabilities near 0 and 1; the policy's own default layers otherwise.
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="p_glasses", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name=name)
     if compile:
         model.compile(optimizer=spec.optimizer, loss="binary_crossentropy", metrics=["accuracy"])
@@ -135,6 +137,7 @@ def _set_from(norm, chunks: list) -> None:
     (two passes: the mean, then the squared deviations from it; float64 across chunks)."""
     import keras
 
+    chunks = [keras.ops.cast(c, "float32") for c in chunks]  # bfloat16 under mixed precision
     axis = norm.axis % len(chunks[0].shape)
     axes = [i for i in range(len(chunks[0].shape)) if i != axis]
     count = sum(int(np.prod([c.shape[i] for i in axes])) for c in chunks)

@@ -32,6 +32,9 @@ class Stopwatch:
         self.last = now
         return self.laps[name]
 
+    def durations(self) -> dict[str, float]:
+        return {**self.laps, "total": round(time.monotonic() - self.started, 2)}
+
     def windows(self) -> dict[str, tuple[float, float]]:
         """Each step's start and end (Unix time): which trials ran in which stage of this run."""
         return dict(self.spans)
@@ -60,9 +63,6 @@ def worker_utilization(stages: list[dict], windows: dict[str, tuple[float, float
         found["overall"] = {"trial_s": round(busy, 1), "wall_s": round(wall, 1), "workers": workers,
                             "utilization": round(busy / (workers * wall), 3)}
     return found
-
-    def durations(self) -> dict[str, float]:
-        return {**self.laps, "total": round(time.monotonic() - self.started, 2)}
 
 
 def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[dict], shipped: dict,

@@ -61,7 +61,7 @@ def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image
         stage=stage, folds=folds_for(search, cache_dir, cross_validate), fixed={**chosen, **stage.fixed},
         seed=search.seed, bind=search.oracle_bind, address=search.oracle_address, port=search.oracle_port or 0,
         workers=search.workers, worker_timeout_s=search.worker_timeout_s,
-        chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker,
+        chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker, precision=search.precision,
         await_workers_s=search.chief_timeout_s if is_dask(search.cluster) else search.worker_timeout_s)
     return spec.save(path)
 
@@ -128,7 +128,9 @@ def spec_path_for(stage_dir: Path, stage: StageConfig, search: SearchConfig, ima
     defining = stage.model_dump(mode="json", exclude=exclude)
     key = fingerprint({"stage": defining, "size": image_size,
                        "fixed": {**chosen, **stage.fixed}, "seed": search.seed, "split": split_key,
-                       "folds": folds_for(search, cache_dir, cross_validate)})
+                       "folds": folds_for(search, cache_dir, cross_validate),
+                       # float32, the only precision before the setting: the keys of those searches stay
+                       **({"precision": search.precision} if search.precision != "float32" else {})})
     return (Path(stage_dir) / f"kt-{key}").resolve() / f"size{image_size}.json"
 
 

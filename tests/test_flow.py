@@ -62,6 +62,9 @@ def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server,
     assert 0 <= summary["ensemble"]["test_accuracy"] <= 1
     assert set(summary["best_single"]) >= {"val_accuracy", "test_accuracy"}
     assert summary["durations_s"]["total"] > 0
+    busy = summary["utilization"]  # trial seconds over workers x wall, per stage searched in this run
+    assert set(busy) == {"stage1", "stage2", "stage3", "overall"}
+    assert all(0 < stage["utilization"] <= 1 and stage["workers"] == 2 for stage in busy.values())
     evaluation = summary["evaluation"]
     assert set(evaluation) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "confusion"}
     assert sum(map(sum, evaluation["confusion"])) == split["test"]

@@ -29,6 +29,9 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     _limit_threads()
     import keras
 
+    if spec.precision == "bfloat16":  # variables stay float32, and so do the checkpoints
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
     from glasses.budget import epochs_for
     from glasses.files import read_json
     from glasses.inputs import cross_validation_folds, load_subset
@@ -59,7 +62,8 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     board = keras.callbacks.TensorBoard(log_dir=str(spec.directory / "tensorboard" / spec.project_name),
                                         write_graph=False, profile_batch=0)
     scored = f"{spec.folds}-fold cross-validation" if spec.folds else "the val split"
-    print(f"{tuner_id}: {replicas} replica(s), batch {batch}, {os.environ.get('GLASSES_THREADS')} threads; "
+    print(f"{tuner_id}: {replicas} replica(s), batch {batch}, {os.environ.get('GLASSES_THREADS')} threads, "
+          f"{keras.mixed_precision.global_policy().name}; "
           f"{train_images} training images, {budget.steps_per_epoch} steps an epoch: up to {budget.epochs} "
           f"epochs, warm-up {budget.warmup_epochs}, patience {budget.patience}; scored by {scored}", flush=True)
     tuner.search(**data, epochs=budget.epochs, steps_per_epoch=budget.steps_per_epoch, callbacks=[stop, board],

@@ -18,6 +18,7 @@ from glasses.evaluate import accuracy, check_learning, log_loss, metrics, score_
 from glasses.files import temporary_file, write_text
 from glasses.inputs import subset_arrays
 from glasses.search import SearchSpec, trial_records
+from glasses.search.records import rank_key
 from glasses.space import spec_from_values
 
 log = logging.getLogger(__name__)
@@ -33,18 +34,19 @@ class Candidate:
     checkpoint: Path
     image_size: int
     cache_dir: Path  # the data it trained on
+    val_loss: float | None = None  # at the epoch of its best val accuracy: breaks a tie of accuracies
 
 
 def candidates(spec_paths: list[Path]) -> list[Candidate]:
-    """Completed trials of the given searches that still have a checkpoint, best first."""
+    """Completed trials of the given searches that still have a checkpoint, best first (`rank_key`)."""
     found = []
     for spec in (SearchSpec.load(p) for p in spec_paths):
         for record in trial_records(spec.project_dir):
             if record["status"] == "COMPLETED" and Path(record["checkpoint"]).is_file():
                 found.append(Candidate(record["trial_id"], float(record["score"]), record["values"],
                                        Path(record["checkpoint"]), spec.image_size,
-                                       spec.cache_dir))
-    return sorted(found, key=lambda c: c.val_accuracy, reverse=True)
+                                       spec.cache_dir, record["val_loss"]))
+    return sorted(found, key=lambda c: rank_key(c.val_accuracy, c.val_loss))
 
 
 def select_members(found: list[Candidate], threshold: float, fallback: int) -> tuple[list[Candidate], str | None]:

@@ -136,6 +136,10 @@ def _stage_lines(summary: dict) -> list[str]:
                   f"{by_worker}; by node {by_node or '-'}); "
                   f"best val accuracy {stage['best_val_accuracy']:.4f}; {outcome}. Table: `stages/{name}/trials.csv`."
                   f"{busy}", ""]
+        if stage.get("tied_best"):
+            tie = stage["tied_best"]
+            lines += [f"The val split could not tell the best apart: {len(tie['trials'])} trials at val accuracy "
+                      f"{tie['val_accuracy']:.4f} ({', '.join(tie['trials'])}); they are ranked by val log loss.", ""]
         if stage.get("stopped"):
             lines += [f"Trials stopped early were behind the median of the others at the same evaluation "
                       f"(`early_stop`); they are counted, not averaged, in the choice, and never kept.", ""]

@@ -302,5 +302,20 @@ def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, co
                "trials_by_node": {str(k): int(v) for k, v in table["node"].value_counts().items()},
                "best_val_accuracy": float(table["val_accuracy"].max()), "table": str(table_path),
                "specs": [str(p) for p in spec_paths], "plots": plots, "kept": kept}
+    summary["tied_best"] = tied_best(table)
     write_json(out / "stage.json", summary)
     return summary
+
+
+def tied_best(table: pd.DataFrame) -> dict[str, Any] | None:
+    """When the val split cannot tell the best trials apart (two or more completed ones at the
+    best val accuracy: a small val split saturates), which they are; their order, what is kept
+    and the ensemble's candidates then follow their val log loss (`records.rank_key`)."""
+    done = table[(table["status"] == "COMPLETED") & table["val_accuracy"].notna()] if len(table) else table
+    if done.empty:
+        return None
+    tied = done[done["val_accuracy"] == done["val_accuracy"].max()]
+    if len(tied) < 2:
+        return None
+    return {"val_accuracy": float(tied["val_accuracy"].iloc[0]), "trials": sorted(map(str, tied["trial_id"])),
+            "broken_by": "val_loss"}

@@ -194,3 +194,29 @@ def test_trials_stopped_early_are_counted_but_never_averaged_into_a_choice():
     assert how["values"][48] == {"trials": 0, "val_loss": None, "val_loss_se": None, "val_accuracy": None,
                                  "val_accuracy_se": None, "stopped": 1}
     assert chosen["image_size"] != 48 and "stopped" not in how["values"][32]
+
+
+def test_a_saturated_val_split_ranks_the_tied_best_by_val_log_loss(tmp_path):
+    import json
+
+    from glasses.search import SearchSpec
+    from glasses.search.records import keep_best
+    from glasses.stages import tied_best
+
+    stage = StageConfig(batch_size=8, max_trials=4, max_steps=10, patience_steps=5)
+    spec = SearchSpec(search_id="s", directory=tmp_path, project_name="size16", cache_dir=tmp_path, image_size=16,
+                      stage=stage, folds=0, fixed={}, seed=1, bind="127.0.0.1", address=None, port=0, workers=2,
+                      worker_timeout_s=30, chief_timeout_s=60, await_workers_s=30, gpus_per_worker=1)
+    trials = {"0": (1.0, 0.20), "1": (1.0, 0.05), "2": (0.9, 0.01), "3": (1.0, 0.10)}  # accuracy, loss
+    for trial_id, (score, loss) in trials.items():
+        folder = spec.project_dir / f"trial_{trial_id}"
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.weights.h5").write_bytes(b"w")
+        metrics = {"metrics": {"val_loss": {"observations": [{"value": [loss], "step": 0}]}}}
+        (folder / "trial.json").write_text(json.dumps({"trial_id": trial_id, "status": "COMPLETED", "score": score,
+                                                       "hyperparameters": {"values": {}}, "metrics": metrics}))
+    assert keep_best(spec, 2) == ["1", "3"]  # of the three at 1.0, the two lowest losses
+    assert sorted(p.parent.name for p in spec.project_dir.glob("trial_*/checkpoint.weights.h5")) == ["trial_1", "trial_3"]
+    table = pd.DataFrame([{"trial_id": t, "val_accuracy": a, "status": "COMPLETED"} for t, (a, _) in trials.items()])
+    assert tied_best(table) == {"val_accuracy": 1.0, "trials": ["0", "1", "3"], "broken_by": "val_loss"}
+    assert tied_best(table[table["trial_id"] != "0"].assign(val_accuracy=[1.0, 0.9, 0.95])) is None

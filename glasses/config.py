@@ -137,10 +137,12 @@ class SearchConfig(_Section):
     allow_remote_oracle: bool = Field(False, description="Let oracle_bind be a non-loopback address. The "
                                       "oracle is unauthenticated gRPC: only on a trusted network.")
     seed: Seed = 1337
-    precision: Literal["float32", "bfloat16"] = Field("float32", description="What tuner workers train in: "
-                                                      "float32, or bfloat16 mixed precision (keras' mixed_bfloat16: "
-                                                      "variables and the output in float32). The saved models are "
-                                                      "float32 either way.")
+    precision: Literal["float32", "bfloat16", "auto"] = Field("float32", description="What tuner workers train "
+                                                              "in: float32, bfloat16 mixed precision (keras' "
+                                                              "mixed_bfloat16: variables and the output in float32), or "
+                                                              "auto: bfloat16 on a CPU that computes it natively (AVX-512 "
+                                                              "BF16, AMX) without a GPU, else float32; each worker decides "
+                                                              "for its host. Saved models are float32 either way.")
     gpus_per_worker: int | Literal["all"] = Field(1, description="GPUs per worker on a GPU host: 0 to 64, "
                                                   "or all.")
     worker_retries: int = Field(2, ge=0, le=10, description="Retries of a worker task, same tuner id.")
@@ -301,6 +303,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search": {
             "worker_timeout_s": 120,
             "chief_timeout_s": 3600,
+            "precision": "auto",  # bfloat16 where the CPU has it: 1.17-1.26x, same accuracy (bench/RESULTS.md)
             # 32 and 40 px; stage 2 (which only chooses) 4 trials of 720 steps, stage 3 6 of 1,080
             # (bench/RESULTS.md, 2026-11-29): 32/40/48 px with 8 + 12 trials took 19 min, 32/48 px
             # with 6 + 8 20 min when 48 px won (a 48 px trial costs twice a 32 px one), 32/40 px with

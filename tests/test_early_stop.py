@@ -140,3 +140,4 @@ def test_a_trial_stopped_before_the_chief_died_stays_stopped_after_its_restart(t
     servicer = LivenessServicer(reloaded, 30, stopper)
     handed = servicer.CreateTrial(get_service().CreateTrialRequest(tuner_id="tuner1"), None).trial.trial_id
     assert handed == first
+

@@ -40,7 +40,7 @@ class SearchSpec(BaseModel):
     # it; on a Dask cluster they may queue behind other tasks, so up to chief_timeout_s.
     await_workers_s: float
     gpus_per_worker: int | Literal["all"]
-    precision: Literal["float32", "bfloat16"] = "float32"  # what workers train in (search.precision)
+    precision: Literal["float32", "bfloat16", "auto"] = "float32"  # what workers train in (search.precision)
 
     @property
     def project_dir(self) -> Path:

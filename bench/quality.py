@@ -5,6 +5,7 @@ a large held-out set drawn by the same generator (other faces, the same 4% label
     .venv/bin/python bench/quality.py --n 3020 --colour         # the built-in data, as `make run` (~45 min)
     .venv/bin/python bench/quality.py --n 3020 --colour --score W1 W2   # score runs already made
     .venv/bin/python bench/quality.py --n 60 --heldout 100 --seeds 1 -- --preset smoke  # self-test
+    .venv/bin/python bench/quality.py --n 3020 --colour --config sizes.yaml  # quick with other settings
 
 A run's own test split is small: 304 images on the built-in data (a 95% interval of about +-4
 points), 38 on the small variant (`glasses synth --n 380 --grey`), where beating a majority rate
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heldout", type=int, default=3000, help="labelled held-out images to score each model on")
     parser.add_argument("--score", type=Path, nargs="+", help="work dirs of runs already made: score their models")
     parser.add_argument("--keep", type=Path, default=None, help="a directory to keep the data and runs in")
+    parser.add_argument("--config", type=Path, default=None, help="a YAML/JSON config for every run (the seeds "
+                        "are set on top of it)")
     parser.add_argument("run_args", nargs="*", help="after --: passed on to `glasses run`")
     return parser.parse_args(argv)
 
@@ -65,10 +68,15 @@ def synth(out: Path, n: int, seed: int, grey: bool) -> None:
         raise SystemExit(f"glasses synth --out {out} failed:\n{done.stdout}{done.stderr}")
 
 
-def one_run(root: Path, data: Path, heldout: Path, seed: int, run_args: list[str]) -> dict:
+def one_run(root: Path, data: Path, heldout: Path, seed: int, run_args: list[str], base: Path | None = None) -> dict:
+    import yaml
+
     work, home = root / f"run-{seed}", root / f"prefect-{seed}"
     config = root / f"seed-{seed}.json"
-    config.write_text(json.dumps({"data": {"seed": seed}, "search": {"seed": seed}}))
+    settings = yaml.safe_load(base.read_text()) if base else {}
+    for section in ("data", "search"):
+        settings[section] = {**settings.get(section, {}), "seed": seed}
+    config.write_text(json.dumps(settings))
     env = {**os.environ, "PREFECT_HOME": str(home)}
     started = time.monotonic()
     done = glasses("run", "--data-dir", str(data), "--work-dir", str(work), "--config", str(config), *run_args,
@@ -109,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         synth(heldout, args.heldout, HELDOUT_SEED, not args.colour)
         rows = []
         for seed in (args.score or args.seeds):
-            rows.append(score(seed, heldout) if args.score else one_run(root, data, heldout, seed, args.run_args))
+            rows.append(score(seed, heldout) if args.score else one_run(root, data, heldout, seed, args.run_args, args.config))
             print(json.dumps(rows[-1]), flush=True)
     print()
     print("| run | seed | flow | size | own test: acc [95% CI] (n) | AUC | majority | alarm "

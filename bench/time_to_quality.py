@@ -4,8 +4,8 @@ Both search the report's space (`glasses.space`, the same hypermodel) on the sam
 one image size, for the same wall time, from a cold start (a fresh process each):
 
 - ours: the chief and `--workers` worker processes (`glasses.search`), a trial's budget in steps
-  as a stage states it, BatchNorm statistics from clean images, and the chief's median rule
-  stopping trials that are behind (`--early-stop off` to compare without it);
+  as a stage states it, BatchNorm statistics from clean images, with the chief's median rule
+  stopping trials that are behind (median) and without (off);
 - plain: `keras_tuner.RandomSearch` in one process with all the cores, the same steps per trial
   and the same patience (Keras' EarlyStopping on val accuracy), as a user would write it.
 
@@ -51,17 +51,17 @@ def stage(args: argparse.Namespace):
                        patience_steps=args.steps // 4, early_stop={"rule": args.early_stop, "peers": 2})
 
 
-def run_ours(root: Path, cache: Path, args: argparse.Namespace) -> list[dict]:
+def run_ours(root: Path, cache: Path, args: argparse.Namespace, tag: str) -> list[dict]:
     """The project's search until the wall time is up; each ended trial: seconds since start, score."""
     from glasses.errors import SearchError
     from glasses.search import SearchSpec, run_chief, run_worker, trial_records
 
     seconds = args.minutes * 60
-    spec = SearchSpec(search_id="ttq", directory=root / "kt", project_name="ours", cache_dir=cache,
+    spec = SearchSpec(search_id=f"ttq-{tag}", directory=root / "kt", project_name=tag, cache_dir=cache,
                       image_size=args.size, stage=stage(args), folds=0, fixed={}, seed=1337, bind="127.0.0.1",
                       address=None, port=0, workers=args.workers, worker_timeout_s=60, chief_timeout_s=seconds,
                       await_workers_s=60, gpus_per_worker=1, precision=args.precision)
-    spec_path = spec.save(root / "ours.json")
+    spec_path = spec.save(root / f"{tag}.json")
     started = time.time()
     quiet = lambda line: None  # noqa: E731
     threads = [threading.Thread(target=_quietly, args=(run_worker, spec_path, i, quiet), daemon=True)
@@ -119,6 +119,7 @@ def plain_child(cache: Path, log: Path, args: argparse.Namespace) -> None:
     started = float(os.environ["STARTED"])
     train_images = read_json(cache / "cache.json")["counts"]["train"]
     budget = epochs_for(stage(argparse.Namespace(**{**vars(args), "early_stop": "off"})), train_images)
+    keras.utils.set_random_seed(1337)
 
     class Logged(kt.RandomSearch):
         def on_trial_end(self, trial):
@@ -175,8 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=720, help="optimizer steps a trial trains at most")
     parser.add_argument("--minutes", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--early-stop", choices=["off", "median"], default="median")
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--modes", nargs="+", choices=["plain", "median", "off"], default=["plain", "median", "off"],
+                        help="plain Keras Tuner; ours with the chief's median rule; ours without early stopping")
+    parser.add_argument("--precision", choices=["float32", "bfloat16", "auto"], default="auto",
+                        help="what our workers train in (plain Keras Tuner: float32, as a user would)")
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--plain-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -186,10 +189,16 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="glasses-ttq-") as tmp:
         root = Path(tmp)
         cache = prepare(root, args.data, args.size)
-        curves = {"plain Keras Tuner": run_plain(root, cache, args),
-                  f"glasses, {args.workers} workers, early stop {args.early_stop}": run_ours(root, cache, args)}
+        curves = {}
+        for mode in args.modes:  # one after another, each from a cold start
+            if mode == "plain":
+                curves["plain Keras Tuner"] = run_plain(root, cache, args)
+            else:
+                name = f"glasses, {args.workers} workers, " + ("median stopping" if mode == "median" else "no early stop")
+                curves[name] = run_ours(root, cache, argparse.Namespace(**{**vars(args), "early_stop": mode}), mode)
     for name, rows in curves.items():
         print(json.dumps({"mode": name, "data": args.data, "size": args.size, "minutes": args.minutes,
+                          "precision": args.precision,
                           "trials": len(rows), "stopped": sum(r["status"] == "STOPPED" for r in rows),
                           "best_by_minute": best_by_minute(rows, args.minutes)}), flush=True)
     if args.plot:

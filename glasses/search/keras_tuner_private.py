@@ -11,8 +11,12 @@ trial.Trial`) so that it stays to take such a trial over, and builds its respons
 generated protos (`keras_tuner.src.protos`). Workers shorten the client's module-level
 `TIMEOUT`. Both roles replace `keras_tuner.src.utils.save_json` (which writes `oracle.json` and
 each `trial.json` in place: a process killed mid-write leaves a truncated file the next run
-cannot read) with an atomic write. Nothing outside this module imports `keras_tuner.src` or
-touches `_retry_queue`.
+cannot read) with an atomic write. For early stopping across trials (`glasses.search.early_stop`),
+the servicer answers a worker's mid-trial evaluation (an UpdateTrial whose metrics carry the
+`glasses_progress/` names) with the trial's status, STOPPED when the rule stops it, without
+scoring it, and ends a stopped trial whose worker or chief died before ending it (off the retry
+queue, and through Keras Tuner's display, `Oracle._display`). Nothing outside this module imports
+`keras_tuner.src` or touches `_retry_queue`.
 
 Imported only inside the role processes (it imports keras-tuner's generated protos).
 """
@@ -21,9 +25,9 @@ from __future__ import annotations
 
 import copy
 import threading
-from datetime import datetime
 import time
 from concurrent import futures
+from datetime import datetime
 
 import grpc
 from keras_tuner.src.distribute import oracle_chief, oracle_client

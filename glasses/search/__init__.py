@@ -6,6 +6,7 @@
     tuner.py                the RandomSearch both roles build, the role's environment
     chief.py                inside the chief process: serve the oracle until the search ends
     worker.py               inside a worker process: run trials until the chief says stop
+    early_stop.py           the chief's median stopping rule over the trials' evaluations
     keras_tuner_private.py  every use of keras-tuner's private API (liveness, requeue, timeout)
     __main__.py             `python -m glasses.search chief|worker`
 

@@ -89,9 +89,6 @@ class _EpochClock:
             def on_epoch_begin(self, epoch, logs=None):
                 clock.started = time.perf_counter()
 
-            def on_train_end(self, logs=None):
-                pass
-
             def on_test_begin(self, logs=None):  # training of the epoch is over: validation is not timed
                 clock.seconds.append(time.perf_counter() - clock.started)
 

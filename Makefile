@@ -26,5 +26,9 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(ARGS)
 
+# Removes what a run can make again (searches, caches, splits, reports); keeps the registry
+# (work/models) and the model that serves (work/model). To remove those too: rm -rf work
 clean:
-	rm -rf work .pytest_cache
+	rm -rf .pytest_cache
+	if [ -d work ]; then find work -mindepth 1 -maxdepth 1 ! -name models ! -name model ! -name .glasses-workdir \
+	  -exec rm -rf {} + ; echo "kept work/models (the registry) and work/model (the serving model): rm -rf work removes them"; fi

@@ -59,6 +59,8 @@ _DASK = typer.Option(None, "--dask-address", help="An existing Dask scheduler (t
                      "run on its workers, which must see the work dir at the same path.")
 _STRICT = typer.Option(False, "--strict", help=f"Exit with code {NOTHING_LEARNED_EXIT} (not 0) when the shipped "
                        "model learned nothing (1 is an error, 2 a usage error); without it the run warns and exits 0.")
+_ADOPT = typer.Option(False, "--adopt-work-dir", help="Use a non-empty work dir that has no glasses marker (one "
+                      "made by a glasses from before the marker): mark it as glasses'. Without it such a dir is refused.")
 _BUDGET = typer.Option(None, "--time-budget", help="e.g. 90s, 15m, 1h30m: size the searches to this machine's "
                        "measured speed and the data so the run ends within it (the preset's shape, scaled).")
 
@@ -66,32 +68,38 @@ _BUDGET = typer.Option(None, "--time-budget", help="e.g. 90s, 15m, 1h30m: size t
 @app.command()
 def run(data_dir: Optional[Path] = _DATA_DIR, work_dir: Optional[Path] = _WORK_DIR, preset: str = _PRESET,
         config_file: Optional[Path] = _CONFIG, workers: Optional[int] = _WORKERS,
-        dask_address: Optional[str] = _DASK, strict: bool = _STRICT, time_budget: Optional[str] = _BUDGET) -> None:
+        dask_address: Optional[str] = _DASK, strict: bool = _STRICT, time_budget: Optional[str] = _BUDGET,
+        adopt_work_dir: bool = _ADOPT) -> None:
     """Run the whole pipeline as a Prefect flow (resuming what the work dir has) and print the
     ensemble's test accuracy; warn when the shipped model does not clearly beat always answering
     the majority class. Its model replaces the champion only if better."""
-    _pipeline("resume", data_dir, work_dir, preset, config_file, workers, dask_address, strict, time_budget)
+    _pipeline("resume", data_dir, work_dir, preset, config_file, workers, dask_address, strict, time_budget,
+              adopt_work_dir)
 
 
 @app.command()
 def retune(data_dir: Optional[Path] = _DATA_DIR, work_dir: Optional[Path] = _WORK_DIR, preset: str = _PRESET,
            config_file: Optional[Path] = _CONFIG, workers: Optional[int] = _WORKERS,
            dask_address: Optional[str] = _DASK, strict: bool = _STRICT,
-           time_budget: Optional[str] = _BUDGET) -> None:
+           time_budget: Optional[str] = _BUDGET, adopt_work_dir: bool = _ADOPT) -> None:
     """Like run, and stage 3's search gets search.stage3.retune_trials more trials (on changed
     data every stage runs anew); the ensemble is rebuilt from the best of all, and replaces the
     champion only if better on val and not worse on test beyond registry.margin."""
-    _pipeline("retune", data_dir, work_dir, preset, config_file, workers, dask_address, strict, time_budget)
+    _pipeline("retune", data_dir, work_dir, preset, config_file, workers, dask_address, strict, time_budget,
+              adopt_work_dir)
 
 
 def _pipeline(mode: str, data_dir: Path | None, work_dir: Path | None, preset: str, config_file: Path | None,
-              workers: int | None, dask_address: str | None, strict: bool, time_budget: str | None) -> None:
+              workers: int | None, dask_address: str | None, strict: bool, time_budget: str | None,
+              adopt_work_dir: bool = False) -> None:
     started = time.time()  # a time budget counts from here: Prefect's start-up is part of the run
-    try:
-        parse_duration(time_budget)  # a bad value is one error line before anything starts
+    from glasses.preflight import check_run
+
+    try:  # what would fail however often it is retried is one error line before Prefect starts
+        parse_duration(time_budget)
         config = build_config(preset, config_file, {"data.data_dir": data_dir, "work_dir": work_dir,
                                                     "search.workers": workers, "search.dask_address": dask_address})
-        check_apart(config.data.data_dir, config.work_dir)  # before Prefect starts; the flow checks again
+        check_run(config, adopt_work_dir)  # the work dir and the dataset; the flow checks again
     except GlassesError as error:
         _fail(error)
     # The embedded server's telemetry heartbeat only logs sqlite lock errors here; opt out unless set.
@@ -155,11 +163,40 @@ def promote(run_name: str = typer.Argument(..., metavar="RUN", help="A run in `g
 
     root = _work_dir(work_dir)
     try:
+        if not root.is_dir():
+            raise GlassesError(f"no work dir at {root}: run `glasses run` first or pass --work-dir")
         with claim(root, None):  # not while a run is using the work dir
             holder = registry.promote(WorkDir(root), run_name)
     except GlassesError as error:
         _fail(error)
     typer.echo(f"serving: {holder['run']} ({WorkDir(root).model})")
+
+
+@app.command()
+def prune(work_dir: Optional[Path] = _WORK_DIR,
+          keep: int = typer.Option(0, "--keep", min=0, help="Searches of earlier settings kept per stage, the newest."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed; remove nothing.")) -> None:
+    """Remove the searches no stage of the work dir uses any more (earlier settings or data; a
+    run keeps search.keep_superseded of them per stage) and the caches none kept uses; say what
+    that frees. The searches the stages use, runs in progress, the registry and the serving
+    model are never removed."""
+    from glasses.stages import prune as prune_searches
+    from glasses.workdir import WorkDir, claim
+
+    root = _work_dir(work_dir)
+    try:
+        if not root.is_dir():
+            raise GlassesError(f"no work dir at {root}: nothing to prune")
+        with claim(root, None):  # not while a run is using the work dir
+            found = prune_searches(WorkDir(root), keep, dry_run)
+    except GlassesError as error:
+        _fail(error)
+    verb = "would remove" if dry_run else "removed"
+    for item in found:
+        typer.echo(f"{verb} {item['search']}" + (f" ({item['trials']} trials, {item['mb']} MB)" if item["mb"] is not None
+                                                 else " (a cache no kept search uses)"))
+    freed = sum(item["mb"] or 0 for item in found)
+    typer.echo(f"{verb} {len(found)} folders, {freed:.1f} MB of searches" if found else f"nothing to prune in {root}")
 
 
 def _work_dir(work_dir: Path | None) -> Path:

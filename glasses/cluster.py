@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from glasses.errors import OutputError
+from glasses.files import TEMPORARY_SUFFIX
 
 THREADS = "threads"  # the flow's own threads, every role a process on this machine
 LOCAL = "local"  # a distributed.LocalCluster started for the run, sized to this machine
@@ -55,7 +56,7 @@ def storage_problem(work_dir: str) -> str | None:
     root = Path(work_dir)
     if not root.is_dir():
         return f"{root} does not exist here"
-    probe = root / f".storage-check-{uuid.uuid4().hex[:8]}.tmp"
+    probe = root / f".storage-check-{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}"
     try:
         probe.write_text("glasses")
         read = probe.read_text()

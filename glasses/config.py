@@ -146,6 +146,9 @@ class SearchConfig(_Section):
     gpus_per_worker: int | Literal["all"] = Field(1, description="GPUs per worker on a GPU host: 0 to 64, "
                                                   "or all.")
     worker_retries: int = Field(2, ge=0, le=10, description="Retries of a worker task, same tuner id.")
+    keep_superseded: int = Field(3, ge=0, le=1000, description="Searches a run no longer uses (its settings or data "
+                                 "changed) kept per stage, the newest; older ones are removed at the end of a "
+                                 "run. `glasses prune` removes them when asked.")
     worker_timeout_s: float = Field(120, gt=0, le=24 * _HOUR, allow_inf_nan=False,
                                     description="Silence after which a worker is gone; below chief_timeout_s.")
     chief_timeout_s: float = Field(6 * _HOUR, gt=0, le=7 * 24 * _HOUR, allow_inf_nan=False,

@@ -15,7 +15,7 @@ from glasses.config import EnsembleConfig
 from glasses.errors import SearchError
 from glasses.dataset import read_manifest
 from glasses.evaluate import accuracy, check_learning, log_loss, metrics, score_split
-from glasses.files import temporary_file, write_text
+from glasses.files import TEMPORARY_SUFFIX, temporary_file, write_text
 from glasses.inputs import subset_arrays
 from glasses.search import SearchSpec, trial_records
 from glasses.search.records import rank_key
@@ -129,7 +129,7 @@ def _mean(tensors: list, name: str):
 
 def save_model(model, path: Path) -> Path:
     """Saves a Keras model to a temporary `.keras` beside `path`, then renames it into place."""
-    with temporary_file(path, suffix=".keras") as tmp:  # Keras insists on the .keras suffix
+    with temporary_file(path, suffix=TEMPORARY_SUFFIX + ".keras") as tmp:  # Keras insists on the .keras suffix
         model.save(tmp)
     return Path(path)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,6 +13,32 @@ from pathlib import Path
 from typing import Any
 
 from glasses.errors import OutputError
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
+
+
+def no_space(error: OSError, path: Path) -> OutputError:
+    """The one-line error for an OSError of NO_SPACE while writing `path`."""
+    return OutputError(f"no space left to write {path} ({error.strerror}); free space on its disk or pass "
+                       "another --work-dir; the previous outputs are intact")
+
+
+def reserve(path: Path) -> None:
+    """Allocates every block of the file at `path` now, so that writing it through a memory map
+    cannot meet a full disk later (a SIGBUS, with no message).
+
+    Raises:
+        OutputError: there is no room for it.
+    """
+    try:
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(error, path) from error
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate
+            raise
 
 
 def _umask() -> int:
@@ -27,8 +54,11 @@ def _umask() -> int:
     return mask
 
 
+TEMPORARY_SUFFIX = ".glasses-tmp"  # every temporary name ends so; the only names a work dir's sweep removes
+
+
 @contextmanager
-def temporary_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+def temporary_file(path: Path, suffix: str = TEMPORARY_SUFFIX) -> Iterator[Path]:
     """Yields a temporary name beside `path`; what is written there becomes `path` if the block succeeds.
 
     The file gets the permissions of any newly created file (mkstemp's are owner-only), so
@@ -43,6 +73,10 @@ def temporary_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield tmp
         tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(error, path) from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -78,12 +112,16 @@ def atomic_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
     try:
         yield tmp
         (tmp / OUTPUT_MARKER).touch()
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's are owner-only
         _move_over(tmp, path, replace)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(error, path) from error
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -101,7 +139,7 @@ def _move_over(tmp: Path, path: Path, replace: bool) -> None:
     if path.is_symlink() or not (path / OUTPUT_MARKER).is_file():
         raise OutputError(f"refusing to replace {path}: glasses did not make it (no {OUTPUT_MARKER} "
                           "marker inside); move it away or choose another work dir")
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
     os.replace(path, old / path.name)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from glasses.dataset import SUBSETS, open_image, read_manifest, split_id, unreadable_image
 from glasses.errors import DatasetError
-from glasses.files import OUTPUT_MARKER, atomic_dir, read_json, write_json
+from glasses.files import OUTPUT_MARKER, atomic_dir, read_json, reserve, write_json
 
 CACHE_FORMAT = 2  # 1: float32 tf.data snapshots, one decode per size; 2: uint8 .npy, one decode for all sizes
 
@@ -132,6 +132,7 @@ def _write_subset(paths: list[str], labels: list[int], outputs: dict[int, Path])
             np.save(folder / "images.npy", np.zeros(shape, np.uint8))
             continue
         images[size] = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        reserve(folder / "images.npy")  # a full disk is an error now, not a SIGBUS mid-write
 
     def place(index: int) -> None:
         decoded = _decode(paths[index])

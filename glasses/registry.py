@@ -153,10 +153,11 @@ def challenge(work: WorkDir, name: str, split_dir: Path, margin: float) -> dict[
 def install(work: WorkDir, name: str, reason: str) -> None:
     """Makes entry `name` the champion: its model copied to `<work>/model/ensemble.keras`
     (written to a temporary name and renamed), and champion.json."""
+    known = list(rows(work)["run"])
     source = work.models / name / MODEL_FILE
-    if not source.is_file():
-        known = ", ".join(rows(work)["run"]) or "none"
-        raise OutputError(f"no registry entry {name!r} in {work.models} (entries: {known})")
+    if name not in known or not source.is_file():  # a name of registry.csv, never a path elsewhere
+        raise OutputError(f"no registry entry {name!r} in {work.models} (entries: {', '.join(known) or 'none'}); "
+                          "`glasses models` lists them")
     with temporary_file(work.model) as tmp:
         shutil.copyfile(source, tmp)
     write_json(work.champion, {"run": name, "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -12,6 +12,7 @@ import pandas as pd
 from glasses.config import Config
 from glasses.dataset import CLASSES
 from glasses.files import read_json, write_json, write_text
+from glasses.stages import beyond, describe_search, superseded_searches
 from glasses.workdir import WorkDir
 
 
@@ -86,8 +87,28 @@ def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[di
                "latent": latent, "durations_s": durations, "preset": config.preset,
                "config": config.model_dump(mode="json"), "plan": plan, "champion": decision,
                "achieved_fractions": split.get("fractions"),
-               "utilization": worker_utilization(stages, windows or {}, config.search.workers)}
+               "utilization": worker_utilization(stages, windows or {}, config.search.workers),
+               "superseded": kept_searches(config, stages)}
     return write_json(WorkDir(config.work_dir).summary, summary)
+
+
+def kept_searches(config: Config, stages: list[dict]) -> list[dict]:
+    """The searches of earlier settings or data that this run keeps (search.keep_superseded)."""
+    root = WorkDir(config.work_dir).root
+    old = superseded_searches(root, [Path(p) for stage in stages for p in stage.get("specs", [])])
+    going = beyond(old, config.search.keep_superseded)
+    return [describe_search(folder, root) for folder in old if folder not in going]
+
+
+def _superseded_lines(summary: dict) -> list[str]:
+    kept = summary.get("superseded") or []
+    if not kept:
+        return []
+    listed = "; ".join(f"`{s['search']}` ({s['trials']} trials, {s['mb']} MB)" for s in kept)
+    keep = summary["config"]["search"]["keep_superseded"]
+    return ["## Searches kept from earlier settings", "",
+            f"{listed}. A run keeps the {keep} newest of each stage (`search.keep_superseded`); "
+            "`glasses prune` removes them.", ""]
 
 
 def summary_markdown(path: Path) -> str:
@@ -287,7 +308,8 @@ def render_report(summary: dict) -> str:
              "Augmentation during training (flip, translation, rotation, zoom):", "",
              *_figure(summary, "augmentation", "augmentation samples"),
              *_stage_lines(summary), *_ensemble_lines(summary), *_evaluation_lines(summary),
-             *_latent_lines(summary), *_champion_lines(summary.get("champion")), "## Timings", "", timings, "", *_budget_lines(summary)]
+             *_latent_lines(summary), *_champion_lines(summary.get("champion")), "## Timings", "", timings, "", *_budget_lines(summary),
+             *_superseded_lines(summary)]
     return "\n".join(lines)
 
 

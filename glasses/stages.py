@@ -87,27 +87,89 @@ def retune_trials(stage_dir: Path, stage: StageConfig, search: SearchConfig, ima
     return found[key]
 
 
-def unused_searches(work_root: Path, in_use: list[Path]) -> list[Path]:
-    """Removes the searches (`stages/<stage>/kt-<key>/`, each with its spec inside) that none of
-    `in_use` (spec paths) belongs to; returns them."""
+def superseded_searches(work_root: Path, in_use: list[Path]) -> list[Path]:
+    """The searches of ours (`stages/<stage>/kt-<key>/`, each with its spec inside) that none of
+    `in_use` (spec paths) belongs to: searches of earlier settings or data. Newest first."""
     keep = {Path(p).resolve().parent for p in in_use}
-    gone = []
-    for folder in sorted(Path(work_root).glob("stages/*/kt-*")):
-        if folder.resolve() not in keep and not folder.is_symlink() and any(folder.glob("size*.json")):
-            shutil.rmtree(folder)
-            gone.append(folder)
-    return gone
+    found = [folder for folder in Path(work_root).glob("stages/*/kt-*")
+             if folder.resolve() not in keep and not folder.is_symlink() and any(folder.glob("size*.json"))]
+    return sorted(found, key=_written_at, reverse=True)
 
 
-def tidy(work: WorkDir, run: str, summary_path: Path, spec_paths: list[Path], keep: int) -> dict[str, list[str]]:
+def _written_at(search: Path) -> float:
+    return max(spec.stat().st_mtime for spec in search.glob("size*.json"))
+
+
+def beyond(searches: list[Path], keep: int) -> list[Path]:
+    """Of `searches` (newest first), those past the `keep` newest of their stage."""
+    seen: dict[str, int] = {}
+    past = []
+    for folder in searches:
+        seen[folder.parent.name] = seen.get(folder.parent.name, 0) + 1
+        if seen[folder.parent.name] > keep:
+            past.append(folder)
+    return past
+
+
+def remove_searches(searches: list[Path]) -> list[Path]:
+    for folder in searches:
+        shutil.rmtree(folder)
+    return searches
+
+
+def describe_search(folder: Path, root: Path) -> dict[str, Any]:
+    """A search as the report and `glasses prune` show it: where, trials, size on disk."""
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    return {"search": str(Path(folder).relative_to(root)), "trials": len(list(folder.glob("*/trial_*/trial.json"))),
+            "mb": round(size / 2**20, 1)}
+
+
+def searches_in_use(work_root: Path) -> list[Path]:
+    """The spec paths a work dir's stages use now: those each stage.json names, and those of
+    searches begun after it (a run that stopped before the stage ended resumes them)."""
+    used = []
+    for stage_dir in sorted(Path(work_root).glob("stages/stage*")):
+        marker = stage_dir / "stage.json"
+        since = marker.stat().st_mtime if marker.is_file() else float("-inf")
+        used += [Path(p) for p in read_json(marker).get("specs", [])] if marker.is_file() else []
+        used += [spec for spec in stage_dir.glob("kt-*/size*.json") if spec.stat().st_mtime > since]
+    return used
+
+
+def tidy(work: WorkDir, run: str, summary_path: Path, spec_paths: list[Path], keep: int,
+         keep_superseded: int) -> dict[str, list[str]]:
     """Bounded disk after a run: its summary kept with its registry entry `run`, registry entries
-    beyond `keep` removed (never the champion), and the searches and caches none of `spec_paths`
-    (the run's searches) uses; returns what was removed."""
+    beyond `keep` removed (never the champion), the searches none of `spec_paths` (the run's
+    searches) uses beyond the `keep_superseded` newest of each stage, and the caches of sizes no
+    search kept uses; returns what was removed."""
     registry.attach(work, run, summary_path)
-    sizes = {SearchSpec.load(Path(p)).image_size for p in spec_paths}
-    return {"models": registry.prune(work, keep),
-            "searches": [str(p) for p in unused_searches(work.root, [Path(p) for p in spec_paths])],
+    old = superseded_searches(work.root, [Path(p) for p in spec_paths])
+    gone = remove_searches(beyond(old, keep_superseded))
+    kept = [folder for folder in old if folder not in gone]
+    sizes = {SearchSpec.load(Path(p)).image_size for p in spec_paths} | _sizes(kept)
+    return {"models": registry.prune(work, keep), "searches": [str(p) for p in gone],
             "caches": [str(p) for p in unused_caches(work.cache, sizes)]}
+
+
+def _sizes(searches: list[Path]) -> set[int]:
+    return {int(spec.stem.removeprefix("size")) for folder in searches for spec in folder.glob("size*.json")}
+
+
+def prune(work: WorkDir, keep: int = 0, dry_run: bool = False) -> list[dict[str, Any]]:
+    """`glasses prune`: removes the searches the work dir's stages no longer use (all but the
+    `keep` newest of each stage) and the caches no search kept uses; returns what it removed
+    (or, with `dry_run`, would remove), each with its size."""
+    in_use = searches_in_use(work.root)
+    old = superseded_searches(work.root, in_use)
+    going = beyond(old, keep)
+    found = [describe_search(folder, work.root) for folder in going]
+    if not dry_run:
+        remove_searches(going)
+        kept = [folder for folder in old if folder not in going]
+        sizes = {int(p.stem.removeprefix("size")) for p in in_use} | _sizes(kept)
+        for folder in unused_caches(work.cache, sizes):
+            found.append({"search": str(folder.relative_to(work.root)), "trials": 0, "mb": None})
+    return found
 
 
 def folds_for(search: SearchConfig, cache_dir: Path, cross_validate: bool) -> int:

@@ -1,6 +1,7 @@
 """The work dir: where each stage's outputs live (one place that knows the layout), and the
-rules that keep a run's outputs and the user's data apart: no overlap with the data dir, one
-run at a time (a lock the OS frees when the process dies), no temporaries of dead runs."""
+rules that keep a run's outputs and the user's data apart: no overlap with the data dir, a
+folder that is ours (new, empty, or carrying our marker) or refused, one run at a time (a lock
+the OS frees when the process dies), no temporaries of dead runs (our own names only)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from datetime import datetime, timezone
+
 from glasses.errors import OutputError
+from glasses.files import TEMPORARY_SUFFIX, write_json
 
 LOCK_FILE = ".lock"
+MARKER = ".glasses-workdir"  # written when glasses makes (or adopts) a work dir: only such a dir is used
 
 
 @dataclass(frozen=True)
@@ -110,18 +115,64 @@ def check_apart(data_dir: Path | None, work_dir: Path) -> None:
                           "the source is never written to: choose a work dir outside the data dir")
 
 
-@contextmanager
-def claim(work_dir: Path, data_dir: Path | None = None) -> Iterator[WorkDir]:
-    """Holds the work dir for one run: checks it is apart from the data, takes its lock (the
-    holder's pid and host in `.lock`) and removes what dead runs left half-written.
+def check_ours(work_dir: Path) -> None:
+    """Raises OutputError unless `work_dir` is new, an empty directory, or carries MARKER: a run
+    never writes into (or removes from) a folder glasses did not make."""
+    root = Path(work_dir)
+    if root.is_dir() and not (root / MARKER).is_file() and any(root.iterdir()):
+        found = sorted(p.name for p in root.iterdir())
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        old = " It looks like a work dir of a glasses from before the marker: pass --adopt-work-dir to " \
+              "use it." if {"stages", "models", "split"} & set(found) else ""
+        raise OutputError(f"{work_dir} is not a glasses work dir (no {MARKER} in it; it holds {shown}): pass "
+                          f"a new or empty --work-dir.{old}")
+
+
+def make_ours(work_dir: Path, adopt: bool = False) -> Path:
+    """Creates the work dir with its MARKER (or writes the marker into an empty dir, or with
+    `adopt` into any dir: one made by glasses before the marker); returns the marker's path.
 
     Raises:
-        OutputError: the dirs overlap, the work dir cannot be written, or another run holds it.
+        OutputError: the dir is someone else's (see `check_ours`) or cannot be written.
+    """
+    root = Path(work_dir)
+    if not adopt:
+        check_ours(root)
+    marker = root / MARKER
+    if marker.is_file():
+        return marker
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(marker, {"made_by": "glasses", "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            "adopted": adopt})
+    except OSError as error:
+        raise OutputError(f"cannot write the work dir {work_dir}: {error.strerror}; pass a writable "
+                          "--work-dir") from error
+    return marker
+
+
+def check_free(work_dir: Path) -> None:
+    """Raises OutputError when another run holds the work dir (what `claim` would refuse)."""
+    holder = _holder(Path(work_dir)) if Path(work_dir).is_dir() else None
+    if holder:
+        raise OutputError(f"work dir {work_dir} is in use by {holder}; wait for that run to end or pass "
+                          "another --work-dir")
+
+
+@contextmanager
+def claim(work_dir: Path, data_dir: Path | None = None) -> Iterator[WorkDir]:
+    """Holds the work dir for one run: checks it is apart from the data and ours (`make_ours`),
+    takes its lock (the holder's pid and host in `.lock`) and removes what dead runs left
+    half-written.
+
+    Raises:
+        OutputError: the dirs overlap, the work dir is not ours or cannot be written, or another
+            run holds it.
     """
     check_apart(data_dir, work_dir)
     root = Path(work_dir)
+    make_ours(root)
     try:
-        root.mkdir(parents=True, exist_ok=True)
         handle = open(root / LOCK_FILE, "a+")
     except OSError as error:
         raise OutputError(f"cannot write the work dir {work_dir}: {error.strerror}; pass a writable "
@@ -150,11 +201,13 @@ def _lock(handle, root: Path) -> None:
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:
-    """Removes the `.*.tmp` files and folders of runs that died mid-write; returns them.
+    """Removes the temporaries of runs that died mid-write (`.<name>.<random>` + TEMPORARY_SUFFIX:
+    glasses.files' names, no one else's); returns them.
 
     Call only while holding the work dir's lock: then no live run is writing them.
     """
-    stale = [p for p in Path(root).rglob(".*.tmp") if not any(".tmp" in q.name for q in p.parents)]
+    pattern = f".*{TEMPORARY_SUFFIX}*"  # `.ensemble.x1y2.glasses-tmp.keras` too: Keras wants its suffix
+    stale = [p for p in Path(root).rglob(pattern) if not any(TEMPORARY_SUFFIX in q.name for q in p.parents)]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return stale

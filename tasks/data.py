@@ -11,10 +11,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import task_run
 
-from glasses import dataset, inputs, synth
+from glasses import dataset, inputs, preflight, synth
 from glasses.config import Config, build_config, default_home
 from glasses.workdir import WorkDir
 from tasks import caching
+from tasks.errors import transient
 
 
 @task(name="configure", cache_policy=NONE)
@@ -28,7 +29,16 @@ def configure(preset: str, data_dir: str | None, work_dir: str | None, overrides
     return config
 
 
-@task(name="source", cache_key_fn=caching.source_key, persist_result=True, retries=1)
+def check(config: Config) -> None:
+    """What would fail however often the run is retried (the work dir, the dataset), checked
+    before any task runs (glasses.preflight). Not a task: its error ends the flow in one line."""
+    found = preflight.check_run(config)
+    if found is not None:
+        get_run_logger().info("dataset checked: %s", ", ".join(f"{n} {name}" for name, n in found.per_class.items()))
+
+
+@task(name="source", cache_key_fn=caching.source_key, persist_result=True, retries=1,
+      retry_condition_fn=transient)
 def source(config: Config) -> str:
     """The dataset to read: the config's data dir, or the built-in one written into the work dir."""
     path = synth.source_dir(config.data, WorkDir(config.work_dir).synth)
@@ -65,7 +75,7 @@ def _cache_run_name() -> str:
 
 
 @task(name="cache", task_run_name=_cache_run_name, cache_key_fn=caching.cache_key, persist_result=True,
-      retries=1)
+      retries=1, retry_condition_fn=transient)
 def cache(config: Config, split_dir: str, fingerprint: str, sizes: list[int]) -> dict[int, str]:
     """Decodes the split once and caches it at every size; returns each size's cache dir."""
     built = inputs.build_caches(Path(split_dir), WorkDir(config.work_dir).cache, sizes)

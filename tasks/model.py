@@ -63,10 +63,10 @@ def champion(config: Config, shipped: dict, split_dir: str, fingerprint: str, ru
 @task(name="tidy", cache_policy=NONE)
 def tidy(config: Config, spec_paths: list[str], summary_path: str, decision: dict) -> dict[str, list[str]]:
     """Bounded disk: the summary kept with the run's registry entry, registry entries beyond
-    `registry.keep` removed (never the champion), and caches and searches no stage of this run
-    uses any more."""
+    `registry.keep` removed (never the champion), searches no stage of this run uses beyond the
+    `search.keep_superseded` newest per stage, and caches none of the kept searches uses."""
     removed = stages.tidy(WorkDir(config.work_dir), decision["challenger"]["run"], Path(summary_path),
-                          [Path(p) for p in spec_paths], config.registry.keep)
+                          [Path(p) for p in spec_paths], config.registry.keep, config.search.keep_superseded)
     if any(removed.values()):
         get_run_logger().info("removed what no stage uses any more: %s", removed)
     return removed

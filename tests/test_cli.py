@@ -257,6 +257,7 @@ def fake_run(monkeypatch, tmp_path):
     import flows.pipeline
     from glasses import watchdog
     from glasses.files import write_json
+    from glasses.workdir import make_ours
     from tests.conftest import run_summary
 
     calls = []
@@ -270,6 +271,7 @@ def fake_run(monkeypatch, tmp_path):
     def invoke(learned: bool, *options: str):
         def pipeline(**parameters):
             calls.append(parameters)
+            make_ours(tmp_path / "work")  # as the flow's claim does
             return str(write_json(tmp_path / "work" / "summary.json", run_summary(learned=learned)))
 
         monkeypatch.setattr(flows.pipeline, "pipeline", pipeline)

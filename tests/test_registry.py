@@ -16,7 +16,7 @@ import pytest
 
 from glasses import dataset, registry
 from glasses.errors import OutputError
-from glasses.workdir import WorkDir
+from glasses.workdir import WorkDir, make_ours
 from tests.conftest import balanced_labels, write_kaggle_dataset
 
 
@@ -112,6 +112,7 @@ def test_the_registry_never_grows_past_keep_and_keeps_the_champion(tmp_path, spl
 
 def test_glasses_promote_restores_an_earlier_model_and_models_lists_it(tmp_path, split_dir):
     work = WorkDir(tmp_path / "work")
+    make_ours(work.root)  # as a run's claim does
     add(work, "run-1", 0.1)
     registry.challenge(work, "run-1", split_dir, margin=0.02)
     add(work, "run-2", 0.9)

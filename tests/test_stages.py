@@ -159,7 +159,7 @@ def test_a_search_trained_with_other_batchnorm_statistics_is_another_search(tmp_
 def test_only_searches_and_caches_no_stage_uses_are_removed(tmp_path):
     from glasses.files import OUTPUT_MARKER
     from glasses.inputs import unused_caches
-    from glasses.stages import unused_searches
+    from glasses.stages import beyond, remove_searches, superseded_searches
 
     def search(stage: str, key: str) -> Path:
         folder = tmp_path / "stages" / stage / f"kt-{key}"
@@ -170,7 +170,7 @@ def test_only_searches_and_caches_no_stage_uses_are_removed(tmp_path):
     used, old = search("stage3", "new"), search("stage3", "old")
     mine = tmp_path / "stages" / "stage3" / "kt-users"  # no spec inside: not a search of ours
     mine.mkdir()
-    assert unused_searches(tmp_path, [used]) == [old.parent]
+    assert remove_searches(beyond(superseded_searches(tmp_path, [used]), 0)) == [old.parent]
     assert used.is_file() and not old.parent.exists() and mine.is_dir()
 
     for size in (16, 24, 32):

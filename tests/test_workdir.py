@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from glasses.cli import app
 from glasses.errors import OutputError
 from glasses.files import OUTPUT_MARKER, atomic_dir
-from glasses.workdir import check_apart, claim
+from glasses.workdir import MARKER, check_apart, claim, make_ours
 from tests.conftest import balanced_labels, write_kaggle_dataset
 
 
@@ -75,12 +75,18 @@ def test_the_lock_of_a_killed_run_is_freed_by_the_os(tmp_path):
         assert json.loads((tmp_path / "w" / ".lock").read_text())["pid"] == os.getpid()
 
 
-def test_temporaries_of_dead_runs_are_removed_at_start(tmp_path):
-    (tmp_path / "w" / "split" / ".train.abc.tmp").mkdir(parents=True)
-    (tmp_path / "w" / ".summary.x1.tmp").write_text("half")
+def test_temporaries_of_dead_runs_are_removed_at_start_and_nothing_else(tmp_path):
+    make_ours(tmp_path / "w")
+    (tmp_path / "w" / "split" / ".train.abc.glasses-tmp").mkdir(parents=True)
+    (tmp_path / "w" / ".summary.x1.glasses-tmp").write_text("half")
+    (tmp_path / "w" / "model" / ".ensemble.x2.glasses-tmp.keras").parent.mkdir()
+    (tmp_path / "w" / "model" / ".ensemble.x2.glasses-tmp.keras").write_text("half")
     (tmp_path / "w" / "keep.txt").write_text("mine")
+    (tmp_path / "w" / "notes" / "deep").mkdir(parents=True)
+    (tmp_path / "w" / "notes" / "deep" / ".draft.tmp").write_text("a user's")  # not our name: kept
     with claim(tmp_path / "w"):
-        assert sorted(p.name for p in (tmp_path / "w").rglob("*")) == [".lock", "keep.txt", "split"]
+        assert sorted(str(p.relative_to(tmp_path / "w")) for p in (tmp_path / "w").rglob("*")) == [
+            ".glasses-workdir", ".lock", "keep.txt", "model", "notes", "notes/deep", "notes/deep/.draft.tmp", "split"]
 
 
 def test_an_output_folder_without_the_marker_is_never_replaced(tmp_path):

@@ -331,20 +331,40 @@ def predict(inputs: list[Path] = typer.Argument(..., help="Image files and/or di
             model: Path = typer.Option(Path("work/model/ensemble.keras"), "--model"),
             threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0)) -> None:
     """Print one line per image: path, P(glasses), label. Unreadable files are skipped with a message."""
-    from glasses.evaluate import image_files, predict_files
+    from glasses.evaluate import image_files
 
     files = image_files(inputs)
     missing = [f for f in files if not f.exists()]
     for path in missing:
         typer.echo(f"skipped {path}: no such file", err=True)
     network = _load_model(model)
-    results = predict_files(network, [f for f in files if f.exists()],
-                            on_skip=lambda path, why: typer.echo(f"skipped {path}: {why}", err=True))
-    for path, probability in results:
-        label = "glasses" if probability >= threshold else "no_glasses"
-        typer.echo(f"{path}\t{probability:.4f}\t{label}")
-    if not results:
+    printed = 0
+    for batch in _predictions(network, [f for f in files if f.exists()], "predicting"):
+        for path, probability in batch:
+            label = "glasses" if probability >= threshold else "no_glasses"
+            typer.echo(f"{path}\t{probability:.4f}\t{label}")
+        printed += len(batch)
+    if not printed:
         raise typer.Exit(1)
+
+
+def _predictions(network, files: list[Path], label: str):
+    """Each batch of (path, P(glasses)) as soon as it is predicted, in bounded memory
+    (`glasses.evaluate.iter_predictions`); an unreadable file is one `skipped` line on stderr.
+    A progress bar on stderr when it is a terminal; the caller's lines print above it."""
+    from glasses.evaluate import iter_predictions
+    from glasses.progress import ProgressBar
+
+    with ProgressBar(len(files), label) as bar:
+        def skip(path: Path, why: str) -> None:
+            with bar.aside():
+                typer.echo(f"skipped {path}: {why}", err=True)
+            bar.advance()
+
+        for batch in iter_predictions(network, files, on_skip=skip):
+            with bar.aside():
+                yield batch
+            bar.advance(len(batch))
 
 
 @app.command()
@@ -352,7 +372,7 @@ def evaluate(data_dir: Path = typer.Option(..., "--data-dir", help="Kaggle layou
              model: Path = typer.Option(Path("work/model/ensemble.keras"), "--model"),
              threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0)) -> None:
     """Score a model on a labelled dataset: accuracy, precision, recall, F1, ROC-AUC, confusion."""
-    from glasses.evaluate import labelled_images, metrics, predict_files
+    from glasses.evaluate import labelled_images, metrics
 
     from glasses.dataset import require_data_dir
 
@@ -362,8 +382,7 @@ def evaluate(data_dir: Path = typer.Option(..., "--data-dir", help="Kaggle layou
         _fail(error)
     labels = {path: label for path, label in pairs}
     network = _load_model(model)
-    results = predict_files(network, list(labels),
-                            on_skip=lambda path, why: typer.echo(f"skipped {path}: {why}", err=True))
+    results = [pair for batch in _predictions(network, list(labels), "evaluating") for pair in batch]
     if not results:
         _fail(GlassesError(f"no readable labelled image in {data_dir}"))
     scores = metrics([p for _, p in results], [labels[path] for path, _ in results], threshold)

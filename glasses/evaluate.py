@@ -1,10 +1,13 @@
 """Scoring: accuracy, log loss and the test metrics, the alarm when nothing was learned (the
-majority class, a confidence interval), a model applied to image files (predict)."""
+majority class, a confidence interval), a model applied to image files (predict), a batch at a
+time in bounded memory whatever the number and size of the images."""
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -13,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from glasses.dataset import CLASSES, IMAGE_EXTENSIONS, find_layout, read_labels, read_manifest, require_image
-from glasses.errors import DatasetError
-from glasses.inputs import read_rgb
+from glasses.errors import DatasetError, GlassesError
+from glasses.inputs import nearest_indices, read_rgb
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
     """The share of images whose P(glasses) >= threshold agrees with the label."""
@@ -170,22 +173,155 @@ def check_learning(probabilities: np.ndarray, labels: np.ndarray, train_labels: 
                  (round(low, 4), round(high, 4)), auc, min_roc_auc, advice if raised else None, too_few)
 
 
-def predict_arrays(model, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
+PREDICT_BATCH = 32  # images a predict step: lines come out soon, and a batch of model-sized images is small
+# A model that takes images of any size as they are (no Resizing layer on its input) gets them
+# at full size: a batch ends at this many pixels too (16 M: 192 MiB as float32), at least one image.
+MAX_BATCH_PIXELS = 16 * 1024 * 1024
+READ_THREADS = 4  # images decoded at once (PIL releases the GIL): at most this many full-size decodes live
+
+
+def predict_arrays(model, images: list[np.ndarray], batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """P(glasses) for RGB uint8 arrays of any sizes, batched by shape, in input order."""
     by_shape: dict[tuple, list[int]] = defaultdict(list)
     for index, image in enumerate(images):
         by_shape[image.shape].append(index)
     out = np.zeros(len(images), dtype=np.float32)
     for indices in by_shape.values():
-        stacked = np.stack([images[i] for i in indices]).astype(np.float32)
-        out[indices] = model.predict(stacked, batch_size=batch_size, verbose=0).reshape(-1)
+        for start in range(0, len(indices), batch_size):
+            part = indices[start:start + batch_size]
+            stacked = np.stack([images[i] for i in part]).astype(np.float32)
+            out[part] = np.asarray(model.predict_on_batch(stacked)).reshape(-1)
     return out
 
 
-def predict_images(model, paths: list[str], chunk: int = 256) -> np.ndarray:
-    """P(glasses) for image files, decoded a chunk at a time so memory stays bounded."""
-    parts = [predict_arrays(model, [read_rgb(p) for p in paths[i:i + chunk]]) for i in range(0, len(paths), chunk)]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+def predict_images(model, paths: list[str], batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """P(glasses) for image files, in bounded memory (`iter_predictions`); an unreadable file raises."""
+    found = [p for batch in iter_predictions(model, list(map(Path, paths)), batch_size=batch_size) for _, p in batch]
+    return np.asarray(found, dtype=np.float32)
+
+
+def model_input_size(model) -> tuple[int, int] | None:
+    """The (height, width) at which every image reaches `model`'s layers, when an image can be
+    brought to it before the model: a fixed input shape, or a nearest-neighbour Resizing layer
+    (the shipped ensemble's "resize") that alone reads the input. None otherwise.
+
+    Resizing an image to it with `resize_nearest` gives the model the very pixels its own layer
+    would pick (`glasses.inputs.nearest_indices`), and that layer is then the identity.
+    """
+    import keras
+
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        return None
+    source = model.inputs[0]
+    height, width = source.shape[1:3]
+    if height is not None and width is not None:
+        return int(height), int(width)
+    readers = [layer for layer in model.layers if _reads(layer, source)]
+    if len(readers) != 1 or not isinstance(readers[0], keras.layers.Resizing):
+        return None
+    layer = readers[0]
+    if (layer.interpolation != "nearest" or layer.crop_to_aspect_ratio or layer.pad_to_aspect_ratio
+            or layer.data_format != "channels_last"):
+        return None
+    return int(layer.height), int(layer.width)
+
+
+def _reads(layer, tensor) -> bool:
+    """Whether `layer` may read `tensor` (True when Keras cannot say: a layer called twice)."""
+    import keras
+
+    if isinstance(layer, keras.layers.InputLayer):
+        return False
+    try:
+        inputs = layer.input
+    except (AttributeError, ValueError):
+        return True
+    return any(t is tensor for t in keras.tree.flatten(inputs))
+
+
+def resize_nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` (H x W x 3 uint8) at `size` (height, width), the pixels TensorFlow's nearest resize
+    picks (`glasses.inputs.resize_uint8`, not only square)."""
+    rows, cols = nearest_indices(image.shape[0], size[0]), nearest_indices(image.shape[1], size[1])
+    return image.take(rows, axis=0).take(cols, axis=1)
+
+
+def read_for_model(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """An image file as RGB uint8, at `size` when given: the full-size decode lives only here.
+
+    Raises:
+        DatasetError: naming the file when its header claims more than
+            `glasses.dataset.MAX_IMAGE_PIXELS` pixels (nothing is decoded then).
+        OSError: when it is not a decodable image.
+    """
+    image = read_rgb(path)
+    return image if size is None or image.shape[:2] == size else resize_nearest(image, size)
+
+
+def skip_reason(path: Path, error: BaseException) -> str:
+    """Why an image was skipped, in one line: our own errors as they are (without the path they
+    start with), any other as its type and message."""
+    if isinstance(error, GlassesError):
+        return str(error).removeprefix(f"{path}: ")
+    why = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {why}".rstrip(": ")
+
+
+def iter_predictions(model, files: list[Path], on_skip=None, batch_size: int = PREDICT_BATCH,
+                     threads: int = READ_THREADS) -> Iterator[list[tuple[Path, float]]]:
+    """P(glasses) of image files, a batch at a time, in input order, in bounded memory.
+
+    Each image is decoded (on up to `threads` threads) and at once resized to the model's input
+    size (`model_input_size`); `batch_size` of them are predicted together and yielded as
+    (path, P(glasses)) pairs. So memory holds `threads` full-size decodes and one batch of small
+    images whatever the number and size of the files (an image over
+    `glasses.dataset.MAX_IMAGE_PIXELS` is refused from its header). For a model that takes any
+    size as it is, a batch also ends at MAX_BATCH_PIXELS.
+
+    Args:
+        on_skip: Called with (path, reason) for each unreadable file, which is left out; without
+            it, the first unreadable file raises.
+    """
+    size = model_input_size(model)
+    batch: list[tuple[Path, np.ndarray]] = []
+    pixels = 0
+    for path, image, error in _read_ahead(files, lambda p: read_for_model(p, size), max(1, threads)):
+        if error is not None:
+            if on_skip is None:
+                raise error
+            on_skip(path, skip_reason(path, error))
+            continue
+        batch.append((path, image))
+        pixels += image.shape[0] * image.shape[1]
+        if len(batch) >= batch_size or pixels >= MAX_BATCH_PIXELS:
+            yield _predicted(model, batch)
+            batch, pixels = [], 0
+    if batch:
+        yield _predicted(model, batch)
+
+
+def _predicted(model, batch: list[tuple[Path, np.ndarray]]) -> list[tuple[Path, float]]:
+    probabilities = predict_arrays(model, [image for _, image in batch], batch_size=len(batch))
+    return [(path, float(p)) for (path, _), p in zip(batch, probabilities)]
+
+
+def _read_ahead(files: list[Path], read, threads: int) -> Iterator[tuple[Path, np.ndarray | None, Exception | None]]:
+    """(path, read(path), None) or (path, None, the error) for each file in order, read on
+    `threads` threads: at most `threads` reads are running or waiting to be taken at any time."""
+    def attempt(path: Path):
+        try:
+            return path, read(path), None
+        except Exception as error:  # any undecodable file: the caller skips it or raises
+            return path, None, error
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        for path in files:
+            pending.append(pool.submit(attempt, path))
+            if len(pending) >= threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def score_split(model, split_dir: Path, subset: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -209,21 +345,11 @@ def image_files(inputs: list[Path]) -> list[Path]:
     return found
 
 
-def predict_files(model, files: list[Path], on_skip=None, chunk: int = 256) -> list[tuple[Path, float]]:
-    """P(glasses) of each readable image; unreadable ones are reported to `on_skip` and left out."""
-    results = []
-    for start in range(0, len(files), chunk):
-        readable, images = [], []
-        for path in files[start:start + chunk]:
-            try:
-                images.append(read_rgb(path))
-                readable.append(path)
-            except Exception as error:  # any undecodable file: say so, carry on with the rest
-                if on_skip:
-                    on_skip(path, f"{type(error).__name__}: {error}")
-        if images:
-            results += list(zip(readable, map(float, predict_arrays(model, images))))
-    return results
+def predict_files(model, files: list[Path], on_skip=None, batch_size: int = PREDICT_BATCH) -> list[tuple[Path, float]]:
+    """P(glasses) of each readable image, in input order (`iter_predictions`, all at once);
+    unreadable ones are reported to `on_skip` (when given) and left out."""
+    skip = on_skip or (lambda path, why: None)
+    return [pair for batch in iter_predictions(model, files, skip, batch_size) for pair in batch]
 
 
 def labelled_images(data_dir: Path) -> list[tuple[Path, int]]:

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install run test bench clean
+.PHONY: install run test clean
 
 $(BIN)/glasses: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -26,9 +26,6 @@ class ModelSpec:
         if len(self.filters) < self.conv_layers or len(self.pooling) < self.conv_layers:
             raise ValueError(f"need filters and pooling for {self.conv_layers} conv layers, got "
                              f"{len(self.filters)} filters and {len(self.pooling)} poolings")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def augmentation(seed: int | None = None):

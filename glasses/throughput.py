@@ -92,9 +92,9 @@ def _child(command: list[str], env: dict, timeout_s: float, what: str) -> tuple[
 
 def measure_here(sizes: list[int], batches: list[int], images: list[str]) -> dict:
     """Measures in this process (after limiting its threads as a worker does); see `measure`."""
-    from glasses.search.worker import _limit_threads  # the workers' own thread settings, not a copy
+    from glasses.search.worker import limit_threads  # the workers' own thread settings, not a copy
 
-    _limit_threads()
+    limit_threads()
     train, evaluate, model_s = {}, {}, []
     for size in sizes:
         for batch in batches:

@@ -52,6 +52,8 @@ def fail_once_on_our_errors(flow_fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return flow_fn(*args, **kwargs)
         except GlassesError as error:
+            if FlowRunContext.get() is None:  # called as a plain function (`pipeline.fn`): raise as one
+                raise
             get_run_logger().error("error: %s", error)
             no_retry()
             return Failed(message=f"{type(error).__name__}: {error}", data=error)

@@ -52,6 +52,19 @@ def write_image(path: Path, *, size: tuple[int, int] = (24, 24), mode: str = "RG
     return path
 
 
+def write_asymmetric_image(path: Path, seed: int = 0) -> Path:
+    """A 32x32 RGB image with no symmetry (a gradient, noise and a dark block in one corner): a
+    flip or a rotation of it always shows."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(40, 220, 32, dtype=np.float32)
+    pixels = np.stack([ramp[None, :].repeat(32, 0), ramp[:, None].repeat(32, 1),
+                       rng.integers(0, 255, (32, 32))], axis=-1).astype(np.uint8)
+    pixels[2:10, 2:12] = 10
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
 def write_kaggle_dataset(root: Path, labels: list[int], *, subdir: str = KAGGLE_SUBDIR,
                          size: tuple[int, int] = (24, 24), mode: str = "RGB", latents: int = 4, seed: int = 0,
                          test_ids: int = 3) -> Path:

@@ -9,18 +9,7 @@ import pytest
 from PIL import Image
 
 from glasses import figures
-
-
-def write_image(path: Path, seed: int = 0) -> Path:
-    """A 32x32 RGB image with no symmetry: a gradient, noise and a dark block in one corner."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(40, 220, 32, dtype=np.float32)
-    pixels = np.stack([ramp[None, :].repeat(32, 0), ramp[:, None].repeat(32, 1),
-                       rng.integers(0, 255, (32, 32))], axis=-1).astype(np.uint8)
-    pixels[2:10, 2:12] = 10
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
+from tests.conftest import write_asymmetric_image
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -35,7 +24,7 @@ def assert_only(out_dir: Path, names: set[str]) -> None:
 
 
 def test_augmentation_grid_is_deterministic_and_augments(tmp_path):
-    image = write_image(tmp_path / "face.png")
+    image = write_asymmetric_image(tmp_path / "face.png")
     first = figures.augmentation_grid(image, tmp_path / "a" / "aug.png", size=32, samples=3, seed=7)
     again = figures.augmentation_grid(image, tmp_path / "b" / "aug.png", size=32, samples=3, seed=7)
     assert first == tmp_path / "a" / "aug.png"
@@ -48,7 +37,7 @@ def test_augmentation_grid_is_deterministic_and_augments(tmp_path):
 def test_augmented_tiles_differ_from_the_nearest_resized_original(tmp_path):
     from glasses.inputs import read_rgb
 
-    rgb = read_rgb(write_image(tmp_path / "face.png"))
+    rgb = read_rgb(write_asymmetric_image(tmp_path / "face.png"))
     images = figures.augmented_images(rgb, size=64, samples=4, seed=3)
     assert images.shape == (5, 64, 64, 3)
     assert images.min() >= 0.0 and images.max() <= 1.0
@@ -71,7 +60,7 @@ def test_misclassified_picks_the_wrong_ones_most_confident_first():
 
 
 def test_gallery_shows_the_mistakes(tmp_path):
-    paths = [str(write_image(tmp_path / "images" / f"{i}.png", seed=i)) for i in range(8)]
+    paths = [str(write_asymmetric_image(tmp_path / "images" / f"{i}.png", seed=i)) for i in range(8)]
     labels = [1, 1, 0, 0, 1, 0, 1, 0]
     probabilities = [0.9, 0.1, 0.2, 0.95, 0.49, 0.5, 0.3, 0.7]
     out = tmp_path / "out" / "mistakes.png"
@@ -86,7 +75,7 @@ def test_gallery_shows_the_mistakes(tmp_path):
 
 
 def test_gallery_without_mistakes_still_writes_a_png(tmp_path):
-    paths = [str(write_image(tmp_path / "images" / f"{i}.png", seed=i)) for i in range(2)]
+    paths = [str(write_asymmetric_image(tmp_path / "images" / f"{i}.png", seed=i)) for i in range(2)]
     out = figures.misclassified_gallery(paths, [0, 1], [0.1, 0.9], tmp_path / "out" / "none.png")
     height, width, _ = pixels(out).shape
     assert width > 100 and height > 50

@@ -164,7 +164,7 @@ def test_the_budget_task_measures_this_machine_and_writes_its_plan(tiny_cache, t
     spent = time.time() - started
     throughput = plan["throughput"]
     assert set(throughput["train"]) == {"16/8", "24/8"} and all(v > 0 for v in throughput["train"].values())
-    assert 0 < throughput["startup_s"] < spent and 0 < throughput["decode_s"] < 1
+    assert 0 < throughput["startup_s"] < spent and 0 < throughput["decode_s"] < spent
     assert throughput["threads"] == (os.cpu_count() or 1) // config.search.workers
     assert 0 < plan["spent_s"] <= spent and plan["total_s"] <= 600
     assert sized.search.stage3.max_trials >= config.search.stage3.max_trials

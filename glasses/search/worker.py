@@ -27,7 +27,7 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     if is_complete(spec):
         print(f"{tuner_id}: search {spec.project_dir} already complete", flush=True)
         return 0
-    _limit_threads()
+    limit_threads()
     import keras
 
     if resolve_precision(spec.precision) == "bfloat16":  # variables stay float32, and so do the checkpoints
@@ -139,7 +139,8 @@ def _stop_when_chief_down(spec: SearchSpec, tuner_id: str) -> None:
     threading.Thread(target=watch, name="chief-down", daemon=True).start()
 
 
-def _limit_threads() -> None:
+def limit_threads() -> None:
+    """The thread settings of a tuner worker ($GLASSES_THREADS intra-op threads, at most 2 inter-op)."""
     import tensorflow as tf
 
     threads = int(os.environ.get("GLASSES_THREADS", "0"))

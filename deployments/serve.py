@@ -1,13 +1,17 @@
 """`glasses serve`: the pipeline as a deployment served from this process, on a schedule, one
-run at a time; runs started from the UI or the API run here, each in its own process."""
+run at a time; runs started from the UI or the API run here, each in its own process, which ends
+with this one and when cancelled (deployments/guard.py)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
+from deployments.guard import guard_run
 from flows.pipeline import pipeline
+from glasses.watchdog import SERVE_PID
 
 
 def ui_url() -> str | None:
@@ -19,5 +23,7 @@ def serve(name: str, cron: str, parameters: dict[str, Any], tags: list[str]) -> 
     """Registers the deployment `glasses-pipeline/<name>` with its schedule and serves its runs."""
     print(f"serving deployment glasses-pipeline/{name} (cron '{cron}' UTC, one run at a time) with "
           f"{parameters}; UI: {ui_url() or 'set PREFECT_API_URL to a server'}/deployments", flush=True)
-    pipeline.serve(name=name, cron=cron, parameters=parameters, tags=tags, limit=1, global_limit=1,
-                   print_starting_message=False)
+    os.environ[SERVE_PID] = str(os.getpid())  # what each run's guard watches (its runs inherit it)
+    pipeline.with_options(on_running=[guard_run]).serve(
+        name=name, cron=cron, parameters=parameters, tags=tags, limit=1, global_limit=1,
+        print_starting_message=False)

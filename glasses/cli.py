@@ -411,11 +411,13 @@ def download(out: Path = typer.Option(Path("data/glasses"), "--out")) -> None:
 def _terminate(signum, frame) -> None:
     """Ctrl-C, SIGTERM or a closed terminal (SIGHUP): end every process this run started (the
     tuner roles, the embedded Prefect server) and exit at once. The OS frees the work dir's
-    lock; the next run removes what was half-written and continues the searches."""
-    from glasses.watchdog import terminate_descendants
+    lock; the next run removes what was half-written and continues the searches. `glasses serve`
+    only exits: each of its runs then ends itself and records why (deployments/guard.py)."""
+    from glasses.watchdog import serving, terminate_descendants
 
     typer.echo(f"interrupted ({signal.Signals(signum).name}): stopping the run's processes", err=True)
-    terminate_descendants()
+    if not serving():
+        terminate_descendants()
     os._exit(128 + signum)
 
 

@@ -142,10 +142,11 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
         decision = model.champion(config, shipped, split["dir"], fingerprint, run)
         clock.lap("ensemble")
         drawn = model.draw_figures(config, shipped, [stage1, stage2, stage3])
+        explained = model.explain_model(config, shipped, source)
         latent = model.latent_baseline(config, source, fingerprint, split["dir"])
         clock.lap("analyses")
         path = model.summary(config, organized, split, [stage1, stage2, stage3], shipped, drawn, latent,
-                             clock.durations(), plan, decision, clock.windows())
+                             clock.durations(), plan, decision, clock.windows(), explained=explained)
         model.tidy(config, specs1 + specs2 + specs3, path, decision)
         return path
 

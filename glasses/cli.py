@@ -391,6 +391,29 @@ def evaluate(data_dir: Path = typer.Option(..., "--data-dir", help="Kaggle layou
 
 
 @app.command()
+def explain(inputs: list[Path] = typer.Argument(..., help="Image files and/or directories (searched recursively)."),
+            model: Path = typer.Option(Path("work/model/ensemble.keras"), "--model"),
+            out: Path = typer.Option(Path("explained"), "--out", help="Where the overlay PNGs go."),
+            method: str = typer.Option("gradcam", "--method", help="gradcam, or layercam (each position weighted "
+                                       "by its own gradient)."),
+            threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0)) -> None:
+    """Write, per image, where the model looks: an overlay PNG (the image, its saliency map on top,
+    P(glasses) and the label in the title) into --out; one line per image: path, P(glasses), label, PNG."""
+    from glasses.evaluate import image_files
+    from glasses.saliency import explain_files, explainer
+
+    files = image_files(inputs)
+    if not files:
+        _fail(GlassesError(f"no image files in {', '.join(map(str, inputs))}"))
+    try:
+        found = explainer(_load_model(model), method)
+        explain_files(found, files, out, threshold, on_written=lambda path, p, png: typer.echo(
+            f"{path}\t{p:.4f}\t{'glasses' if p >= threshold else 'no_glasses'}\t{png}"))
+    except GlassesError as error:
+        _fail(error)
+
+
+@app.command()
 def download(out: Path = typer.Option(Path("data/glasses"), "--out")) -> None:
     """Fetch the real Kaggle dataset (needs `pip install glasses[download]` and Kaggle access)."""
     try:

@@ -48,6 +48,8 @@ ID_COLUMN = "id"
 LABEL_COLUMN = "glasses"
 LATENT_DIM = 512
 LATENT_COLUMNS = tuple(f"v{i}" for i in range(1, LATENT_DIM + 1))
+BOXES = "boxes.csv"  # optional, beside train.csv: where the glasses are in an image (`glasses synth` writes it)
+BOX_COLUMNS = ("x0", "y0", "x1", "y1")  # pixels of the image file; x1, y1 exclusive
 ROW_COLUMN = "row"  # added on reading: the physical line of the file the row starts on, for errors
 ID_TEXT_COLUMN = "id_text"  # the id as written ("007"): its image may be face-007.png
 MAX_ID = 2**63 - 1  # ids are int64 everywhere downstream (numpy, the latent table)
@@ -807,3 +809,48 @@ def read_manifest(split_dir: Path, subset: str) -> tuple[list[str], list[int]]:
     table = pd.read_csv(Path(split_dir) / "manifest.csv")
     table = table[table["subset"] == subset].sort_values("path")
     return [str(Path(split_dir) / p) for p in table["path"]], table["label"].astype(int).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# The boxes sidecar: where the glasses are (the Kaggle layout itself has no such file)
+
+
+Box = tuple[int, int, int, int]
+
+
+def read_boxes(data_dir: Path) -> dict[int, Box] | None:
+    """id -> (x0, y0, x1, y1) of `boxes.csv` beside the dataset's train.csv: the box of the
+    glasses in that id's image, in its pixels (x1, y1 exclusive); None when there is no such file.
+
+    Raises:
+        DatasetError: naming the file, row and value of a box that is not four whole numbers with
+            x0 < x1 and y0 < y1 (none negative), or of a missing column or a duplicate id.
+    """
+    csv = Path(data_dir) / BOXES
+    if not csv.is_file():
+        return None
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{csv}: not a CSV of id,{','.join(BOX_COLUMNS)} ({error})") from error
+    missing = [c for c in (ID_COLUMN, *BOX_COLUMNS) if c not in table.columns]
+    if missing:
+        raise DatasetError(f"{csv}: no column {', '.join(missing)}; expected id,{','.join(BOX_COLUMNS)}")
+    boxes: dict[int, Box] = {}
+    for row, values in enumerate(table[[ID_COLUMN, *BOX_COLUMNS]].itertuples(index=False), start=2):
+        if not all(_PLAIN_INT.match(v.strip()) for v in values):
+            raise DatasetError(f"{csv} row {row}: {','.join(values)!r} is not an id and four whole pixel numbers")
+        image_id, x0, y0, x1, y1 = (int(v) for v in values)
+        if x0 >= x1 or y0 >= y1 or image_id in boxes:
+            why = f"duplicate id {image_id}" if image_id in boxes else f"empty box ({x0},{y0})-({x1},{y1})"
+            raise DatasetError(f"{csv} row {row}: {why}; each id once, with x0 < x1 and y0 < y1")
+        boxes[image_id] = (x0, y0, x1, y1)
+    return boxes
+
+
+def face_id(path: str | Path) -> int | None:
+    """The id of an image named `face-<id>.<ext>` (as organize and split keep them), or None."""
+    stem = Path(path).stem
+    number = stem[len(FACE_PREFIX):] if stem.startswith(FACE_PREFIX) else ""
+    return int(number) if _PLAIN_INT.match(number) else None
+

@@ -266,3 +266,77 @@ def render_figures(figures_dir: Path, predictions_csv: Path, shipped: dict, stag
                 tmp.write_bytes(plot.read_bytes())
             made[target.stem] = target
     return {name: str(path) for name, path in made.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Saliency: where the model looks (maps from glasses.saliency)
+
+
+def _shown(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`image` at `shape` (height, width) for display under a map of that size."""
+    if tuple(image.shape[:2]) == tuple(shape):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def draw_overlay(ax, image: np.ndarray, saliency_map: np.ndarray, box=None) -> None:
+    """The image with its saliency map on top (jet, more opaque where the map is higher) and,
+    when given, the glasses' box (x0, y0, x1, y1 in the image's pixels) as a dashed white frame."""
+    ax.imshow(_shown(image, saliency_map.shape), interpolation="nearest")
+    peak = float(saliency_map.max())
+    if peak > 0:
+        level = saliency_map / peak
+        heat = _pyplot().get_cmap("jet")(level)
+        heat[..., 3] = 0.65 * level
+        ax.imshow(heat, interpolation="bilinear")
+    if box is not None:
+        from matplotlib.patches import Rectangle
+
+        sy, sx = saliency_map.shape[0] / image.shape[0], saliency_map.shape[1] / image.shape[1]
+        ax.add_patch(Rectangle((box[0] * sx - 0.5, box[1] * sy - 0.5), (box[2] - box[0]) * sx, (box[3] - box[1]) * sy,
+                               fill=False, edgecolor="white", linestyle="--", linewidth=0.8))
+    ax.axis("off")
+
+
+def overlay_figure(image: np.ndarray, saliency_map: np.ndarray, title: str, out: Path) -> Path:
+    """One image with its saliency map on top and `title` above (the probability and label), as a PNG."""
+    plt = _pyplot()
+    height, width = saliency_map.shape
+    side = 4.0
+    fig, ax = plt.subplots(figsize=(side * min(1.0, width / height) + 0.2, side * min(1.0, height / width) + 0.6),
+                           dpi=110, layout="constrained")
+    draw_overlay(ax, image, saliency_map)
+    if saliency_map.max() <= 0:
+        title += "\n(an empty map: the weighted activations are negative everywhere)"
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, out)
+
+
+def saliency_gallery(tiles: list[dict], out: Path, title: str, columns: int = 6) -> Path:
+    """Images with their saliency maps in a grid.
+
+    Args:
+        tiles: One dict per image: image (RGB uint8), map (from glasses.saliency), label (true,
+            1 glasses), probability (P(glasses)), box (the glasses' box or None), group (a short
+            line above the title, e.g. "misclassified").
+        out: The PNG to write; says "no images" when there are none.
+        title: The figure's title.
+        columns: Images per row.
+
+    Returns:
+        `out`.
+    """
+    if not tiles:
+        return save_figure(_empty_figure("no images"), out)
+    fig, axes = _tiles(len(tiles), columns, (1.9, 2.6))
+    for ax, tile in zip(axes, tiles):
+        draw_overlay(ax, tile["image"], tile["map"], tile.get("box"))
+        predicted = int(tile["probability"] >= 0.5)
+        empty = ", empty map" if tile["map"].max() <= 0 else ""
+        ax.set_title(f"{tile['group']}\ntrue: {_label(tile['label'])}\npred: {_label(predicted)}\n"
+                     f"p={tile['probability']:.2f}{empty}", fontsize=7.5,
+                     color="#b2182b" if predicted != int(tile["label"]) else "black")
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out)

@@ -68,7 +68,7 @@ def worker_utilization(stages: list[dict], windows: dict[str, tuple[float, float
 
 def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[dict], shipped: dict,
                   figures: dict, latent: dict, durations: dict, plan: dict | None = None,
-                  decision: dict | None = None, windows: dict | None = None) -> Path:
+                  decision: dict | None = None, windows: dict | None = None, saliency: dict | None = None) -> Path:
     """Writes `<work-dir>/summary.json`: the parts of the run plus the config that made it.
 
     Args:
@@ -81,12 +81,14 @@ def write_summary(config: Config, *, dataset: dict, split: dict, stages: list[di
         plan: What a time budget was turned into (glasses.planner.Plan.to_dict), if the run had one.
         decision: This run's model against the champion (glasses.registry.challenge).
         windows: Each step's start and end (Stopwatch.windows), for the workers' utilization.
+        saliency: Where the model looks (glasses.saliency.analyse): its gallery and, with boxes,
+            the share of its maps on the glasses.
     """
     summary = {"dataset": dataset, "split": split, "workers": config.search.workers,
                "stages": {stage["stage"]: stage for stage in stages}, **shipped, "figures": figures,
                "latent": latent, "durations_s": durations, "preset": config.preset,
                "config": config.model_dump(mode="json"), "plan": plan, "champion": decision,
-               "achieved_fractions": split.get("fractions"),
+               "achieved_fractions": split.get("fractions"), "saliency": saliency,
                "utilization": worker_utilization(stages, windows or {}, config.search.workers),
                "superseded": kept_searches(config, stages)}
     return write_json(WorkDir(config.work_dir).summary, summary)
@@ -307,7 +309,7 @@ def render_report(summary: dict) -> str:
              "(train / val / test, stratified, seeded).", "",
              "Augmentation during training (flip, translation, rotation, zoom):", "",
              *_figure(summary, "augmentation", "augmentation samples"),
-             *_stage_lines(summary), *_ensemble_lines(summary), *_evaluation_lines(summary),
+             *_stage_lines(summary), *_ensemble_lines(summary), *_evaluation_lines(summary), *saliency_lines(summary),
              *_latent_lines(summary), *_champion_lines(summary.get("champion")), "## Timings", "", timings, "", *_budget_lines(summary),
              *_superseded_lines(summary)]
     return "\n".join(lines)
@@ -430,3 +432,42 @@ def write_report(config: Config) -> Path:
     """Writes `<work-dir>/report.md` from `summary.json`."""
     work = WorkDir(config.work_dir)
     return write_text(work.report, render_report(read_json(work.summary)))
+
+
+def _share_row(name: str, row: dict) -> str:
+    share = "-" if row["share"] is None else f"{row['share']:.4f}"
+    uniform = "-" if row["uniform_share"] is None else f"{row['uniform_share']:.4f}"
+    ratio = "-" if row["ratio"] is None else f"**{row['ratio']:.2f}x**"
+    return f"| {name} | {share} | {uniform} | {ratio} | {row['empty']} |"
+
+
+def saliency_lines(summary: dict, heading: str = "### Where the model looks") -> list[str]:
+    """The saliency gallery and the share of the maps on the glasses (or why there is no number)."""
+    found = summary.get("saliency")
+    if not found:
+        return []
+    lines = [heading, "", f"{found['method']}: the gradient of P(glasses) weighs the activations of that layer "
+             "(each network's last convolutional layer with a grid of at least 8x8); red is where the evidence for "
+             "glasses is. The misclassified test images, most confident first, then the most confident correct ones "
+             "of each class:", "",
+             f"![saliency gallery](figures/{Path(found['gallery']).name})", ""]
+    glasses = found["glasses"]
+    if not glasses["available"]:
+        return lines + [f"No number for \"does it look at the glasses\": {glasses['reason']}.", ""]
+    lines += [f"On the {glasses['images']} test images with glasses (their boxes: `{glasses['boxes']}`), the share of "
+              "each map's mass inside the glasses' box, against the share of the image the box covers (what a map "
+              "that looks everywhere would score); the ratio is the one over the other, 1 for a map spread evenly:",
+              "", "| map | mass inside the box | box's share of the image | ratio | empty maps |",
+              "|---|---|---|---|---|",
+              _share_row("the model", glasses["model"])]
+    for network in glasses["networks"]:
+        counted = f", counted {network['weight']} times" if network["weight"] > 1 else ""
+        lines.append(_share_row(f"{network['name']} ({network['layer']}{counted})", network))
+    return lines + ["", "An empty map (zeros everywhere: no position's weighted activation is positive) has no mass to "
+                    "share; it is left out of its row's means and counted.", ""]
+
+
+def saliency_markdown(summary: dict) -> str:
+    """Where the model looks, for the Prefect UI (figures linked as in the report: `embed_figures`)."""
+    lines = saliency_lines(summary, "# Where the model looks") or ["# Where the model looks", "", "Not run."]
+    return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ code path serves both:
     <out>/test.csv    id,v1..v512
     <out>/faces-spring-2020/faces-spring-2020/face-<id>.png
     <out>/synth.json  the parameters (and counts) that made it
+    <out>/boxes.csv   id,x0,y0,x1,y1: where each image drawn with glasses has them (`glasses_box`)
 
 Nothing runs at import time.
 """
@@ -41,10 +42,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from glasses.config import DataConfig
-from glasses.dataset import (ID_COLUMN, IMAGE_SUBDIR, LABEL_COLUMN, LATENT_COLUMNS, LATENT_DIM,
-                             face_file_name)
+from glasses.dataset import (BOX_COLUMNS, BOXES, ID_COLUMN, IMAGE_SUBDIR, LABEL_COLUMN, LATENT_COLUMNS,
+                             LATENT_DIM, face_file_name)
 from glasses.errors import SynthError
-from glasses.files import atomic_dir
+from glasses.files import atomic_dir, write_text
 
 GLASSES_FRACTION = 1.74 / 2.74  # the real data's 1.74 'glasses' per 'no glasses'
 MISLABEL_RATE = 0.04
@@ -586,9 +587,19 @@ def _frame(draw: ImageDraw.ImageDraw, spec: _Glasses, boxes: list, g: dict) -> N
                   width=max(1, int(width * 0.8)))
 
 
+def _geometry(head: _Head, size: int) -> dict:
+    """The head's centre and face size in pixels of a `size` canvas."""
+    return {"cx": head.cx * size, "cy": head.cy * size, "fw": head.fw * size, "fh": head.fh * size, "size": size}
+
+
+def _tilt(layer: Image.Image, head: _Head, g: dict) -> Image.Image:
+    pivot = (g["cx"], g["cy"] + 0.5 * g["fh"])  # tilt about the neck
+    return layer.rotate(head.angle, resample=Image.BICUBIC, center=pivot)
+
+
 def _head_layer(p: FaceParams, size: int) -> Image.Image:
     head = p.head
-    g = {"cx": head.cx * size, "cy": head.cy * size, "fw": head.fw * size, "fh": head.fh * size, "size": size}
+    g = _geometry(head, size)
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     _hair_back(draw, head, g)
@@ -600,8 +611,27 @@ def _head_layer(p: FaceParams, size: int) -> Image.Image:
         _eye_rings(layer, head, p.features, g)
     if p.glasses is not None:
         _glasses(layer, head, p.features, p.glasses, g)
-    pivot = (g["cx"], g["cy"] + 0.5 * g["fh"])  # tilt about the neck
-    return layer.rotate(head.angle, resample=Image.BICUBIC, center=pivot)
+    return _tilt(layer, head, g)
+
+
+def glasses_box(params: FaceParams, resolution: int) -> tuple[int, int, int, int] | None:
+    """Where `render_params(params, resolution)` draws the glasses: the box (x0, y0, x1, y1; x1
+    and y1 exclusive, pixels of the written image) around every pixel of their frames, bridge,
+    temples and lenses, after the head's tilt; None without glasses.
+
+    Drawn as `render_params` draws them, alone on a clear layer, so the box is exactly theirs.
+    """
+    if params.glasses is None:
+        return None
+    size = resolution * _SUPERSAMPLE
+    g = _geometry(params.head, size)
+    layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    _glasses(layer, params.head, params.features, params.glasses, g)
+    found = _tilt(layer, params.head, g).getchannel("A").getbbox()
+    if found is None:
+        return None
+    x0, y0, x1, y1 = found
+    return x0 // _SUPERSAMPLE, y0 // _SUPERSAMPLE, -(-x1 // _SUPERSAMPLE), -(-y1 // _SUPERSAMPLE)
 
 
 def _lighting(image: Image.Image, scene: _Scene) -> Image.Image:
@@ -659,6 +689,28 @@ def _render_all(root: Path, p: SynthPlan, resolution: int, workers: int, grey: b
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(lambda job: _render_chunk(*job), jobs):
             pass
+
+
+def boxes_csv(p: SynthPlan, resolution: int, workers: int = 1) -> str:
+    """The text of boxes.csv: `glasses_box` of every image of `p` drawn with glasses (train.csv's
+    and test.csv's ids), one row each, in id order."""
+    drawn = [(image_id, z) for image_id, z, glasses in zip(p.ids.tolist(), p.latents, p.drawn.tolist()) if glasses]
+
+    def box(item: tuple) -> tuple | None:
+        return glasses_box(face_params(item[1], True), resolution)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL draws without the GIL
+        boxes = list(pool.map(box, drawn))
+    lines = [",".join((ID_COLUMN, *BOX_COLUMNS))]
+    lines += [",".join(map(str, (image_id, *found))) for (image_id, _), found in zip(drawn, boxes) if found]
+    return "\n".join(lines) + "\n"
+
+
+def _add_boxes(out_dir: Path, manifest: dict, workers: int) -> None:
+    """Writes boxes.csv into a complete output made before it had one (the images are unchanged:
+    the boxes follow from its n, seed and resolution)."""
+    if not (out_dir / BOXES).is_file():
+        write_text(out_dir / BOXES, boxes_csv(plan(manifest["n"], manifest["seed"]), manifest["resolution"], workers))
 
 
 def _write_csv(path: Path, ids: np.ndarray, latents: np.ndarray, labels: np.ndarray | None) -> None:
@@ -744,6 +796,7 @@ def synthesize(out_dir: Path, n: int = 1500, resolution: int = 128, seed: int = 
     out_dir, parameters = Path(out_dir), _parameters(n, resolution, seed, grey)
     existing = _check_target(out_dir, parameters)
     if existing is not None:
+        _add_boxes(out_dir, existing, workers or os.cpu_count() or 1)
         return _result(out_dir, existing, started)
     manifest = None
     try:
@@ -767,6 +820,7 @@ def _write_dataset(root: Path, parameters: dict, workers: int) -> dict:
     _render_all(root, p, parameters["resolution"], workers, parameters["grey"])
     _write_csv(root / "train.csv", p.ids[:n], p.latents[:n], p.labels[:n])
     _write_csv(root / "test.csv", p.ids[n:], p.latents[n:], None)
+    (root / BOXES).write_text(boxes_csv(p, parameters["resolution"], workers))
     manifest = _manifest(p, parameters)
     # Written last: its presence (with every listed file) is what marks the output complete.
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

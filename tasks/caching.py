@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.filesystems import LocalFileSystem
 
-from glasses import dataset, inputs, stages
+from glasses import dataset, inputs, saliency, stages
 from glasses.config import Config, fingerprint
 from glasses.search import SearchSpec, is_complete
 from glasses.workdir import WorkDir
@@ -50,7 +50,9 @@ def _work(parameters: dict) -> WorkDir:
 def source_key(context, parameters: dict) -> str:
     config: Config = parameters["config"]
     work = _work(parameters)
-    present = config.data.data_dir is not None or (work.synth / "synth.json").is_file()
+    # the built-in data is current with its glasses' boxes (synthesize adds them to an older one)
+    present = config.data.data_dir is not None or all((work.synth / name).is_file()
+                                                      for name in ("synth.json", dataset.BOXES))
     return _key(work, present, "source", config.data.model_dump(mode="json"), work.root)
 
 
@@ -137,3 +139,12 @@ def latent_key(context, parameters: dict) -> str:
     data = parameters["config"].data
     return _key(_work(parameters), True, "latent", parameters["fingerprint"], data.fractions, data.seed,
                 dataset.split_id(Path(parameters["split_dir"])))
+
+
+def saliency_key(context, parameters: dict) -> str:
+    """The saliency analyses: Cached while their gallery is there, for the same shipped model, data
+    and rule for the maps' layer."""
+    work, data_dir = _work(parameters), Path(parameters["data_dir"])
+    boxes = data_dir / dataset.BOXES
+    return _key(work, (work.figures / "saliency.png").is_file(), "saliency", parameters["shipped"], str(data_dir),
+                boxes.stat().st_mtime_ns if boxes.is_file() else None, saliency.MIN_GRID)

@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed, State
 
-from glasses import dataset, figures, latent, registry, report, stages
+from glasses import dataset, figures, latent, saliency, registry, report, stages
 from glasses import ensemble as ensembles
 from glasses.config import Config
 from glasses.files import read_json
@@ -79,6 +79,23 @@ def draw_figures(config: Config, shipped: dict, stages: list[dict]) -> dict[str,
     return figures.render_figures(work.figures, work.predictions, shipped, stages, seed=config.search.seed)
 
 
+@task(name="saliency", cache_key_fn=caching.saliency_key, persist_result=True, retries=1)
+def explain_model(config: Config, shipped: dict, data_dir: str) -> dict:
+    """Where the shipped model looks: the saliency gallery of the test images and, where the data
+    has the glasses' boxes (boxes.csv), the share of its maps on them, per member and in all."""
+    work = WorkDir(config.work_dir)
+    result = saliency.analyse(Path(shipped["ensemble"]["path"]), work.predictions, Path(data_dir),
+                              work.figures / "saliency.png")
+    glasses, logger = result["glasses"], get_run_logger()
+    if glasses["available"] and glasses["model"]["ratio"] is not None:
+        logger.info("saliency on the glasses: %.4f of the mass inside their boxes, %.2fx the %.4f they cover "
+                    "(%d test images)", glasses["model"]["share"], glasses["model"]["ratio"],
+                    glasses["model"]["uniform_share"], glasses["images"])
+    else:
+        logger.info("saliency: %s", glasses.get("reason") or "every map empty")
+    return result
+
+
 @task(name="latent-baseline", cache_key_fn=caching.latent_key, persist_result=True)
 def latent_baseline(config: Config, data_dir: str, fingerprint: str, split_dir: str) -> dict:
     """The report's Dense 128-16-1 on the 512-d latents, split as the images were; skipped with
@@ -96,12 +113,12 @@ def latent_baseline(config: Config, data_dir: str, fingerprint: str, split_dir: 
 @task(name="summary", cache_policy=NONE)
 def summary(config: Config, dataset: dict, split: dict, stages: list[dict], shipped: dict, drawn: dict,
             latent: dict, durations: dict, plan: dict | None = None, decision: dict | None = None,
-            windows: dict | None = None) -> str:
+            windows: dict | None = None, explained: dict | None = None) -> str:
     """Writes summary.json and report.md, and publishes them as artifacts."""
     work = WorkDir(config.work_dir)
     path = report.write_summary(config, dataset=dataset, split=split, stages=stages, shipped=shipped,
                                 figures=drawn, latent=latent, durations=durations, plan=plan, decision=decision,
-                                windows=windows)
+                                windows=windows, saliency=explained)
     report.write_report(config)
     _publish(read_json(path), work)
     return str(path)
@@ -122,6 +139,9 @@ def _publish(run: dict, work: WorkDir) -> None:
                               description="a time-budgeted run: seconds planned and taken per step")
     create_link_artifact(work.model.resolve().as_uri(), link_text=str(work.model.resolve()), key="model",
                          description="the champion, the model serving: keras.models.load_model(path)")
+    if run.get("saliency"):
+        create_markdown_artifact(report.embed_figures(report.saliency_markdown(run), work.root), key="saliency",
+                                 description="where the model looks: saliency maps of the test images")
     create_markdown_artifact(report.alarm_markdown(run), key="glasses-alarm",
                              description="did the shipped model beat always answering the majority class?")
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The saliency gallery where people look at it, in headless Chromium: a `smoke` run on the built-in
+# data against a real `prefect server start`, then screenshots of the run's `saliency` artifact page
+# and of its report.md rendered to HTML (python-markdown, figures beside it as in the work dir).
+#   bench/ui_saliency.sh [OUT] [WORK]   (OUT default /tmp/glasses-ui-saliency; needs chromium; port 4311 free)
+#   WORK: an existing work dir whose report.md to render too (e.g. a quick run's), besides the smoke run's
+set -u
+cd "$(dirname "$0")/.."
+R=${1:-/tmp/glasses-ui-saliency}; rm -rf "$R"; mkdir -p "$R/shots"
+export PREFECT_HOME=$R/prefect-home
+BIN=.venv/bin UI=http://127.0.0.1:4311 API=http://127.0.0.1:4311/api
+PREFECT_UI_API_URL=$API $BIN/prefect server start --host 127.0.0.1 --port 4311 > "$R/server.log" 2>&1 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null; wait' EXIT
+for i in $(seq 1 120); do curl -sf $API/health >/dev/null && break; sleep 1; done
+echo "server up after $i s"
+export PREFECT_API_URL=$API
+$BIN/glasses run --preset smoke --work-dir "$R/work" > "$R/run.log" 2>&1
+echo "smoke run: rc $? ($(grep -m1 'shipped model' "$R/run.log"))"
+query() {  # $1: endpoint, $2: JSON body, $3: python expression over `rows`
+  curl -s -X POST "$API/$1" -H 'content-type: application/json' -d "$2" \
+    | python3 -c "import json, sys; rows = json.load(sys.stdin); $3"; }
+shot() {
+  chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,${3:-1100} \
+    --virtual-time-budget=30000 --screenshot="$R/shots/$1.png" "$2" >/dev/null 2>&1
+  echo "screenshot $R/shots/$1.png"; }
+render() {  # $1: work dir -> report-saliency.html beside its report.md (so figures/ resolve): the report's
+  # saliency section, from "### Where the model looks" to the next heading of its level or above
+  $BIN/python -c "import markdown, re, sys; from pathlib import Path; w = Path(sys.argv[1]); \
+text = (w / 'report.md').read_text(); start = text.index('### Where the model looks'); \
+end = re.search(r'^##? ', text[start + 4:], re.M); part = text[start:start + 4 + end.start()] if end else text[start:]; \
+(w / 'report-saliency.html').write_text('<html><body style=\"font-family: sans-serif; max-width: 1300px\">' \
++ markdown.markdown(part, extensions=['tables']) + '</body></html>')" "$1"; }
+ARTIFACT=$(query artifacts/filter '{"artifacts": {"key": {"any_": ["saliency"]}}}' "print(rows[0]['id'])")
+shot artifact "$UI/artifacts/artifact/$ARTIFACT" 2200
+render "$R/work"
+shot report "file://$R/work/report-saliency.html" 1400
+if [ -n "${2:-}" ]; then
+  mkdir -p "$R/quick" && cp -r "$2/figures" "$2/report.md" "$R/quick/"
+  render "$R/quick"
+  shot quick-report "file://$R/quick/report-saliency.html" 1700
+fi

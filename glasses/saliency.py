@@ -502,7 +502,7 @@ def analyse(model_path: Path, predictions_csv: Path, data_dir: Path, gallery: Pa
     paths, labels = predictions["path"].astype(str).tolist(), predictions["label"].astype(int).tolist()
     drawn = draw_gallery(found, paths, labels, predictions["probability"].tolist(), Path(gallery),
                          read_boxes(Path(data_dir)))
-    glasses = looks_at_glasses(found, [p for p in paths], Path(data_dir))
+    glasses = looks_at_glasses(found, paths, Path(data_dir))
     return {"method": found.describe(), "gallery": str(drawn), "glasses": glasses}
 
 

@@ -14,13 +14,14 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.runtime import flow_run
+from pydantic.json_schema import SkipJsonSchema
 
 from glasses import cluster, registry
 from glasses.config import Config, run_name
 from glasses.planner import parse_duration
 from glasses.report import Stopwatch
 from glasses.workdir import claim
-from tasks import budget, caching, data, model, search
+from tasks import budget, caching, data, events, model, search
 from tasks import cluster as tasks_cluster
 
 # Not `from __future__ import annotations`: Prefect builds the parameters' schema from these
@@ -63,7 +64,7 @@ def _name() -> str:
 @flow(name="glasses-pipeline", flow_run_name=_name, retries=1, retry_delay_seconds=10, log_prints=True)
 def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: str | None = None,
              overrides: dict[str, Any] | None = None, strict: bool = False, time_budget: str | None = None,
-             budget_started_at: float | None = None, mode: Mode = "resume") -> str:
+             budget_started_at: SkipJsonSchema[float | None] = None, mode: Mode = "resume") -> str:
     """Trains, searches and ships the glasses ensemble; returns the path of the run's summary.json.
 
     When the shipped model learned nothing (`summary["alarm"]`), the run ends Completed under
@@ -80,13 +81,15 @@ def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: st
         time_budget: e.g. 15m, 1h30m: size the searches (trials, steps, image sizes) from the
             data and this machine's measured speed to end within it; empty: the preset as is.
         budget_started_at: When the budget's clock started (Unix time); empty: this run's start.
-            `glasses run` sets its own start, so its start-up counts too.
+            `glasses run` sets its own start, so its start-up counts too. Internal: not in the
+            parameters' schema, so not in a deployment's run form.
         mode: resume (continue the work dir's searches to their trial counts, reuse finished
             stages) or retune (also add `search.stage3.retune_trials` trials to stage 3 and
             rebuild the ensemble; the scheduled deployment's). Either way the run's model
             replaces the champion only if it is better (glasses.registry).
     """
     started = time.time()
+    events.tag_run(preset, mode)  # a run's tags follow its own parameters, not its deployment's
     budget_s = parse_duration(time_budget)  # a bad value fails here, before any work
     config = data.configure(preset, data_dir, work_dir, overrides)
     run = {"id": str(flow_run.get_id() or ""), "flow_run": flow_run.get_name() or "", "mode": mode}

@@ -229,9 +229,16 @@ def serve(preset: str = typer.Option("quick", "--preset", help=f"One of {', '.jo
           name: str = typer.Option("weekly-retune", "--name", help="The deployment's name."),
           cron: str = typer.Option(RETUNE_CRON, "--cron", help="When to re-tune (UTC)."),
           mode: str = typer.Option("retune", "--mode", help="What its runs do: retune (add stage-3 trials, "
-                                   "promote only a better model) or resume.")) -> None:
+                                   "promote only a better model) or resume."),
+          notify: Optional[str] = typer.Option(None, "--notify", help="Be told when a run fails, learns nothing or "
+                                               "promotes a model: a webhook URL, or a saved Prefect notification "
+                                               "block as TYPE/NAME (e.g. slack-webhook/team)."),
+          notify_test: bool = typer.Option(False, "--notify-test", help="Send one test notification (to --notify, "
+                                           "else to the URL an earlier --notify saved) and exit.")) -> None:
     """Serve the pipeline as a Prefect deployment on a schedule, one run at a time (needs a
-    Prefect server: set PREFECT_API_URL). Runs can be started and retried from the UI."""
+    Prefect server: set PREFECT_API_URL). Runs can be started and retried from the UI. With
+    --notify, Prefect automations on the server notify its failed, nothing-learned and
+    promoting runs (created or updated, never duplicated)."""
     if mode not in ("retune", "resume"):
         _fail(GlassesError(f"--mode {mode!r} is not retune or resume"))
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "glasses")
@@ -242,11 +249,25 @@ def serve(preset: str = typer.Option("quick", "--preset", help=f"One of {', '.jo
             check_apart(data_dir, work_dir or default_home())
     except GlassesError as error:
         _fail(error)
+    if notify_test:
+        _notify_test(name, notify)
+        return
     from deployments.serve import serve as serve_deployment  # imports prefect; only this command needs it
 
     parameters = {"preset": preset, "data_dir": _text(data_dir), "work_dir": _text(work_dir), "overrides": overrides,
                   "mode": mode}
-    serve_deployment(name, cron, parameters, tags=["glasses", preset])
+    # a run's own preset and mode are added to its tags by the flow (a run may not use the defaults)
+    serve_deployment(name, cron, parameters, tags=["glasses"], notify=notify)
+
+
+def _notify_test(name: str, target: str | None) -> None:
+    """`glasses serve --notify-test`: one test notification, sent from here; its error on failure."""
+    from deployments.notify import send_test  # imports prefect
+
+    try:
+        typer.echo(f"sent: {send_test(name, target)}")
+    except Exception as error:  # the block's own (an HTTP status, an unreachable URL, no such block)
+        _fail(GlassesError(f"the test notification was not sent: {error}"))
 
 
 @app.command()

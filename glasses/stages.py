@@ -152,7 +152,9 @@ def tidy(work: WorkDir, run: str, summary_path: Path, spec_paths: list[Path], ke
 
 
 def _sizes(searches: list[Path]) -> set[int]:
-    return {int(spec.stem.removeprefix("size")) for folder in searches for spec in folder.glob("size*.json")}
+    # (a search's folder also holds its chief's card, size<px>.chief.json)
+    return {int(spec.stem.removeprefix("size")) for folder in searches for spec in folder.glob("size*.json")
+            if spec.stem.removeprefix("size").isdigit()}
 
 
 def prune(work: WorkDir, keep: int = 0, dry_run: bool = False) -> list[dict[str, Any]]:

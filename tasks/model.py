@@ -17,12 +17,12 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed, State
 
-from glasses import dataset, figures, latent, saliency, registry, report, stages
+from glasses import dataset, figures, latent, saliency, notices, registry, report, stages
 from glasses import ensemble as ensembles
 from glasses.config import Config
 from glasses.files import read_json
 from glasses.workdir import WorkDir
-from tasks import caching
+from tasks import caching, events
 
 
 @task(name="ensemble", cache_key_fn=caching.ensemble_key, persist_result=True)
@@ -57,6 +57,7 @@ def champion(config: Config, shipped: dict, split_dir: str, fingerprint: str, ru
                           decision["serving"])
     create_markdown_artifact(report.champion_markdown(decision), key="champion",
                              description="this run's model against the champion, and which one serves")
+    events.emit(notices.champion_notice(work, decision, fingerprint), work.root)
     return decision
 
 
@@ -158,9 +159,11 @@ def outcome(summary_path: str, strict: bool = False) -> State | str:
 
     Not a task: a task returning a State would take that state itself, not the flow.
     """
-    alarm = read_json(summary_path)["alarm"]
+    summary = read_json(summary_path)
+    alarm = summary["alarm"]
     if not alarm["raised"]:
         return summary_path
+    events.emit(notices.alarm_notice(summary), Path(summary_path).parent)
     message = f"{alarm['message']} (summary: {summary_path})"
     get_run_logger().warning(message)
     name = NOT_CLEARLY_LEARNED if alarm.get("too_few") else NOTHING_LEARNED

@@ -25,7 +25,7 @@ from glasses import cluster, registry, search, stages
 from glasses.config import Config
 from glasses.search.records import ended_trials
 from glasses.workdir import WorkDir
-from tasks import caching
+from tasks import caching, events
 
 PROGRESS_EVERY_S = 5.0
 
@@ -69,7 +69,8 @@ def _run_name(role: str):
     return name
 
 
-@task(name="chief", task_run_name=_run_name("chief"), cache_key_fn=caching.search_key, persist_result=True)
+@task(name="chief", task_run_name=_run_name("chief"), cache_key_fn=caching.search_key, persist_result=True,
+      on_failure=[events.stage_failed])
 def chief(spec_path: str) -> str:
     """Runs the oracle process until the search is complete; fails if trials remain.
 
@@ -130,21 +131,24 @@ def _published(summary: dict) -> dict:
     return summary
 
 
-@task(name="finish-stage1", cache_key_fn=caching.finish_key, persist_result=True)
+@task(name="finish-stage1", cache_key_fn=caching.finish_key, persist_result=True,
+      on_failure=[events.stage_failed])
 def finish_stage1(config: Config, spec_paths: list[str]) -> dict:
     """Stage 1's table and plot; chooses the image size."""
     return _published(stages.finish_stage1([Path(p) for p in spec_paths], config.search.stage1,
                                            WorkDir(config.work_dir).stage("stage1")))
 
 
-@task(name="finish-stage2", cache_key_fn=caching.finish_key, persist_result=True)
+@task(name="finish-stage2", cache_key_fn=caching.finish_key, persist_result=True,
+      on_failure=[events.stage_failed])
 def finish_stage2(config: Config, spec_paths: list[str]) -> dict:
     """Stage 2's table and plots; chooses conv_layers and the optimizer."""
     return _published(stages.finish_stage2([Path(p) for p in spec_paths], config.search.stage2,
                                            WorkDir(config.work_dir).stage("stage2")))
 
 
-@task(name="finish-stage3", cache_key_fn=caching.finish_key, persist_result=True)
+@task(name="finish-stage3", cache_key_fn=caching.finish_key, persist_result=True,
+      on_failure=[events.stage_failed])
 def finish_stage3(config: Config, spec_paths: list[str]) -> dict:
     """Stage 3's table and plot; keeps the best models' checkpoints."""
     return _published(stages.finish_stage3([Path(p) for p in spec_paths], config.search.stage3,

@@ -213,7 +213,7 @@ def test_the_flow_takes_no_required_parameter_and_fails_on_a_bad_value(prefect_s
     assert not schema.get("required")
     assert {name: prop.get("default") for name, prop in schema["properties"].items()} == {
         "preset": "quick", "data_dir": None, "work_dir": None, "overrides": None, "strict": False,
-        "time_budget": None, "budget_started_at": None, "mode": "resume"}
+        "time_budget": None, "mode": "resume"}  # (budget_started_at: internal, not in the form)
     assert schema["properties"]["mode"]["enum"] == ["resume", "retune"]  # a drop-down in the UI
     pipeline.validate_parameters({"time_budget": "15m"})  # the UI's form: a text field
     pipeline.validate_parameters({})  # "Quick run" in the UI: nothing to fill in

@@ -73,7 +73,7 @@ def run_chief(spec_path: Path, on_line: Callable[[str], None] = print) -> Path:
         mark_chief_down(spec, reason)
         raise SearchError(reason)
     if code != 0:
-        reason = (f"chief of {spec.project_dir} ended with code {code} before all "
+        reason = (f"{spec.directory.parent.name}: chief of {spec.project_dir} ended with code {code} before all "
                   f"{spec.stage.max_trials} trials ended ({said[0] if said else 'no reason given'}); "
                   "re-run to continue the search")
         mark_chief_down(spec, reason)  # workers still waiting for it fail now, not later

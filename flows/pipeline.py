@@ -21,7 +21,7 @@ from glasses.config import Config, run_name
 from glasses.planner import parse_duration
 from glasses.report import Stopwatch
 from glasses.workdir import claim
-from tasks import budget, caching, data, events, model, search
+from tasks import budget, caching, data, errors, events, model, search
 from tasks import cluster as tasks_cluster
 
 # Not `from __future__ import annotations`: Prefect builds the parameters' schema from these
@@ -62,6 +62,7 @@ def _name() -> str:
 
 
 @flow(name="glasses-pipeline", flow_run_name=_name, retries=1, retry_delay_seconds=10, log_prints=True)
+@errors.fail_once_on_our_errors
 def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: str | None = None,
              overrides: dict[str, Any] | None = None, strict: bool = False, time_budget: str | None = None,
              budget_started_at: SkipJsonSchema[float | None] = None, mode: Mode = "resume") -> str:
@@ -92,6 +93,7 @@ def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: st
     events.tag_run(preset, mode)  # a run's tags follow its own parameters, not its deployment's
     budget_s = parse_duration(time_budget)  # a bad value fails here, before any work
     config = data.configure(preset, data_dir, work_dir, overrides)
+    data.check(config)
     run = {"id": str(flow_run.get_id() or ""), "flow_run": flow_run.get_name() or "", "mode": mode}
     summary = stages.with_options(result_storage=caching.result_storage(config),
                                   task_runner=tasks_cluster.task_runner(config))(

@@ -1,7 +1,7 @@
-"""Errors that recur (a bad dataset, config or work dir: glasses' own error types) end a run
-once, with one clear line: never retried (not the task, not the flow), and logged without a
-traceback. Anything else (a crash, a full disk mid-write, a lost worker) keeps Prefect's
-retries and tracebacks."""
+"""Errors that recur (a bad dataset, config or work dir, a full disk: RECURRING) end a run once,
+with one clear line: never retried (not the task, not the flow). Every error of glasses' own
+types is logged without a traceback: its message says it all. Anything else (a crash, a failed
+search, a lost worker) keeps Prefect's retries: a retry resumes the run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.states import Failed, State
 
-from glasses.errors import GlassesError
+from glasses.errors import ConfigError, DatasetError, GlassesError, OutputError
+
+RECURRING = (ConfigError, DatasetError, OutputError)  # the same inputs fail the same way on a retry
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
@@ -38,12 +40,12 @@ def quiet_our_errors() -> None:
 
 
 def transient(task, task_run, state: State) -> bool:
-    """A task's `retry_condition_fn`: retry unless it failed with one of glasses' own errors."""
-    return not isinstance(state.data, GlassesError)
+    """A task's `retry_condition_fn`: retry unless it failed with an error that would recur."""
+    return not isinstance(state.data, RECURRING)
 
 
 def fail_once_on_our_errors(flow_fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wraps a flow function (under `@flow`): a GlassesError ends the flow run Failed with the
+    """Wraps a flow function (under `@flow`): a RECURRING error ends the flow run Failed with the
     error's message as one log line, and the run's retries are set to 0 (it would fail the same)."""
 
     @functools.wraps(flow_fn)
@@ -51,7 +53,7 @@ def fail_once_on_our_errors(flow_fn: Callable[..., Any]) -> Callable[..., Any]:
         quiet_our_errors()
         try:
             return flow_fn(*args, **kwargs)
-        except GlassesError as error:
+        except RECURRING as error:
             if FlowRunContext.get() is None:  # called as a plain function (`pipeline.fn`): raise as one
                 raise
             get_run_logger().error("error: %s", error)

@@ -13,8 +13,6 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
-from prefect.client.orchestration import get_client
-from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed, State
 
 from glasses import dataset, figures, latent, saliency, notices, registry, report, stages
@@ -23,6 +21,7 @@ from glasses.config import Config
 from glasses.files import read_json
 from glasses.workdir import WorkDir
 from tasks import caching, events
+from tasks.errors import no_retry, transient
 
 
 @task(name="ensemble", cache_key_fn=caching.ensemble_key, persist_result=True)
@@ -73,7 +72,8 @@ def tidy(config: Config, spec_paths: list[str], summary_path: str, decision: dic
     return removed
 
 
-@task(name="figures", cache_key_fn=caching.figures_key, persist_result=True, retries=1)
+@task(name="figures", cache_key_fn=caching.figures_key, persist_result=True, retries=1,
+      retry_condition_fn=transient)
 def draw_figures(config: Config, shipped: dict, stages: list[dict]) -> dict[str, str]:
     """Augmentation samples, misclassified test images, confusion matrix, stage plots (PNG)."""
     work = WorkDir(config.work_dir)
@@ -169,13 +169,7 @@ def outcome(summary_path: str, strict: bool = False) -> State | str:
     name = NOT_CLEARLY_LEARNED if alarm.get("too_few") else NOTHING_LEARNED
     if not strict:
         return Completed(message=message, name=name, data=summary_path)
-    _no_retry()
+    no_retry()
     return Failed(message=message, name=name)
 
 
-def _no_retry() -> None:
-    """Sets this flow run's retries to 0 (the server retries a Failed run while retries remain)."""
-    run = FlowRunContext.get().flow_run
-    policy = run.empirical_policy.model_copy(update={"retries": 0})
-    with get_client(sync_client=True) as client:
-        client.update_flow_run(run.id, empirical_policy=policy)

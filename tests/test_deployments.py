@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from glasses.cli import app
 from glasses.config import RETUNE_CRON
-from glasses.workdir import claim, status
+from glasses.workdir import claim, make_ours, status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +89,7 @@ def _wait_for_deployment(name: str, timeout_s: float = 120):
 
 def test_status_tells_done_running_failed_and_not_started(tmp_path):
     work = tmp_path / "w"
+    make_ours(work)  # as a run's claim does
     (work / "split").mkdir(parents=True)
     (work / "split" / "split.json").write_text("{}")
     (work / "stages" / "stage1").mkdir(parents=True)

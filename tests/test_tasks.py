@@ -98,5 +98,5 @@ def test_a_run_that_learned_nothing_ends_named_so_and_strict_fails_it_without_a_
     assert run_count(failed) == 1  # not retried: a retry would meet the same models
     with pytest.raises(Exception, match="nothing learned: test ROC-AUC"):
         failed.result()
-    monkeypatch.setattr(model, "_no_retry", lambda: None)
+    monkeypatch.setattr(model, "no_retry", lambda: None)
     assert run_count(ends(nothing, strict=True, return_state=True)) == 2  # what the retry would have cost

@@ -214,6 +214,28 @@ class SearchConfig(_Section):
                 "only on a trusted network")
         return self
 
+    def stage(self, name: str) -> StageConfig:
+        """The section of search stage `name` (one of STAGES).
+
+        Raises:
+            ConfigError: naming `name` when it is no stage.
+        """
+        if name not in STAGES:
+            raise ConfigError(f"{name!r} is not a search stage: {', '.join(STAGES)}")
+        return getattr(self, name)
+
+    def folds(self, stage: str, val_images: int) -> int:
+        """How stage `stage` scores its trials, the one home of that rule: k-fold cross-validation
+        over train+val (k = cv_folds) when the stage chooses hyperparameters (CHOOSING_STAGES)
+        and the val split has fewer than cv_below images (a choice on 37 val images is noise);
+        else on the val split (0)."""
+        self.stage(stage)
+        return self.cv_folds if stage in CHOOSING_STAGES and val_images < self.cv_below else 0
+
+
+STAGES = ("stage1", "stage2", "stage3")  # the search stages, in the order a run takes them
+CHOOSING_STAGES = ("stage1", "stage2")  # the stages whose winner is a hyperparameter choice (glasses.stages)
+
 
 def is_loopback(host: str) -> bool:
     """Whether `host` is "localhost" or a loopback address (127.0.0.0/8, ::1); other names are remote."""
@@ -226,7 +248,7 @@ def is_loopback(host: str) -> bool:
 
 
 class EnsembleConfig(_Section):
-    """Which kept models join the average ensemble."""
+    """Which kept models are members, and what ships: the best single model or an ensemble of them."""
 
     threshold: float = Field(0.89, ge=0, le=1, description="Minimum validation accuracy of a member.")
     fallback: int = Field(3, ge=1, description="Fewest members: if fewer pass, the best this many are taken.")

@@ -48,6 +48,8 @@ ID_COLUMN = "id"
 LABEL_COLUMN = "glasses"
 LATENT_DIM = 512
 LATENT_COLUMNS = tuple(f"v{i}" for i in range(1, LATENT_DIM + 1))
+ORGANIZED_MANIFEST = "organized.json"  # in the organized dir, written last: its source stamp and counts
+SPLIT_MANIFEST = "split.json"  # in the split dir, written last: what it was made of, its id and counts
 BOXES = "boxes.csv"  # optional, beside train.csv: where the glasses are in an image (`glasses synth` writes it)
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")  # pixels of the image file; x1, y1 exclusive
 ROW_COLUMN = "row"  # added on reading: the physical line of the file the row starts on, for errors
@@ -595,7 +597,7 @@ def organize(data_dir: Path, out_dir: Path) -> Organized:
     """
     layout = find_layout(data_dir)
     stamp = _source_stamp(layout)
-    manifest = Path(out_dir) / "organized.json"
+    manifest = Path(out_dir) / ORGANIZED_MANIFEST
     if manifest.is_file() and read_json(manifest).get("source") == stamp:
         return Organized(dir=Path(out_dir), **read_json(manifest)["counts"])
     valid = validate(layout)
@@ -605,7 +607,7 @@ def organize(data_dir: Path, out_dir: Path) -> Organized:
         for path, label in zip(valid.paths, valid.labels[LABEL_COLUMN]):
             link_or_copy(path, tmp / CLASSES[label] / path.name)
         result = _count(Path(out_dir), valid.labels)
-        write_json(tmp / "organized.json", {"source": stamp, "counts": _counts_dict(result)})
+        write_json(tmp / ORGANIZED_MANIFEST, {"source": stamp, "counts": _counts_dict(result)})
     log.info("organized %d images: %d glasses, %d no glasses (%.2f : 1)",
              result.labelled, result.glasses, result.no_glasses, result.ratio)
     return result
@@ -713,7 +715,7 @@ def check(data_dir: Path, fractions: tuple[float, float, float], seed: int) -> C
 
 def _organized_source(organized_dir: Path) -> dict | None:
     """The source stamp organize wrote, so that a split of since-replaced images is not reused."""
-    manifest = Path(organized_dir) / "organized.json"
+    manifest = Path(organized_dir) / ORGANIZED_MANIFEST
     return read_json(manifest).get("source") if manifest.is_file() else None
 
 
@@ -735,7 +737,7 @@ def split(organized_dir: Path, out_dir: Path, fractions: tuple[float, float, flo
     files = class_files(Path(organized_dir))
     key = {"fractions": list(fractions), "seed": seed, "source": _organized_source(organized_dir),
            "files": {name: [p.name for p in paths] for name, paths in files.items()}}
-    manifest = Path(out_dir) / "split.json"
+    manifest = Path(out_dir) / SPLIT_MANIFEST
     if manifest.is_file() and read_json(manifest).get("key") == key and "id" in read_json(manifest):
         return Split(dir=Path(out_dir), **read_json(manifest)["counts"])
     plan_split({name: len(paths) for name, paths in files.items()}, fractions)
@@ -751,7 +753,7 @@ def split(organized_dir: Path, out_dir: Path, fractions: tuple[float, float, flo
         counts = {s: int((table["subset"] == s).sum()) for s in SUBSETS}
         # what it was made of and where it placed each image: caches are keyed on this
         placed = hashlib.sha256((json.dumps(key, sort_keys=True) + table.to_csv(index=False)).encode()).hexdigest()[:16]
-        write_json(tmp / "split.json", {"key": key, "id": placed, "counts": counts, "fractions": _achieved(table),
+        write_json(tmp / SPLIT_MANIFEST, {"key": key, "id": placed, "counts": counts, "fractions": _achieved(table),
                                         "kept": sum(1 for name in subsets if name in earlier)})
     return Split(dir=Path(out_dir), **counts)
 
@@ -759,7 +761,7 @@ def split(organized_dir: Path, out_dir: Path, fractions: tuple[float, float, flo
 def _earlier_assignments(out_dir: Path, fractions: tuple[float, float, float], seed: int) -> dict[str, int]:
     """name -> subset of the split already in `out_dir`, if it was made with this seed and these
     fractions (else none: a new split)."""
-    manifest, table = out_dir / "split.json", out_dir / ASSIGNMENTS
+    manifest, table = out_dir / SPLIT_MANIFEST, out_dir / ASSIGNMENTS
     if not (manifest.is_file() and table.is_file()):
         return {}
     key = read_json(manifest).get("key", {})
@@ -795,7 +797,7 @@ def split_id(split_dir: Path) -> str:
     """What identifies the split in `split_dir`: a hash of what it was made of (the organized
     images, seed, fractions) and where it placed each image; the caches and searches built on
     it are keyed by it."""
-    return read_json(Path(split_dir) / "split.json")["id"]
+    return read_json(Path(split_dir) / SPLIT_MANIFEST)["id"]
 
 
 def split_assignments(split_dir: Path) -> dict[str, str]:

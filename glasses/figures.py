@@ -233,6 +233,9 @@ def confusion_figure(matrix: list[list[int]], out: Path, classes: Sequence[str] 
     return save_figure(fig, out)
 
 
+CONFUSION = "confusion.png"  # drawn by every run's `render_figures`: its figures are there once it is
+
+
 def render_figures(figures_dir: Path, predictions_csv: Path, shipped: dict, stages: list[dict],
                    seed: int = 1337) -> dict[str, str]:
     """Every figure of a run under `figures_dir`: augmentation samples, the misclassified test
@@ -257,7 +260,7 @@ def render_figures(figures_dir: Path, predictions_csv: Path, shipped: dict, stag
         "misclassified": misclassified_gallery(predictions["path"].tolist(), predictions["label"].tolist(),
                                                predictions["probability"].tolist(),
                                                figures_dir / "misclassified.png"),
-        "confusion": confusion_figure(confusion, figures_dir / "confusion.png"),
+        "confusion": confusion_figure(confusion, figures_dir / CONFUSION),
     }
     for stage in stages:
         for plot in map(Path, stage["plots"]):

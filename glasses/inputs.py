@@ -69,6 +69,15 @@ def cache_dir_for(cache_root: Path, size: int) -> Path:
     return Path(cache_root) / f"{size}px"
 
 
+CACHE_MANIFEST = "cache.json"  # in each size's cache, written last: what `cache_manifest` returns
+
+
+def cache_manifest(cache_dir: Path) -> dict:
+    """What `build_caches` recorded of a cache: the split's key, the size, the images per subset
+    (`counts`) and the cache's format."""
+    return read_json(Path(cache_dir) / CACHE_MANIFEST)
+
+
 def unused_caches(cache_root: Path, sizes: set[int]) -> list[Path]:
     """Removes the caches of sizes not in `sizes` (each made by `build_caches`: its marker and
     cache.json inside); returns them."""
@@ -76,7 +85,7 @@ def unused_caches(cache_root: Path, sizes: set[int]) -> list[Path]:
     for folder in sorted(Path(cache_root).glob("*px")) if Path(cache_root).is_dir() else []:
         size = folder.name.removesuffix("px")
         if (size.isdigit() and int(size) not in sizes and not folder.is_symlink()
-                and (folder / OUTPUT_MARKER).is_file() and (folder / "cache.json").is_file()):
+                and (folder / OUTPUT_MARKER).is_file() and (folder / CACHE_MANIFEST).is_file()):
             shutil.rmtree(folder)
             gone.append(folder)
     return gone
@@ -108,16 +117,15 @@ def build_caches(split_dir: Path, cache_root: Path, sizes: list[int]) -> dict[in
                 _write_subset(paths, labels, {size: tmp / subset for size, tmp in temporary.items()})
                 counts[subset] = len(paths)
             for size, tmp in temporary.items():
-                write_json(tmp / "cache.json", {"key": key, "size": size, "counts": counts, "format": CACHE_FORMAT})
+                write_json(tmp / CACHE_MANIFEST, {"key": key, "size": size, "counts": counts, "format": CACHE_FORMAT})
     return targets
 
 
 def is_current(cache_dir: Path, key: str) -> bool:
     """Whether `cache_dir` is a complete cache of this format of the split `key`."""
-    marker = Path(cache_dir) / "cache.json"
-    if not marker.is_file():
+    if not (Path(cache_dir) / CACHE_MANIFEST).is_file():
         return False
-    written = read_json(marker)
+    written = cache_manifest(cache_dir)
     return written.get("key") == key and written.get("format") == CACHE_FORMAT
 
 

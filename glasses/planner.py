@@ -178,11 +178,6 @@ def _scale_stage(stage: StageConfig, x: float, workers: int, fewest: int) -> Sta
         "patience_steps": max(1, round(stage.patience_steps * share)), "keep": keep})
 
 
-def folds_for(search: SearchConfig, stage: str, counts: Counts) -> int:
-    """k when the stage scores trials by k-fold cross-validation (stages 1-2 on a small val), else 0."""
-    return search.cv_folds if stage != "stage3" and counts.val < search.cv_below else 0
-
-
 def estimate(config: Config, counts: Counts, throughput: Throughput, cpus: int) -> dict[str, float]:
     """Planned seconds of each step after the plan, each at its most (every trial its max_steps,
     stages 2-3 at stage 1's largest size)."""
@@ -206,13 +201,13 @@ def estimate(config: Config, counts: Counts, throughput: Throughput, cpus: int) 
 def _search_s(search: SearchConfig, name: str, size: int, counts: Counts, throughput: Throughput,
               cpus: int) -> float:
     """One search: its roles' start (all at once on the shared cores), then rounds of trials."""
-    stage = getattr(search, name)
+    stage = search.stage(name)
     workers = search.workers
     start = throughput.startup_s * max(1.0, (workers + 1) / cpus) + SEARCH_TASKS_S
     rounds = math.ceil(stage.max_trials / workers)
     # More worker threads than cores: each worker trains slower than it did alone.
     contention = max(1.0, workers * max(1, throughput.threads) / cpus) if throughput.threads else 1.0
-    return start + rounds * (PER_TRIAL_S + contention * _trial_s(stage, size, folds_for(search, name, counts),
+    return start + rounds * (PER_TRIAL_S + contention * _trial_s(stage, size, search.folds(name, counts.val),
                                                                  counts, throughput))
 
 

@@ -8,8 +8,8 @@
   the report's, unless sgd is better beyond noise.
 - stage3: with those fixed, the large search that keeps the K best models.
 
-Stages 1-2 score each trial on the val split, or, when it is small (under `search.cv_below`
-images), by k-fold cross-validation over train+val: a choice on 37 val images is noise.
+Stages 1-2 may score their trials by k-fold cross-validation instead of on the val split
+(`SearchConfig.folds` says when).
 
 Each search lives in `stages/<stage>/kt-<key>/size<px>`, keyed by everything that defines it
 but its trial count, so a re-run with the same config continues (or reuses) it, more trials
@@ -33,32 +33,32 @@ from glasses.errors import SearchError
 from glasses.figures import plot_by, plot_ranked
 from glasses import registry
 from glasses.files import read_json, write_json, write_text
-from glasses.inputs import unused_caches
+from glasses.inputs import cache_manifest, unused_caches
 from glasses.search import SearchSpec, keep_best, trials_table
 from glasses.search.records import STOPPED, trial_records
-from glasses.workdir import WorkDir
+from glasses.workdir import STAGE_SUMMARY, WorkDir
 
 
-def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
-                chosen: dict[str, Any], cache_dir: Path, cross_validate: bool = False) -> Path:
+def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int, chosen: dict[str, Any],
+                cache_dir: Path) -> Path:
     """Writes the spec of one search (a free port picked now) and returns its path.
 
     Args:
-        stage_dir: The stage's folder; the search goes into `kt-<key>/` below it.
-        stage: The stage's config (budget, fixed hyperparameters).
+        work: The run's work dir; the search goes into `kt-<key>/` below its stage's folder.
+        stage: The stage (stage1, stage2, stage3); its section of `search` is its budget and fixed
+            hyperparameters.
         search: The roles' settings (workers, oracle address, timeouts, seed, cross-validation).
         image_size: The size the search trains at.
         chosen: Earlier stages' choices; the stage's own `fixed` wins over them.
         cache_dir: The tf.data cache at `image_size`.
-        cross_validate: Whether this stage may score its trials by k-fold cross-validation
-            (stages 1-2, which choose; it then does when the val split is under `search.cv_below`).
     """
-    path = spec_path_for(stage_dir, stage, search, image_size, chosen, cache_dir, cross_validate)
+    path = spec_path_for(work, stage, search, image_size, chosen, cache_dir)
     directory, key = path.parent, path.parent.name.removeprefix("kt-")
+    section = search.stage(stage)
     spec = SearchSpec(
         search_id=f"{key}-{image_size}-{uuid.uuid4().hex[:8]}", directory=directory,
         project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(), image_size=image_size,
-        stage=stage, folds=folds_for(search, cache_dir, cross_validate), fixed={**chosen, **stage.fixed},
+        stage=section, folds=folds_for(search, stage, cache_dir), fixed={**chosen, **section.fixed},
         seed=search.seed, bind=search.oracle_bind, address=search.oracle_address, port=search.oracle_port or 0,
         workers=search.workers, worker_timeout_s=search.worker_timeout_s,
         chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker, precision=search.precision,
@@ -67,16 +67,18 @@ def plan_search(stage_dir: Path, stage: StageConfig, search: SearchConfig, image
 
 
 RETUNE_LEDGER = "retune.json"  # in a stage's folder: the trial count each retune run set, by run
+RETUNED = "stage3"  # the stage a retune run grows
 
 
-def retune_trials(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
-                  chosen: dict[str, Any], cache_dir: Path, run_id: str) -> int:
-    """The trial count of this search for retune run `run_id`: when the search exists, what it
-    was set to (or has, if more) plus `stage.retune_trials`; a new search (new data, say) gets
-    `stage.max_trials`. The count is recorded per run, so a retry of the same run (same id)
+def retune_trials(work: WorkDir, search: SearchConfig, image_size: int, chosen: dict[str, Any], cache_dir: Path,
+                  run_id: str) -> int:
+    """The trial count of stage 3's search for retune run `run_id`: when the search exists, what
+    it was set to (or has, if more) plus `stage3.retune_trials`; a new search (new data, say)
+    gets `stage3.max_trials`. The count is recorded per run, so a retry of the same run (same id)
     gets the same count and does not add the trials twice."""
-    path = spec_path_for(stage_dir, stage, search, image_size, chosen, cache_dir)
-    ledger = Path(stage_dir) / RETUNE_LEDGER
+    stage = search.stage(RETUNED)
+    path = spec_path_for(work, RETUNED, search, image_size, chosen, cache_dir)
+    ledger = work.stage(RETUNED) / RETUNE_LEDGER
     found = read_json(ledger) if ledger.is_file() else {}
     key = f"{run_id}/{path.parent.name}"
     if key not in found:
@@ -129,7 +131,7 @@ def searches_in_use(work_root: Path) -> list[Path]:
     searches begun after it (a run that stopped before the stage ended resumes them)."""
     used = []
     for stage_dir in sorted(Path(work_root).glob("stages/stage*")):
-        marker = stage_dir / "stage.json"
+        marker = stage_dir / STAGE_SUMMARY
         since = marker.stat().st_mtime if marker.is_file() else float("-inf")
         used += [Path(p) for p in read_json(marker).get("specs", [])] if marker.is_file() else []
         used += [spec for spec in stage_dir.glob("kt-*/size*.json") if spec.stat().st_mtime > since]
@@ -174,28 +176,33 @@ def prune(work: WorkDir, keep: int = 0, dry_run: bool = False) -> list[dict[str,
     return found
 
 
-def folds_for(search: SearchConfig, cache_dir: Path, cross_validate: bool) -> int:
-    """k when this search scores trials by k-fold cross-validation (a stage that may, and a val
-    split under `search.cv_below` images), else 0."""
-    val = read_json(Path(cache_dir) / "cache.json")["counts"]["val"]
-    return search.cv_folds if cross_validate and val < search.cv_below else 0
+def folds_for(search: SearchConfig, stage: str, cache_dir: Path) -> int:
+    """The folds of the stage's search on the cache at `cache_dir` (`SearchConfig.folds`)."""
+    return search.folds(stage, cache_manifest(cache_dir)["counts"]["val"])
 
 
-def spec_path_for(stage_dir: Path, stage: StageConfig, search: SearchConfig, image_size: int,
-                  chosen: dict[str, Any], cache_dir: Path, cross_validate: bool = False) -> Path:
-    """Where `plan_search` writes the spec of this search: `kt-<key>/size<px>.json`, the key a
-    hash of everything that defines the search (its stage config, size, fixed values, seed,
-    folds, data) but its trial count: more trials continue the same search."""
-    split_key = read_json(Path(cache_dir) / "cache.json")["key"]
+def spec_path_for(work: WorkDir, stage: str, search: SearchConfig, image_size: int, chosen: dict[str, Any],
+                  cache_dir: Path) -> Path:
+    """Where `plan_search` writes the spec of this search: `kt-<key>/size<px>.json` in the
+    stage's folder, the key a hash of everything that defines the search (its stage config,
+    size, fixed values, seed, folds, data) but its trial count: more trials continue the same
+    search."""
+    section = search.stage(stage)
     # With early stopping off (the report's search), the key is what it was before the setting existed.
-    exclude = {"max_trials", "retune_trials"} | ({"early_stop"} if stage.early_stop.rule == "off" else set())
-    defining = stage.model_dump(mode="json", exclude=exclude)
+    exclude = {"max_trials", "retune_trials"} | ({"early_stop"} if section.early_stop.rule == "off" else set())
+    defining = section.model_dump(mode="json", exclude=exclude)
     key = fingerprint({"stage": defining, "size": image_size,
-                       "fixed": {**chosen, **stage.fixed}, "seed": search.seed, "split": split_key,
-                       "folds": folds_for(search, cache_dir, cross_validate),
+                       "fixed": {**chosen, **section.fixed}, "seed": search.seed,
+                       "split": cache_manifest(cache_dir)["key"], "folds": folds_for(search, stage, cache_dir),
                        # float32, the only precision before the setting: the keys of those searches stay
                        **({"precision": search.precision} if search.precision != "float32" else {})})
-    return (Path(stage_dir) / f"kt-{key}").resolve() / f"size{image_size}.json"
+    return (work.stage(stage) / f"kt-{key}").resolve() / f"size{image_size}.json"
+
+
+# The name of stages 1-2's choice rule (`compare` and the `choose_*` functions below): in their
+# finish tasks' cache keys, so a resumed run chooses again under a changed rule. Bump it when the
+# rule changes; tests/test_rule_homes.py fails when the rule's code changes until you record it.
+CHOICE_RULE = "val-log-loss-beyond-standard-error"
 
 
 def compare(table: pd.DataFrame, column: str, preference: list) -> dict[str, Any]:
@@ -367,7 +374,7 @@ def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, co
                "best_val_accuracy": float(table["val_accuracy"].max()), "table": str(table_path),
                "specs": [str(p) for p in spec_paths], "plots": plots, "kept": kept}
     summary["tied_best"] = tied_best(table)
-    write_json(out / "stage.json", summary)
+    write_json(out / STAGE_SUMMARY, summary)
     return summary
 
 

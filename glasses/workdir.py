@@ -17,11 +17,14 @@ from pathlib import Path
 
 from datetime import datetime, timezone
 
+from glasses.config import STAGES
+from glasses.dataset import SPLIT_MANIFEST
 from glasses.errors import OutputError
 from glasses.files import TEMPORARY_SUFFIX, write_json
 
 LOCK_FILE = ".lock"
 MARKER = ".glasses-workdir"  # written when glasses makes (or adopts) a work dir: only such a dir is used
+STAGE_SUMMARY = "stage.json"  # in a stage's folder, written last when the stage ends (glasses.stages)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class WorkDir:
 
     def stage(self, name: str) -> Path:
         return self.root / "stages" / name
+
+    def stage_summary(self, name: str) -> Path:
+        """What stage `name` found and chose: there once the stage has ended."""
+        return self.stage(name) / STAGE_SUMMARY
 
     @property
     def model(self) -> Path:
@@ -84,6 +91,11 @@ class WorkDir:
     @property
     def figures(self) -> Path:
         return self.root / "figures"
+
+    @property
+    def saliency(self) -> Path:
+        """The saliency gallery of the shipped model (glasses.saliency.analyse)."""
+        return self.figures / "saliency.png"
 
     @property
     def summary(self) -> Path:
@@ -218,8 +230,8 @@ def status(root: Path) -> dict[str, str]:
     and its lock), plus who holds it."""
     work = WorkDir(Path(root))
     holder = _holder(work.root)
-    steps = {"data": (work.split / "split.json").is_file()}
-    steps.update({stage: (work.stage(stage) / "stage.json").is_file() for stage in ("stage1", "stage2", "stage3")})
+    steps = {"data": (work.split / SPLIT_MANIFEST).is_file()}
+    steps.update({stage: work.stage_summary(stage).is_file() for stage in STAGES})
     steps.update({"ensemble": work.model.is_file(), "analyses": work.report.is_file()})
     found, first_open = {}, True
     for step, done in steps.items():

@@ -19,8 +19,8 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.filesystems import LocalFileSystem
 
-from glasses import dataset, inputs, saliency, stages
-from glasses.config import Config, fingerprint
+from glasses import dataset, figures, inputs, saliency, stages, synth
+from glasses.config import Config, SearchConfig, fingerprint
 from glasses.search import SearchSpec, is_complete
 from glasses.workdir import WorkDir
 
@@ -52,19 +52,19 @@ def source_key(context, parameters: dict) -> str:
     work = _work(parameters)
     # the built-in data is current with its glasses' boxes (synthesize adds them to an older one)
     present = config.data.data_dir is not None or all((work.synth / name).is_file()
-                                                      for name in ("synth.json", dataset.BOXES))
+                                                      for name in (synth.MANIFEST, dataset.BOXES))
     return _key(work, present, "source", config.data.model_dump(mode="json"), work.root)
 
 
 def organize_key(context, parameters: dict) -> str:
     work = _work(parameters)
-    return _key(work, (work.organized / "organized.json").is_file(), "organize", parameters["fingerprint"],
+    return _key(work, (work.organized / dataset.ORGANIZED_MANIFEST).is_file(), "organize", parameters["fingerprint"],
                 work.root)
 
 
 def split_key(context, parameters: dict) -> str:
     data, work = parameters["config"].data, _work(parameters)
-    return _key(work, (work.split / "split.json").is_file(), "split", parameters["fingerprint"], data.fractions,
+    return _key(work, (work.split / dataset.SPLIT_MANIFEST).is_file(), "split", parameters["fingerprint"], data.fractions,
                 data.seed, work.root)
 
 
@@ -89,12 +89,11 @@ def _complete(spec_path: Path) -> bool:
 
 def plan_key(context, parameters: dict) -> str:
     """Cached once its search is complete; until then, planned anew (a fresh port) every time."""
-    config: Config = parameters["config"]
+    search: SearchConfig = parameters["config"].search
     work, stage = _work(parameters), parameters["stage"]
-    path = stages.spec_path_for(work.stage(stage), getattr(config.search, stage), config.search,
-                                parameters["image_size"], parameters["chosen"], Path(parameters["cache_dir"]),
-                                cross_validate=stage != "stage3")
-    return _key(work, _complete(path), "plan", path, getattr(config.search, stage).max_trials)
+    path = stages.spec_path_for(work, stage, search, parameters["image_size"], parameters["chosen"],
+                                Path(parameters["cache_dir"]))
+    return _key(work, _complete(path), "plan", path, search.stage(stage).max_trials)
 
 
 def search_key(context, parameters: dict) -> str:
@@ -104,20 +103,17 @@ def search_key(context, parameters: dict) -> str:
     return _key(work, _complete(spec_path), context.task.name, spec_path, parameters.get("index"))
 
 
-CHOICE_RULE = "val-log-loss-beyond-standard-error"  # stages 1-2's rule (glasses.stages.compare)
-
-
 def _rule(config: Config, stage: str) -> float | str:
     """The one setting of a stage's choice rule (or plot) beyond its own section."""
-    return {"stage1": CHOICE_RULE, "stage2": CHOICE_RULE, "stage3": config.ensemble.threshold}[stage]
+    return {"stage1": stages.CHOICE_RULE, "stage2": stages.CHOICE_RULE, "stage3": config.ensemble.threshold}[stage]
 
 
 def finish_key(context, parameters: dict) -> str:
     config: Config = parameters["config"]
     work, stage = _work(parameters), context.task.name.removeprefix("finish-")
     paths = [Path(p) for p in parameters["spec_paths"]]
-    present = (work.stage(stage) / "stage.json").is_file() and all(map(_complete, paths))
-    section = getattr(config.search, stage).model_dump(mode="json")
+    present = work.stage_summary(stage).is_file() and all(map(_complete, paths))
+    section = config.search.stage(stage).model_dump(mode="json")
     return _key(work, present, "finish", stage, paths, section, _rule(config, stage))
 
 
@@ -131,7 +127,7 @@ def ensemble_key(context, parameters: dict) -> str:
 
 def figures_key(context, parameters: dict) -> str:
     work = _work(parameters)
-    return _key(work, (work.figures / "confusion.png").is_file(), "figures", parameters["shipped"],
+    return _key(work, (work.figures / figures.CONFUSION).is_file(), "figures", parameters["shipped"],
                 parameters["stages"], parameters["config"].search.seed)
 
 
@@ -146,5 +142,5 @@ def saliency_key(context, parameters: dict) -> str:
     and rule for the maps' layer."""
     work, data_dir = _work(parameters), Path(parameters["data_dir"])
     boxes = data_dir / dataset.BOXES
-    return _key(work, (work.figures / "saliency.png").is_file(), "saliency", parameters["shipped"], str(data_dir),
+    return _key(work, work.saliency.is_file(), "saliency", parameters["shipped"], str(data_dir),
                 boxes.stat().st_mtime_ns if boxes.is_file() else None, saliency.MIN_GRID)

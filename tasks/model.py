@@ -85,8 +85,7 @@ def explain_model(config: Config, shipped: dict, data_dir: str) -> dict:
     """Where the shipped model looks: the saliency gallery of the test images and, where the data
     has the glasses' boxes (boxes.csv), the share of its maps on them, per member and in all."""
     work = WorkDir(config.work_dir)
-    result = saliency.analyse(Path(shipped["ensemble"]["path"]), work.predictions, Path(data_dir),
-                              work.figures / "saliency.png")
+    result = saliency.analyse(Path(shipped["ensemble"]["path"]), work.predictions, Path(data_dir), work.saliency)
     glasses, logger = result["glasses"], get_run_logger()
     if glasses["available"] and glasses["model"]["ratio"] is not None:
         logger.info("saliency on the glasses: %.4f of the mass inside their boxes, %.2fx the %.4f they cover "

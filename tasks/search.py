@@ -34,17 +34,16 @@ PROGRESS_EVERY_S = 5.0
       persist_result=True)
 def plan(config: Config, stage: str, image_size: int, chosen: dict[str, Any], cache_dir: str) -> str:
     """Writes the search's spec (directory keyed by config, a free port) and returns its path."""
-    return str(stages.plan_search(WorkDir(config.work_dir).stage(stage), getattr(config.search, stage),
-                                  config.search, image_size, chosen, Path(cache_dir),
-                                  cross_validate=stage != "stage3"))
+    return str(stages.plan_search(WorkDir(config.work_dir), stage, config.search, image_size, chosen,
+                                  Path(cache_dir)))
 
 
 @task(name="retune-trials", cache_policy=NONE)
 def retune_trials(config: Config, image_size: int, chosen: dict[str, Any], cache_dir: str, run_id: str) -> Config:
     """A retune run's config: stage 3's search continued with `retune_trials` more trials (once
     per run: a retry of the run gets the same count; glasses.stages.retune_trials)."""
-    trials = stages.retune_trials(WorkDir(config.work_dir).stage("stage3"), config.search.stage3, config.search,
-                                  image_size, chosen, Path(cache_dir), run_id)
+    trials = stages.retune_trials(WorkDir(config.work_dir), config.search, image_size, chosen, Path(cache_dir),
+                                  run_id)
     get_run_logger().info("retune: stage 3 searches up to %d trials", trials)
     stage3 = config.search.stage3.model_copy(update={"max_trials": trials})
     return config.model_copy(update={"search": config.search.model_copy(update={"stage3": stage3})})

@@ -9,7 +9,7 @@ import pytest
 
 from glasses.config import build_config
 from glasses.errors import ConfigError, GlassesError
-from glasses.planner import Counts, estimate, folds_for, parse_duration, plan_run, scale_search
+from glasses.planner import Counts, estimate, parse_duration, plan_run, scale_search
 from glasses.throughput import Throughput
 
 # A made-up 2-core machine: 900 images/s at 32 px, slower as the pixels grow.
@@ -80,8 +80,8 @@ def test_a_larger_budget_never_plans_less(quick):
 
 def test_cross_validation_raises_the_cost_of_stages_1_and_2(quick):
     without = quick.model_copy(update={"search": quick.search.model_copy(update={"cv_below": 0})})
-    assert (folds_for(quick.search, "stage1", SMALL), folds_for(without.search, "stage1", SMALL)) == (3, 0)
-    assert folds_for(quick.search, "stage3", SMALL) == 0 and folds_for(quick.search, "stage1", BIG) == 0
+    assert (quick.search.folds("stage1", SMALL.val), without.search.folds("stage1", SMALL.val)) == (3, 0)
+    assert quick.search.folds("stage3", SMALL.val) == 0 and quick.search.folds("stage1", BIG.val) == 0
     kfold, plain = estimate(quick, SMALL, MACHINE, cpus=2), estimate(without, SMALL, MACHINE, cpus=2)
     folds = quick.search.cv_folds  # each trial trains once per fold (and is evaluated on the whole fold)
     assert kfold["stage1"] > (folds - 1) * plain["stage1"] and kfold["stage2"] > (folds - 1) * plain["stage2"]

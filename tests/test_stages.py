@@ -128,31 +128,33 @@ def test_paper_budgets_are_the_reports_epochs_on_its_training_split():
         assert (budget.epochs, budget.patience, budget.warmup_epochs) == (epochs, patience, 0)
 
 
-@pytest.mark.parametrize("val, cross_validate, folds", [(37, True, 3), (299, True, 3), (300, True, 0),
-                                                        (37, False, 0)])
-def test_cross_validation_only_below_the_val_threshold_and_only_where_a_stage_chooses(tmp_path, val,
-                                                                                      cross_validate, folds):
+@pytest.mark.parametrize("val, stage, folds", [(37, "stage1", 3), (299, "stage2", 3), (300, "stage1", 0),
+                                               (37, "stage3", 0)])
+def test_cross_validation_only_below_the_val_threshold_and_only_where_a_stage_chooses(tmp_path, val, stage,
+                                                                                      folds):
     from glasses.files import write_json
     from glasses.stages import folds_for, spec_path_for
+    from glasses.workdir import WorkDir
 
     write_json(tmp_path / "cache.json", {"key": "k", "size": 32, "counts": {"train": 8 * val, "val": val, "test": val}})
     search = build_config("quick").search
-    assert folds_for(search, tmp_path, cross_validate) == folds
-    assert folds_for(search.model_copy(update={"cv_below": 0}), tmp_path, cross_validate) == 0
+    assert folds_for(search, stage, tmp_path) == folds
+    assert folds_for(search.model_copy(update={"cv_below": 0}), stage, tmp_path) == 0
     # the search's folder is keyed by it: a search scored otherwise is another search
-    paths = {spec_path_for(tmp_path / "s", search.stage1, search.model_copy(update={"cv_below": below}), 32, {},
-                           tmp_path, cross_validate) for below in (0, 10_000)}
-    assert len(paths) == (2 if cross_validate else 1)
+    paths = {spec_path_for(WorkDir(tmp_path / "s"), stage, search.model_copy(update={"cv_below": below}), 32, {},
+                           tmp_path) for below in (0, 10_000)}
+    assert len(paths) == (1 if stage == "stage3" else 2)
 
 
 def test_a_search_trained_with_other_batchnorm_statistics_is_another_search(tmp_path):
     from glasses.files import write_json
     from glasses.stages import spec_path_for
+    from glasses.workdir import WorkDir
 
     write_json(tmp_path / "cache.json", {"key": "k", "size": 32, "counts": {"train": 800, "val": 400, "test": 100}})
     search = build_config("quick").search
-    paths = {spec_path_for(tmp_path / "s", search.stage3.model_copy(update={"bn_stats_images": n}), search, 32, {},
-                           tmp_path) for n in (0, 512, 512)}
+    paths = {spec_path_for(WorkDir(tmp_path / "s"), "stage3", search.model_copy(update={
+        "stage3": search.stage3.model_copy(update={"bn_stats_images": n})}), 32, {}, tmp_path) for n in (0, 512, 512)}
     assert len(paths) == 2
 
 

@@ -34,8 +34,7 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
     from glasses.budget import epochs_for
-    from glasses.files import read_json
-    from glasses.inputs import cross_validation_folds, load_subset
+    from glasses.inputs import cache_manifest, cross_validation_folds, load_subset
     from glasses.search.keras_tuner_private import set_client_timeout
 
     # A chief that is gone should fail this worker's calls soon (the task retries), not in an hour.
@@ -51,7 +50,7 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
         train_images = min(size for _, _, size in tuner.folds)
         data = {}
     else:
-        train_images = read_json(spec.cache_dir / "cache.json")["counts"]["train"]
+        train_images = cache_manifest(spec.cache_dir)["counts"]["train"]
         data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed, repeat=True),
                 "validation_data": load_subset(spec.cache_dir, "val", batch)}
     tuner.train_images = train_images

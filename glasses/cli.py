@@ -51,7 +51,7 @@ def synth(out: Path = typer.Option(..., "--out", help="Directory to write the da
 
 _DATA_DIR = typer.Option(None, "--data-dir", help="A dataset in the Kaggle layout; default: synthesize the "
                          "built-in one into the work dir.")
-_WORK_DIR = typer.Option(None, "--work-dir", help="Where every output goes [work].")
+_WORK_DIR = typer.Option(None, "--work-dir", help="Where every output goes (default: work).")
 _PRESET = typer.Option("quick", "--preset", help=f"One of {', '.join(PRESETS)}.")
 _CONFIG = typer.Option(None, "--config", help="YAML/JSON overrides.")
 _WORKERS = typer.Option(None, "--workers", help="Tuner workers per search.")

@@ -25,7 +25,7 @@ from prefect import flow  # noqa: E402
 from flows.pipeline import run_searches  # noqa: E402
 from glasses import synth  # noqa: E402
 from glasses.config import Config, build_config  # noqa: E402
-from tasks import cluster as tasks_cluster  # noqa: E402
+from tasks import placement  # noqa: E402
 from tasks import data  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main() -> None:
         for kind in args.clusters:
             config = build_config(args.preset, overrides={"data.data_dir": source, "search.cluster": kind,
                                                            "work_dir": root / f"{kind}-{repeat}"})
-            run = stage1.with_options(task_runner=tasks_cluster.task_runner(config))
+            run = stage1.with_options(task_runner=placement.task_runner(config))
             seconds[kind].append(run(config))
             print(f"{kind} run {repeat + 1}: {seconds[kind][-1]:.1f} s", flush=True)
     print(f"\nstage 1 of {args.preset} ({', '.join(map(str, preset.search.stage1.image_sizes))} px, "

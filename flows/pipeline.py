@@ -21,8 +21,7 @@ from glasses.config import Config, run_name
 from glasses.planner import parse_duration
 from glasses.report import Stopwatch
 from glasses.workdir import claim
-from tasks import budget, caching, data, errors, events, model, search
-from tasks import cluster as tasks_cluster
+from tasks import analyses, caching, data, errors, events, placement, planning, search, shipping
 
 # Not `from __future__ import annotations`: Prefect builds the parameters' schema from these
 # annotations when a deployment loads this file, and string annotations would not resolve.
@@ -50,7 +49,7 @@ def _run(config: Config, specs: list[str]) -> list[str]:
         chiefs = [here.submit(search.chief, {"spec_path": spec}) if here else search.chief.submit(spec)
                   for spec in specs]
         worker = search.worker.with_options(retries=config.search.worker_retries)
-        with tasks_cluster.worker_placement(config):
+        with placement.worker_placement(config):
             workers = [worker.submit(spec, index) for index in range(config.search.workers) for spec in specs]
         wait(workers)
         return [chief.result() for chief in chiefs]
@@ -96,9 +95,9 @@ def pipeline(preset: Preset = "quick", data_dir: str | None = None, work_dir: st
     data.check(config)
     run = {"id": str(flow_run.get_id() or ""), "flow_run": flow_run.get_name() or "", "mode": mode}
     summary = stages.with_options(result_storage=caching.result_storage(config),
-                                  task_runner=tasks_cluster.task_runner(config))(
+                                  task_runner=placement.task_runner(config))(
         config, budget_s, budget_started_at or started, run)
-    return model.outcome(summary, strict)
+    return shipping.outcome(summary, strict)
 
 
 @flow(name="glasses-stages", log_prints=True)
@@ -111,13 +110,13 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
     run["entry"] = registry.entry_name(config.preset)
     with claim(config.work_dir, config.data.data_dir):
         clock = Stopwatch()
-        tasks_cluster.check_storage(config)  # on a Dask cluster: every worker sees the work dir
+        placement.check_storage(config)  # on a Dask cluster: every worker sees the work dir
         source = data.source(config)
         fingerprint = data.fingerprint(source)
         organized = data.organize(config, source, fingerprint)
         split = data.split(config, organized["dir"], fingerprint)
         clock.lap("data")
-        config, plan = budget.size(config, split, budget_s, started_at or clock.started_at)
+        config, plan = planning.size(config, split, budget_s, started_at or clock.started_at)
         clock.lap("plan")
 
         kept = (search.kept_choices(config, fingerprint)
@@ -143,15 +142,15 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
         stage3 = search.finish_stage3(config, specs3)
         clock.lap("stage3")
 
-        shipped = model.ensemble(config, specs3, split["dir"])
-        decision = model.champion(config, shipped, split["dir"], fingerprint, run)
+        shipped = shipping.ensemble(config, specs3, split["dir"])
+        decision = shipping.champion(config, shipped, split["dir"], fingerprint, run)
         clock.lap("ensemble")
-        drawn = model.draw_figures(config, shipped, [stage1, stage2, stage3])
-        explained = model.explain_model(config, shipped, source)
-        latent = model.latent_baseline(config, source, fingerprint, split["dir"])
+        drawn = analyses.draw_figures(config, shipped, [stage1, stage2, stage3])
+        explained = analyses.explain_model(config, shipped, source)
+        baseline = analyses.latent_baseline(config, source, fingerprint, split["dir"])
         clock.lap("analyses")
-        path = model.summary(config, organized, split, [stage1, stage2, stage3], shipped, drawn, latent,
-                             clock.durations(), plan, decision, clock.windows(), explained=explained)
-        model.tidy(config, specs1 + specs2 + specs3, path, decision)
+        path = analyses.summary(config, organized, split, [stage1, stage2, stage3], shipped, drawn, baseline,
+                                clock.durations(), plan, decision, clock.windows(), explained=explained)
+        shipping.tidy(config, specs1 + specs2 + specs3, path, decision)
         return path
 

@@ -1,6 +1,6 @@
 """Where the searches' roles run: this machine's threads, a Dask cluster started for the run, or an
 existing Dask scheduler (`search.cluster`). The Prefect side (the task runner) is in
-`tasks/cluster.py`; this module holds what needs only Dask.
+`tasks/placement.py`; this module holds what needs only Dask.
 
 On a Dask cluster every host must see the work dir at the same path (NFS or similar):
 `check_storage` asks each Dask worker before anything is trained.

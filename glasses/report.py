@@ -115,24 +115,25 @@ def _superseded_lines(summary: dict) -> list[str]:
 
 def summary_markdown(path: Path) -> str:
     """A short markdown account of a summary.json, for the Prefect UI and the terminal."""
-    s = read_json(path)
-    d, sp, e, b = s["dataset"], s["split"], s["ensemble"], s["best_single"]
+    summary = read_json(path)
+    data, split, shipped, best = summary["dataset"], summary["split"], summary["ensemble"], summary["best_single"]
     lines = [
-        "# glasses run", "", *_warning_block(s),
-        f"- data: {d['labelled']} labelled ({d['glasses']} glasses, {d['no_glasses']} no glasses, "
-        f"{d['ratio']:.2f} : 1); split {sp['train']} / {sp['val']} / {sp['test']}",
+        "# glasses run", "", *_warning_block(summary),
+        f"- data: {data['labelled']} labelled ({data['glasses']} glasses, {data['no_glasses']} no glasses, "
+        f"{data['ratio']:.2f} : 1); split {split['train']} / {split['val']} / {split['test']}",
     ]
-    for name, stage in s.get("stages", {}).items():
+    for name, stage in summary.get("stages", {}).items():
         lines.append(f"- {name}: {stage['trials']} trials by {', '.join(stage['workers'])}; "
                      f"chose {stage['chosen'] or '-'}; best val {stage['best_val_accuracy']:.4f}")
     lines += [
-        f"- shipped {_shipped_name(e)} (of {e['members']} members) at {e['image_size']}px, by "
-        f"{e['selection']}: val **{e['val_accuracy']:.4f}**, test **{e['test_accuracy']:.4f}**",
-        f"- best single model (trial {b['trial_id']}): val {b['val_accuracy']:.4f}, test {b['test_accuracy']:.4f}",
-        f"- {_baseline_text(s['alarm'])}",
-        *_champion_summary(s.get("champion")),
-        f"- total time: {s['durations_s']['total']:.0f} s; report: {Path(path).parent / 'report.md'}",
-        *_budget_summary(s),
+        f"- shipped {_shipped_name(shipped)} (of {shipped['members']} members) at {shipped['image_size']}px, by "
+        f"{shipped['selection']}: val **{shipped['val_accuracy']:.4f}**, test **{shipped['test_accuracy']:.4f}**",
+        f"- best single model (trial {best['trial_id']}): val {best['val_accuracy']:.4f}, "
+        f"test {best['test_accuracy']:.4f}",
+        f"- {_baseline_text(summary['alarm'])}",
+        *_champion_summary(summary.get("champion")),
+        f"- total time: {summary['durations_s']['total']:.0f} s; report: {Path(path).parent / 'report.md'}",
+        *_budget_summary(summary),
     ]
     return "\n".join(lines) + "\n"
 
@@ -272,11 +273,11 @@ def alarm_markdown(summary: dict) -> str:
 
 
 def _evaluation_lines(summary: dict) -> list[str]:
-    e = summary["evaluation"]
-    auc = f"{e['roc_auc']:.4f}" if e["roc_auc"] is not None else "n/a"
+    metrics = summary["evaluation"]
+    auc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
     return ["## Test evaluation of the shipped model", "",
-            f"On {e['n']} test images: accuracy {e['accuracy']:.4f}, precision {e['precision']:.4f}, "
-            f"recall {e['recall']:.4f}, F1 {e['f1']:.4f}, ROC-AUC {auc}.", "",
+            f"On {metrics['n']} test images: accuracy {metrics['accuracy']:.4f}, precision {metrics['precision']:.4f}, "
+            f"recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f}, ROC-AUC {auc}.", "",
             _baseline_text(summary["alarm"]), "", *_warning_block(summary),
             *_figure(summary, "confusion", "confusion matrix"),
             "### Misclassified test images", "", *_figure(summary, "misclassified", "misclassified test images")]
@@ -295,7 +296,7 @@ def _latent_lines(summary: dict) -> list[str]:
 
 def render_report(summary: dict) -> str:
     """The run as a human-readable markdown report; figures are linked relative to the work dir."""
-    d, sp = summary["dataset"], summary["split"]
+    data, split = summary["dataset"], summary["split"]
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["durations_s"].items())
     overall = summary.get("utilization", {}).get("overall")
     if overall:
@@ -304,8 +305,8 @@ def render_report(summary: dict) -> str:
     lines = ["# glasses: run report", "", *_warning_block(summary),
              f"Preset `{summary['preset']}`, {summary['workers']} tuner workers per search.", "",
              "## Data", "",
-             f"{d['labelled']} labelled images: {d['glasses']} glasses, {d['no_glasses']} no glasses "
-             f"({d['ratio']:.2f} glasses per no-glasses). Split {sp['train']} / {sp['val']} / {sp['test']} "
+             f"{data['labelled']} labelled images: {data['glasses']} glasses, {data['no_glasses']} no glasses "
+             f"({data['ratio']:.2f} glasses per no-glasses). Split {split['train']} / {split['val']} / {split['test']} "
              "(train / val / test, stratified, seeded).", "",
              "Augmentation during training (flip, translation, rotation, zoom):", "",
              *_figure(summary, "augmentation", "augmentation samples"),
@@ -419,10 +420,10 @@ def ensembles_rows(summary: dict) -> list[dict]:
 
 def metrics_rows(summary: dict) -> list[dict]:
     """The shipped model's test metrics and confusion matrix as rows."""
-    e = summary["evaluation"]
-    (tn, fp), (fn, tp) = e["confusion"]
+    metrics = summary["evaluation"]
+    (tn, fp), (fn, tp) = metrics["confusion"]
     keys = ("n", "accuracy", "precision", "recall", "f1", "roc_auc")
-    return ([{"metric": k, "value": e[k]} for k in keys]
+    return ([{"metric": k, "value": metrics[k]} for k in keys]
             + [{"metric": f"confusion: {name}", "value": value}
                for name, value in (("true no glasses", tn), ("false glasses", fp), ("missed glasses", fn),
                                    ("true glasses", tp))])

@@ -424,17 +424,17 @@ def _body(draw: ImageDraw.ImageDraw, head: _Head, cloth: RGB, size: int) -> None
     draw.ellipse((cx - 1.15 * fw, cy + 0.66 * fh, cx + 1.15 * fw, cy + 1.9 * fh), fill=cloth)
 
 
-def _hair_back(draw: ImageDraw.ImageDraw, head: _Head, g: dict) -> None:
+def _hair_back(draw: ImageDraw.ImageDraw, head: _Head, face: _FacePixels) -> None:
     if head.hair_style == "long":
-        top = g["cy"] - 0.55 * g["fh"]
-        draw.rounded_rectangle((g["cx"] - 0.62 * g["fw"], top, g["cx"] + 0.62 * g["fw"],
-                                g["cy"] + 0.62 * g["fh"]), radius=0.45 * g["fw"], fill=head.hair)
+        top = face.cy - 0.55 * face.fh
+        draw.rounded_rectangle((face.cx - 0.62 * face.fw, top, face.cx + 0.62 * face.fw,
+                                face.cy + 0.62 * face.fh), radius=0.45 * face.fw, fill=head.hair)
     elif head.hair_style == "bun":
-        draw.ellipse(_box(g["cx"], g["cy"] - 0.55 * g["fh"], 0.22 * g["fw"], 0.17 * g["fh"]), fill=head.hair)
+        draw.ellipse(_box(face.cx, face.cy - 0.55 * face.fh, 0.22 * face.fw, 0.17 * face.fh), fill=head.hair)
 
 
-def _face_shape(draw: ImageDraw.ImageDraw, head: _Head, g: dict) -> None:
-    cx, cy, fw, fh, s = g["cx"], g["cy"], g["fw"], g["fh"], head.skin
+def _face_shape(draw: ImageDraw.ImageDraw, head: _Head, face: _FacePixels) -> None:
+    cx, cy, fw, fh, s = face.cx, face.cy, face.fw, face.fh, head.skin
     ear_y, ear_rx, ear_ry = cy - 0.02 * fh, 0.09 * fw, 0.13 * fh
     for side in (-1, 1):
         shrink = 1 - 0.35 * max(0.0, side * head.yaw)  # the ear turned away looks smaller
@@ -446,10 +446,10 @@ def _face_shape(draw: ImageDraw.ImageDraw, head: _Head, g: dict) -> None:
         draw.polygon(_chord(cx, cy + 0.1 * fh, 0.46 * fw, 0.4 * fh, 22, 158), fill=head.hair)
 
 
-def _hair_top(draw: ImageDraw.ImageDraw, head: _Head, g: dict) -> None:
+def _hair_top(draw: ImageDraw.ImageDraw, head: _Head, face: _FacePixels) -> None:
     if head.hair_style == "bald":
         return
-    cx, cy, fw, fh = g["cx"], g["cy"], g["fw"], g["fh"]
+    cx, cy, fw, fh = face.cx, face.cy, face.fw, face.fh
     rx, ry = 0.54 * fw, 0.53 * fh
     lift = min(0.98, (0.5 - head.hairline) * fh / ry)  # chord height, as sin of its angle
     a = math.degrees(math.asin(lift))
@@ -466,10 +466,10 @@ def _hair_top(draw: ImageDraw.ImageDraw, head: _Head, g: dict) -> None:
                       (cx - side * rx * 0.85, line_y + 0.16 * fh)], fill=head.hair)
 
 
-def _eye_centres(head: _Head, f: _Features, g: dict) -> list[tuple[float, float]]:
-    shift = head.yaw * 0.06 * g["fw"]
-    y = g["cy"] - f.eye_y * g["fh"]
-    return [(g["cx"] + shift + side * f.eye_sep * g["fw"], y) for side in (-1, 1)]
+def _eye_centres(head: _Head, f: _Features, face: _FacePixels) -> list[tuple[float, float]]:
+    shift = head.yaw * 0.06 * face.fw
+    y = face.cy - f.eye_y * face.fh
+    return [(face.cx + shift + side * f.eye_sep * face.fw, y) for side in (-1, 1)]
 
 
 def _eye(draw: ImageDraw.ImageDraw, f: _Features, ex: float, ey: float, ew: float, eh: float) -> None:
@@ -483,20 +483,20 @@ def _eye(draw: ImageDraw.ImageDraw, f: _Features, ex: float, ey: float, ew: floa
     draw.ellipse(_box(ix, ey, eh * 0.35, eh * 0.35), fill=(10, 10, 10))
 
 
-def _eyes(draw: ImageDraw.ImageDraw, head: _Head, f: _Features, g: dict) -> None:
-    ew, brow_colour = f.eye_w * g["fw"] / 2, _shade(head.hair, 0.7)
+def _eyes(draw: ImageDraw.ImageDraw, head: _Head, f: _Features, face: _FacePixels) -> None:
+    ew, brow_colour = f.eye_w * face.fw / 2, _shade(head.hair, 0.7)
     eh = ew * f.eye_h
-    for side, (ex, ey) in zip((-1, 1), _eye_centres(head, f, g)):
+    for side, (ex, ey) in zip((-1, 1), _eye_centres(head, f, face)):
         _eye(draw, f, ex, ey, ew, eh)
         by = ey - eh * (1 + f.brow_gap)
-        thick = max(1, int(f.brow_thick * g["fw"]))
+        thick = max(1, int(f.brow_thick * face.fw))
         tilt = f.brow_slant * ew * side
         draw.line([(ex - 1.1 * ew, by + tilt), (ex, by - 0.25 * eh), (ex + 1.1 * ew, by - tilt)],
                   fill=brow_colour, width=thick, joint="curve")
 
 
-def _nose_mouth(draw: ImageDraw.ImageDraw, head: _Head, f: _Features, g: dict) -> None:
-    cx, cy, fw, fh = g["cx"] + head.yaw * 0.08 * g["fw"], g["cy"], g["fw"], g["fh"]
+def _nose_mouth(draw: ImageDraw.ImageDraw, head: _Head, f: _Features, face: _FacePixels) -> None:
+    cx, cy, fw, fh = face.cx + head.yaw * 0.08 * face.fw, face.cy, face.fw, face.fh
     line = _shade(head.skin, 0.7)
     tip = cy + f.nose * fh
     draw.line([(cx, cy - 0.02 * fh), (cx - 0.05 * fw, tip), (cx + 0.04 * fw, tip)], fill=line,
@@ -533,15 +533,15 @@ def _draw_lens(draw: ImageDraw.ImageDraw, spec: _Glasses, box: tuple, fill, widt
         draw.ellipse(box, fill=fill, outline=outline, width=width)
 
 
-def _lens_boxes(head: _Head, f: _Features, spec: _Glasses, g: dict) -> list[tuple]:
-    gap = 0.04 * g["fw"]
-    rx = min(spec.width * g["fw"], 2 * f.eye_sep * g["fw"] - gap) / 2
+def _lens_boxes(head: _Head, f: _Features, spec: _Glasses, face: _FacePixels) -> list[tuple]:
+    gap = 0.04 * face.fw
+    rx = min(spec.width * face.fw, 2 * f.eye_sep * face.fw - gap) / 2
     ry = rx * spec.aspect
-    return [_box(ex, ey + spec.dy * ry, rx, ry) for ex, ey in _eye_centres(head, f, g)]
+    return [_box(ex, ey + spec.dy * ry, rx, ry) for ex, ey in _eye_centres(head, f, face)]
 
 
-def _glasses(layer: Image.Image, head: _Head, f: _Features, spec: _Glasses, g: dict) -> None:
-    boxes = _lens_boxes(head, f, spec, g)
+def _glasses(layer: Image.Image, head: _Head, f: _Features, spec: _Glasses, face: _FacePixels) -> None:
+    boxes = _lens_boxes(head, f, spec, face)
     if spec.lens is not None or spec.highlight:
         tint = Image.new("RGBA", layer.size, (0, 0, 0, 0))
         tint_draw = ImageDraw.Draw(tint)
@@ -553,27 +553,27 @@ def _glasses(layer: Image.Image, head: _Head, f: _Features, spec: _Glasses, g: d
                                fill=(255, 255, 255, 150), width=max(1, int(0.08 * h)))
         layer.alpha_composite(tint)
     if spec.opacity >= 1.0:
-        _frame(ImageDraw.Draw(layer), spec, boxes, g)
+        _frame(ImageDraw.Draw(layer), spec, boxes, face)
         return
     frame = Image.new("RGBA", layer.size, (0, 0, 0, 0))
-    _frame(ImageDraw.Draw(frame), spec, boxes, g)
+    _frame(ImageDraw.Draw(frame), spec, boxes, face)
     frame.putalpha(frame.getchannel("A").point(lambda a: int(a * spec.opacity + 0.5)))
     layer.alpha_composite(frame)
 
 
-def _eye_rings(layer: Image.Image, head: _Head, f: _Features, g: dict) -> None:
+def _eye_rings(layer: Image.Image, head: _Head, f: _Features, face: _FacePixels) -> None:
     """Dark rings around the eyes, on faces with and without glasses alike: the look-alikes of a frame."""
     rings = Image.new("RGBA", layer.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(rings)
-    rx = 1.35 * f.eye_w * g["fw"] / 2
+    rx = 1.35 * f.eye_w * face.fw / 2
     colour = (*_shade(head.skin, 0.45), int(255 * f.rings))
-    for ex, ey in _eye_centres(head, f, g):
-        draw.ellipse(_box(ex, ey + 0.1 * rx, rx, 0.8 * rx), outline=colour, width=max(1, int(0.035 * g["size"])))
+    for ex, ey in _eye_centres(head, f, face):
+        draw.ellipse(_box(ex, ey + 0.1 * rx, rx, 0.8 * rx), outline=colour, width=max(1, int(0.035 * face.size)))
     layer.alpha_composite(rings)
 
 
-def _frame(draw: ImageDraw.ImageDraw, spec: _Glasses, boxes: list, g: dict) -> None:
-    width = max(1, int(round(spec.thick * g["size"])))
+def _frame(draw: ImageDraw.ImageDraw, spec: _Glasses, boxes: list, face: _FacePixels) -> None:
+    width = max(1, int(round(spec.thick * face.size)))
     for side, box in zip((1, -1), boxes):
         _draw_lens(draw, spec, box, None, width, side)
     (l0, t0, r0, b0), (l1, t1, r1, b1) = boxes
@@ -582,36 +582,46 @@ def _frame(draw: ImageDraw.ImageDraw, spec: _Glasses, boxes: list, g: dict) -> N
     bridge = [(r0 - width / 2, bridge_y), ((r0 + l1) / 2, arch), (l1 + width / 2, bridge_y)]
     draw.line(bridge, fill=spec.frame, width=width, joint="curve")
     temple_y = t0 + 0.3 * (b0 - t0)
-    for x_lens, x_ear in ((l0, g["cx"] - 0.49 * g["fw"]), (r1, g["cx"] + 0.49 * g["fw"])):
-        draw.line([(x_lens, temple_y), (x_ear, temple_y - 0.02 * g["fh"])], fill=spec.frame,
+    for x_lens, x_ear in ((l0, face.cx - 0.49 * face.fw), (r1, face.cx + 0.49 * face.fw)):
+        draw.line([(x_lens, temple_y), (x_ear, temple_y - 0.02 * face.fh)], fill=spec.frame,
                   width=max(1, int(width * 0.8)))
 
 
-def _geometry(head: _Head, size: int) -> dict:
+@dataclass(frozen=True)
+class _FacePixels:
     """The head's centre and face size in pixels of a `size` canvas."""
-    return {"cx": head.cx * size, "cy": head.cy * size, "fw": head.fw * size, "fh": head.fh * size, "size": size}
+
+    cx: float
+    cy: float
+    fw: float
+    fh: float
+    size: int
 
 
-def _tilt(layer: Image.Image, head: _Head, g: dict) -> Image.Image:
-    pivot = (g["cx"], g["cy"] + 0.5 * g["fh"])  # tilt about the neck
+def _face_pixels(head: _Head, size: int) -> _FacePixels:
+    return _FacePixels(cx=head.cx * size, cy=head.cy * size, fw=head.fw * size, fh=head.fh * size, size=size)
+
+
+def _tilt(layer: Image.Image, head: _Head, face: _FacePixels) -> Image.Image:
+    pivot = (face.cx, face.cy + 0.5 * face.fh)  # tilt about the neck
     return layer.rotate(head.angle, resample=Image.BICUBIC, center=pivot)
 
 
 def _head_layer(p: FaceParams, size: int) -> Image.Image:
     head = p.head
-    g = _geometry(head, size)
+    face = _face_pixels(head, size)
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
-    _hair_back(draw, head, g)
-    _face_shape(draw, head, g)
-    _hair_top(draw, head, g)
-    _eyes(draw, head, p.features, g)
-    _nose_mouth(draw, head, p.features, g)
+    _hair_back(draw, head, face)
+    _face_shape(draw, head, face)
+    _hair_top(draw, head, face)
+    _eyes(draw, head, p.features, face)
+    _nose_mouth(draw, head, p.features, face)
     if p.features.rings > 0:
-        _eye_rings(layer, head, p.features, g)
+        _eye_rings(layer, head, p.features, face)
     if p.glasses is not None:
-        _glasses(layer, head, p.features, p.glasses, g)
-    return _tilt(layer, head, g)
+        _glasses(layer, head, p.features, p.glasses, face)
+    return _tilt(layer, head, face)
 
 
 def glasses_box(params: FaceParams, resolution: int) -> tuple[int, int, int, int] | None:
@@ -624,10 +634,10 @@ def glasses_box(params: FaceParams, resolution: int) -> tuple[int, int, int, int
     if params.glasses is None:
         return None
     size = resolution * _SUPERSAMPLE
-    g = _geometry(params.head, size)
+    face = _face_pixels(params.head, size)
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    _glasses(layer, params.head, params.features, params.glasses, g)
-    found = _tilt(layer, params.head, g).getchannel("A").getbbox()
+    _glasses(layer, params.head, params.features, params.glasses, face)
+    found = _tilt(layer, params.head, face).getchannel("A").getbbox()
     if found is None:
         return None
     x0, y0, x1, y1 = found

@@ -124,7 +124,7 @@ def test_a_long_plan_lifts_the_chief_time_limit_and_a_short_keeps_it(quick):
 
 def test_the_flow_parses_its_budget_and_hands_it_to_the_stages(monkeypatch, tmp_path):
     import flows.pipeline as flow
-    from tasks import caching, data, model
+    from tasks import caching, data, shipping
 
     config = build_config("smoke", overrides={"work_dir": str(tmp_path)})
     handed = []
@@ -136,7 +136,7 @@ def test_the_flow_parses_its_budget_and_hands_it_to_the_stages(monkeypatch, tmp_
     monkeypatch.setattr(flow, "stages", Stages())
     monkeypatch.setattr(data, "configure", lambda *args: config)
     monkeypatch.setattr(caching, "result_storage", lambda config: "storage")
-    monkeypatch.setattr(model, "outcome", lambda summary, strict: summary)
+    monkeypatch.setattr(shipping, "outcome", lambda summary, strict: summary)
     assert flow.pipeline.fn(preset="smoke", time_budget="1h30m", budget_started_at=123.0) == "summary.json"
     assert handed[-1] == (config, 5400.0, 123.0, {"id": "", "flow_run": "", "mode": "resume"})
     flow.pipeline.fn(preset="smoke", mode="retune")
@@ -153,7 +153,7 @@ def test_the_budget_task_measures_this_machine_and_writes_its_plan(tiny_cache, t
 
     from prefect.logging import disable_run_logger
 
-    from tasks.budget import size
+    from tasks.planning import size
 
     split_dir, _ = tiny_cache
     config = build_config("smoke", overrides={"work_dir": str(tmp_path)})

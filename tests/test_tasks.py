@@ -12,7 +12,7 @@ from glasses.config import StageConfig, build_config
 from glasses.errors import DatasetError, SearchError
 from glasses.search import SearchSpec
 from glasses.search.records import chief_down_reason, mark_chief_down
-from tasks import data, model, search
+from tasks import data, search, shipping
 from tests.conftest import balanced_labels, write_kaggle_dataset
 
 
@@ -46,7 +46,7 @@ def test_the_ensemble_task_without_any_finished_trial_is_a_search_error(tiny_cac
     split_dir, cache_dir = tiny_cache
     config = build_config("smoke", overrides={"work_dir": tmp_path / "work"})
     with disable_run_logger(), pytest.raises(SearchError, match="no completed trial with a checkpoint"):
-        model.ensemble.fn(config, [str(_spec(tmp_path, cache_dir))], str(split_dir))
+        shipping.ensemble.fn(config, [str(_spec(tmp_path, cache_dir))], str(split_dir))
     assert not (tmp_path / "work" / "model").exists()
 
 
@@ -76,7 +76,7 @@ def test_a_run_that_learned_nothing_ends_named_so_and_strict_fails_it_without_a_
 
     @flow(retries=1, retry_delay_seconds=0)  # as the pipeline flow's own retry
     def ends(path: str, strict: bool = False) -> str:
-        return model.outcome(path, strict)
+        return shipping.outcome(path, strict)
 
     def run_count(state) -> int:
         with get_client(sync_client=True) as client:
@@ -85,18 +85,18 @@ def test_a_run_that_learned_nothing_ends_named_so_and_strict_fails_it_without_a_
     state = ends(learned, return_state=True)
     assert state.is_completed() and state.name == "Completed" and state.result() == learned
     state = ends(nothing, return_state=True)
-    assert state.is_completed() and state.name == model.NOTHING_LEARNED == "Nothing learned"
+    assert state.is_completed() and state.name == shipping.NOTHING_LEARNED == "Nothing learned"
     assert state.message.startswith("nothing learned: test ROC-AUC 0.5000") and nothing in state.message
     assert state.result() == nothing and ends(nothing) == nothing  # callers still get the summary's path
     unsure = run_summary(learned=False)  # only too few test images to tell: named for that
     unsure["alarm"].update(too_few=True, message="not clearly learned: 20 test images are too few")
     state = ends(str(write_json(tmp_path / "c" / "summary.json", unsure)), return_state=True)
-    assert state.is_completed() and state.name == model.NOT_CLEARLY_LEARNED == "Not clearly learned"
+    assert state.is_completed() and state.name == shipping.NOT_CLEARLY_LEARNED == "Not clearly learned"
 
     failed = ends(nothing, strict=True, return_state=True)
     assert failed.is_failed() and failed.name == "Nothing learned" and "--time-budget" in failed.message
     assert run_count(failed) == 1  # not retried: a retry would meet the same models
     with pytest.raises(Exception, match="nothing learned: test ROC-AUC"):
         failed.result()
-    monkeypatch.setattr(model, "no_retry", lambda: None)
+    monkeypatch.setattr(shipping, "no_retry", lambda: None)
     assert run_count(ends(nothing, strict=True, return_state=True)) == 2  # what the retry would have cost

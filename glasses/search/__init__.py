@@ -1,7 +1,7 @@
 """Distributed random search: one Keras Tuner chief (the gRPC oracle) and N worker processes.
 
     spec.py                 SearchSpec: what both roles of one search read
-    records.py              the trials on disk: records, table, completeness, pruning, markers
+    records.py              the trials on disk: records, table, completeness, pruning, markers; the chief's exit codes
     launch.py               run_chief / run_worker: a role as a process, errors as SearchError
     tuner.py                the RandomSearch both roles build, the role's environment
     chief.py                inside the chief process: serve the oracle until the search ends

@@ -9,12 +9,10 @@ import time
 from glasses.search.early_stop import MedianStop
 from glasses.search.keras_tuner_private import (LivenessServicer, settle_ended_trials, settle_stopped_trials,
                                                 start_server)
-from glasses.search.records import ENDED, dial_address, last_error_line, publish_chief
+from glasses.search.records import (ENDED, EXIT_INCOMPLETE, EXIT_PORT_IN_USE, dial_address, last_error_line,
+                                    publish_chief)
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, node, set_role
-
-EXIT_INCOMPLETE = 3
-EXIT_PORT_IN_USE = 4
 
 
 def serve(spec: SearchSpec) -> int:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 from glasses.cluster import dask_worker
 from glasses.errors import SearchError
-from glasses.search.records import chief_card, chief_down_marker, check_state, is_complete, mark_chief_down
+from glasses.search.records import (EXIT_PORT_IN_USE, chief_card, chief_down_marker, check_state, is_complete,
+                                    mark_chief_down)
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import NODE_ENV
 from glasses.watchdog import PARENT_PID
 
-EXIT_PORT_IN_USE = 4  # glasses.search.chief's, not imported: that module imports keras-tuner
 KILL_GRACE_S = 30  # past the chief's own timeout, its process is killed
 _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 # What a Dask nanny sets for its worker (distributed.nanny.pre-spawn-environ) and a tuner process

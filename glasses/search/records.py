@@ -18,6 +18,10 @@ from glasses.search.spec import SearchSpec
 
 ENDED = ("COMPLETED", "FAILED")  # Keras Tuner's statuses of a trial that ended
 STOPPED = "STOPPED"  # ours: a trial the chief stopped early (Keras Tuner's COMPLETED, scored at the stop)
+# How a chief process ends when not every trial has (0: all ended): chief.py returns them, launch.py
+# tells them apart. Here, not in chief.py, because that module imports keras-tuner.
+EXIT_INCOMPLETE = 3
+EXIT_PORT_IN_USE = 4
 
 
 def trial_records(project_dir: Path) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from glasses import cluster, registry
 from glasses.config import Config, run_name
 from glasses.planner import parse_duration
 from glasses.report import Stopwatch
+from glasses.stages import sizes_to_cache, sizes_to_search
 from glasses.workdir import claim
 from tasks import analyses, caching, data, errors, events, placement, planning, search, shipping
 
@@ -30,11 +31,13 @@ Mode = Literal["resume", "retune"]
 
 
 def run_searches(config: Config, stage: str, sizes: list[int], chosen: dict[str, Any],
-                 caches: dict[int, str]) -> list[str]:
-    """Runs a stage's searches (one per size), each a chief task and `workers` concurrent worker
-    task runs; returns their spec paths. On this machine one after another (each already uses
-    every core); on a Dask cluster all at once, their workers submitted in turn (tuner0 of every
-    search, then tuner1, ...) so that each search gets a Dask worker as soon as there is room."""
+                 caches: dict[int, str], kept: dict[str, dict] | None = None) -> list[str]:
+    """Runs a stage's searches (one per size; none when the run keeps the stage's summary, `kept`),
+    each a chief task and `workers` concurrent worker task runs; returns their spec paths. On this
+    machine one after another (each already uses every core); on a Dask cluster all at once, their
+    workers submitted in turn (tuner0 of every search, then tuner1, ...) so that each search gets
+    a Dask worker as soon as there is room."""
+    sizes = sizes_to_search(stage, sizes, kept or {})
     if not cluster.is_dask(config.search.cluster):
         return [_run(config, [search.plan(config, stage, size, chosen, caches[size])])[0] for size in sizes]
     return _run(config, [search.plan(config, stage, size, chosen, caches[size]) for size in sizes])
@@ -119,25 +122,18 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
         config, plan = planning.size(config, split, budget_s, started_at or clock.started_at)
         clock.lap("plan")
 
-        kept = (search.kept_choices(config, fingerprint)
-                if run["mode"] == "retune" and config.retune.keep_choices else None)
-        if kept:  # changed data, the champion's choices kept: no stage 1-2 searches
-            (stage1, stage2), specs1, specs2 = kept, [], []
-            size = stage1["chosen"]["image_size"]
-            caches = data.cache(config, split["dir"], fingerprint, [size])
-        else:
-            caches = data.cache(config, split["dir"], fingerprint, config.search.stage1.image_sizes)
-            specs1 = run_searches(config, "stage1", config.search.stage1.image_sizes, {}, caches)
-            stage1 = search.finish_stage1(config, specs1)
-            clock.lap("stage1")
+        kept = search.kept_choices(config, fingerprint, run["mode"])  # stages 1-2 a retune may keep, or none
+        caches = data.cache(config, split["dir"], fingerprint, sizes_to_cache(config.search, kept))
+        specs1 = run_searches(config, "stage1", config.search.stage1.image_sizes, {}, caches, kept)
+        stage1 = search.finish_stage1(config, specs1, kept)
+        clock.lap("stage1")
 
-            size = stage1["chosen"]["image_size"]
-            specs2 = run_searches(config, "stage2", [size], {}, caches)
-            stage2 = search.finish_stage2(config, specs2)
-            clock.lap("stage2")
+        size = stage1["chosen"]["image_size"]
+        specs2 = run_searches(config, "stage2", [size], {}, caches, kept)
+        stage2 = search.finish_stage2(config, specs2, kept)
+        clock.lap("stage2")
 
-        if run["mode"] == "retune":
-            config = search.retune_trials(config, size, stage2["chosen"], caches[size], run["id"])
+        config = search.retune_trials(config, size, stage2["chosen"], caches[size], run)  # retune: stage 3 grows
         specs3 = run_searches(config, "stage3", [size], stage2["chosen"], caches)
         stage3 = search.finish_stage3(config, specs3)
         clock.lap("stage3")

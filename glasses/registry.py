@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from glasses.config import CHOOSING_STAGES
 from glasses.errors import OutputError
 from glasses.files import OUTPUT_MARKER, atomic_dir, read_json, temporary_file, write_json, write_text
 from glasses.workdir import WorkDir
@@ -219,4 +220,4 @@ def kept_stages(work: WorkDir, fingerprint: str) -> list[dict] | None:
         return None
     stages = read_json(entry / "summary.json")["stages"]
     return [{**stages[name], "plots": [p for p in stages[name]["plots"] if Path(p).is_file()],
-             "kept_from": holder["run"]} for name in ("stage1", "stage2")]
+             "kept_from": holder["run"]} for name in CHOOSING_STAGES]

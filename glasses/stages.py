@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from glasses.cluster import is_dask
-from glasses.config import SearchConfig, StageConfig, fingerprint
+from glasses.config import CHOOSING_STAGES, Config, SearchConfig, StageConfig, fingerprint
 from glasses.errors import SearchError
 from glasses.figures import plot_by, plot_ranked
 from glasses import registry
@@ -67,6 +67,7 @@ def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int
 
 
 RETUNE_LEDGER = "retune.json"  # in a stage's folder: the trial count each retune run set, by run
+RETUNE = "retune"  # the run mode that grows stage 3's search (and may keep the champion's choices)
 RETUNED = "stage3"  # the stage a retune run grows
 
 
@@ -87,6 +88,37 @@ def retune_trials(work: WorkDir, search: SearchConfig, image_size: int, chosen: 
         found[key] = max(stage.max_trials, had) + stage.retune_trials if had else stage.max_trials
         write_json(ledger, found)
     return found[key]
+
+
+def retuned(config: Config, mode: str, run_id: str, image_size: int, chosen: dict[str, Any],
+            cache_dir: Path) -> Config:
+    """The config stage 3 searches with: a retune run's with its trial count raised
+    (`retune_trials`), any other run's as it is."""
+    if mode != RETUNE:
+        return config
+    work, search = WorkDir(config.work_dir), config.search
+    trials = retune_trials(work, search, image_size, chosen, cache_dir, run_id)
+    grown = search.stage(RETUNED).model_copy(update={"max_trials": trials})
+    return config.model_copy(update={"search": search.model_copy(update={RETUNED: grown})})
+
+
+def kept_choices(config: Config, mode: str, fingerprint: str) -> dict[str, dict]:
+    """The stage summaries a run keeps instead of searching, by stage: the champion's stages 1-2
+    when a retune run keeps its choices (`retune.keep_choices`) on changed data
+    (`registry.kept_stages`); else none."""
+    keeps = mode == RETUNE and config.retune.keep_choices
+    kept = registry.kept_stages(WorkDir(config.work_dir), fingerprint) if keeps else None
+    return dict(zip(CHOOSING_STAGES, kept)) if kept else {}
+
+
+def sizes_to_search(stage: str, sizes: list[int], kept: dict[str, dict]) -> list[int]:
+    """The image sizes `stage` searches: `sizes`, or none when the run keeps its summary (`kept_choices`)."""
+    return [] if stage in kept else list(sizes)
+
+
+def sizes_to_cache(search: SearchConfig, kept: dict[str, dict]) -> list[int]:
+    """The image sizes a run caches: stage 1's, or only the one it keeps (`kept_choices`)."""
+    return [kept["stage1"]["chosen"]["image_size"]] if "stage1" in kept else list(search.stage1.image_sizes)
 
 
 def superseded_searches(work_root: Path, in_use: list[Path]) -> list[Path]:

@@ -109,12 +109,16 @@ def _rule(config: Config, stage: str) -> float | str:
 
 
 def finish_key(context, parameters: dict) -> str:
+    """Cached while the stage's summary and searches are on disk, or, for a summary the run keeps
+    (retune.keep_choices), for that summary."""
     config: Config = parameters["config"]
     work, stage = _work(parameters), context.task.name.removeprefix("finish-")
     paths = [Path(p) for p in parameters["spec_paths"]]
-    present = work.stage_summary(stage).is_file() and all(map(_complete, paths))
+    kept = (parameters.get("kept") or {}).get(stage)
+    present = kept is not None or (work.stage_summary(stage).is_file() and all(map(_complete, paths)))
     section = config.search.stage(stage).model_dump(mode="json")
-    return _key(work, present, "finish", stage, paths, section, _rule(config, stage))
+    # (the kept summary only when there is one: a searched stage's key stays what it was)
+    return _key(work, present, "finish", stage, paths, section, _rule(config, stage), *filter(None, [kept]))
 
 
 def ensemble_key(context, parameters: dict) -> str:

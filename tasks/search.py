@@ -21,7 +21,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.context import TaskRunContext
 from prefect.runtime import task_run
 
-from glasses import cluster, registry, search, stages
+from glasses import cluster, search, stages
 from glasses.config import Config
 from glasses.search.records import ended_trials
 from glasses.workdir import WorkDir
@@ -39,23 +39,23 @@ def plan(config: Config, stage: str, image_size: int, chosen: dict[str, Any], ca
 
 
 @task(name="retune-trials", cache_policy=NONE)
-def retune_trials(config: Config, image_size: int, chosen: dict[str, Any], cache_dir: str, run_id: str) -> Config:
-    """A retune run's config: stage 3's search continued with `retune_trials` more trials (once
-    per run: a retry of the run gets the same count; glasses.stages.retune_trials)."""
-    trials = stages.retune_trials(WorkDir(config.work_dir), config.search, image_size, chosen, Path(cache_dir),
-                                  run_id)
-    get_run_logger().info("retune: stage 3 searches up to %d trials", trials)
-    stage3 = config.search.stage3.model_copy(update={"max_trials": trials})
-    return config.model_copy(update={"search": config.search.model_copy(update={"stage3": stage3})})
+def retune_trials(config: Config, image_size: int, chosen: dict[str, Any], cache_dir: str, run: dict) -> Config:
+    """The config stage 3 searches with: a retune run's continues stage 3's search with
+    `retune_trials` more trials (once per run: a retry of the run gets the same count); any
+    other run's is as it is (glasses.stages.retuned)."""
+    config = stages.retuned(config, run["mode"], run["id"], image_size, chosen, Path(cache_dir))
+    get_run_logger().info("%s run: stage 3 searches up to %d trials", run["mode"], config.search.stage3.max_trials)
+    return config
 
 
 @task(name="kept-choices", cache_policy=NONE)
-def kept_choices(config: Config, fingerprint: str) -> list[dict] | None:
-    """retune.keep_choices on changed data: the champion's stage 1-2 summaries, else None."""
-    kept = registry.kept_stages(WorkDir(config.work_dir), fingerprint)
-    if kept:
-        get_run_logger().info("keeping %s's choices: %s, %s (retune.keep_choices)", kept[0]["kept_from"],
-                              kept[0]["chosen"], kept[1]["chosen"])
+def kept_choices(config: Config, fingerprint: str, mode: str) -> dict[str, dict]:
+    """The stage summaries this run keeps instead of searching, by stage: the champion's stages
+    1-2 for retune.keep_choices on changed data, else none (glasses.stages.kept_choices)."""
+    kept = stages.kept_choices(config, mode, fingerprint)
+    for summary in kept.values():
+        get_run_logger().info("%s: keeping %s's choice %s (retune.keep_choices)", summary["stage"],
+                              summary["kept_from"], summary["chosen"])
     return kept
 
 
@@ -132,16 +132,21 @@ def _published(summary: dict) -> dict:
 
 @task(name="finish-stage1", cache_key_fn=caching.finish_key, persist_result=True,
       on_failure=[events.stage_failed])
-def finish_stage1(config: Config, spec_paths: list[str]) -> dict:
-    """Stage 1's table and plot; chooses the image size."""
+def finish_stage1(config: Config, spec_paths: list[str], kept: dict[str, dict] | None = None) -> dict:
+    """Stage 1's table and plot; chooses the image size (or keeps the champion's: `kept_choices`)."""
+    if "stage1" in (kept or {}):
+        return kept["stage1"]
     return _published(stages.finish_stage1([Path(p) for p in spec_paths], config.search.stage1,
                                            WorkDir(config.work_dir).stage("stage1")))
 
 
 @task(name="finish-stage2", cache_key_fn=caching.finish_key, persist_result=True,
       on_failure=[events.stage_failed])
-def finish_stage2(config: Config, spec_paths: list[str]) -> dict:
-    """Stage 2's table and plots; chooses conv_layers and the optimizer."""
+def finish_stage2(config: Config, spec_paths: list[str], kept: dict[str, dict] | None = None) -> dict:
+    """Stage 2's table and plots; chooses conv_layers and the optimizer (or keeps the champion's:
+    `kept_choices`)."""
+    if "stage2" in (kept or {}):
+        return kept["stage2"]
     return _published(stages.finish_stage2([Path(p) for p in spec_paths], config.search.stage2,
                                            WorkDir(config.work_dir).stage("stage2")))
 

@@ -132,7 +132,7 @@ def ensemble_key(context, parameters: dict) -> str:
 def figures_key(context, parameters: dict) -> str:
     work = _work(parameters)
     return _key(work, (work.figures / figures.CONFUSION).is_file(), "figures", parameters["shipped"],
-                parameters["stages"], parameters["config"].search.seed)
+                parameters["stage_summaries"], parameters["config"].search.seed)
 
 
 def latent_key(context, parameters: dict) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,21 @@ def test_the_rules_are_defined_once_and_the_tasks_import_them():
         assert [str(p.relative_to(root)) for p, source in code.items() if text in source] == [home], text
     tasks = "".join(source for path, source in code.items() if path.parts[-2] in ("tasks", "flows"))
     assert "getattr(" not in tasks and "cv_" not in tasks
+
+
+def test_every_cache_key_reads_parameters_its_task_has():
+    import importlib
+
+    from prefect import Task
+    from prefect.cache_policies import CacheKeyFnPolicy
+
+    checked = 0
+    for name in ("analyses", "data", "planning", "search", "shipping"):
+        module = importlib.import_module(f"tasks.{name}")
+        for task in [value for value in vars(module).values() if isinstance(value, Task)]:
+            if not isinstance(task.cache_policy, CacheKeyFnPolicy):
+                continue
+            read = set(re.findall(r'parameters\["(\w+)"\]', inspect.getsource(task.cache_policy.cache_key_fn)))
+            assert read <= set(inspect.signature(task.fn).parameters), (task.name, read)
+            checked += 1
+    assert checked >= 10

@@ -21,6 +21,7 @@ from glasses.config import STAGES
 from glasses.dataset import SPLIT_MANIFEST
 from glasses.errors import OutputError
 from glasses.files import TEMPORARY_SUFFIX, write_json
+from glasses.search.records import CHIEF_DOWN
 
 LOCK_FILE = ".lock"
 MARKER = ".glasses-workdir"  # written when glasses makes (or adopts) a work dir: only such a dir is used
@@ -235,7 +236,7 @@ def status(root: Path) -> dict[str, str]:
     steps.update({"ensemble": work.model.is_file(), "analyses": work.report.is_file()})
     found, first_open = {}, True
     for step, done in steps.items():
-        failed = step.startswith("stage") and any(work.stage(step).glob("kt-*/*.chief-down"))
+        failed = step.startswith("stage") and any(work.stage(step).glob(f"kt-*/*{CHIEF_DOWN}"))
         if done:
             found[step] = "done"
         elif first_open:  # the step a run is at, or stopped at

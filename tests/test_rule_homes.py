@@ -95,7 +95,8 @@ def test_the_rules_are_defined_once_and_the_tasks_import_them():
              "CHOICE_RULE = ": "glasses/stages.py", '"stage.json"': "glasses/workdir.py",
              '"split.json"': "glasses/dataset.py", '"organized.json"': "glasses/dataset.py",
              '"cache.json"': "glasses/inputs.py", '"synth.json"': "glasses/synth.py",
-             '"confusion.png"': "glasses/figures.py", '"saliency.png"': "glasses/workdir.py"}
+             '"confusion.png"': "glasses/figures.py", '"saliency.png"': "glasses/workdir.py",
+             '".chief-down"': "glasses/search/records.py", "EXIT_PORT_IN_USE = ": "glasses/search/records.py"}
     for text, home in rules.items():
         assert [str(p.relative_to(root)) for p, source in code.items() if text in source] == [home], text
     tasks = "".join(source for path, source in code.items() if path.parts[-2] in ("tasks", "flows"))

@@ -112,9 +112,12 @@ def keep_best(spec: SearchSpec, keep: int) -> list[str]:
     return [r["trial_id"] for r in records[:keep]]
 
 
+CHIEF_DOWN = ".chief-down"  # the suffix of `chief_down_marker`'s file
+
+
 def chief_down_marker(spec: SearchSpec) -> Path:
     """A file saying this search's chief has ended badly: its workers stop waiting for it."""
-    return spec.directory / f"{spec.project_name}.chief-down"
+    return spec.directory / f"{spec.project_name}{CHIEF_DOWN}"
 
 
 def mark_chief_down(spec: SearchSpec, reason: str) -> None:

@@ -64,8 +64,8 @@ def organize_key(context, parameters: dict) -> str:
 
 def split_key(context, parameters: dict) -> str:
     data, work = parameters["config"].data, _work(parameters)
-    return _key(work, (work.split / dataset.SPLIT_MANIFEST).is_file(), "split", parameters["fingerprint"], data.fractions,
-                data.seed, work.root)
+    return _key(work, (work.split / dataset.SPLIT_MANIFEST).is_file(), "split", parameters["fingerprint"],
+                data.fractions, data.seed, work.root)
 
 
 def budget_key(context, parameters: dict) -> str:

@@ -317,7 +317,7 @@ def _run(parameters: dict):
 
 def _not_cached(run) -> dict[str, str]:
     """The task runs of the run's stages that were not Cached (those that always run left out)."""
-    always = {"fingerprint", "summary", "champion", "tidy", "retune-trials", "source", "check-storage"}
+    always = {"fingerprint", "summary", "champion", "tidy", "kept-choices", "retune-trials", "source", "check-storage"}
     with get_client(sync_client=True) as client:
         stages = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))

@@ -89,7 +89,8 @@ def test_only_a_choosing_stage_on_a_small_val_split_cross_validates(stage, val, 
 
 def test_the_rules_are_defined_once_and_the_tasks_import_them():
     root = Path(__file__).resolve().parents[1]
-    code = {path: path.read_text() for folder in ("glasses", "tasks", "flows") for path in (root / folder).rglob("*.py")}
+    code = {path: path.read_text() for folder in ("glasses", "tasks", "flows")
+            for path in (root / folder).rglob("*.py")}
     rules = {"cv_folds if": "glasses/config.py", "def folds(": "glasses/config.py",
              "def stage(self, name: str) -> StageConfig": "glasses/config.py",
              "CHOICE_RULE = ": "glasses/stages.py", '"stage.json"': "glasses/workdir.py",

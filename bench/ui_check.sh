@@ -12,23 +12,14 @@ cd "$(dirname "$0")/.."
 R=${1:-/tmp/glasses-ui}; rm -rf "$R"; mkdir -p "$R/shots"
 export PREFECT_HOME=$R/prefect-home GLASSES_HOME=$R/glasses-home
 BIN=.venv/bin UI=http://127.0.0.1:4200 API=http://127.0.0.1:4200/api
-PREFECT_UI_API_URL=$API $BIN/prefect server start --host 127.0.0.1 --port 4200 > "$R/server.log" 2>&1 &
-SERVER=$!
+. bench/ui_lib.sh
+start_server 4200
 trap 'kill -TERM ${SERVE:-} $SERVER 2>/dev/null; wait' EXIT
-for i in $(seq 1 120); do curl -sf $API/health >/dev/null && break; sleep 1; done
-echo "server up after $i s"
 export PREFECT_API_URL=$API
 serve() {  # $1: log name; the environment is the served runs' environment
   $BIN/glasses serve > "$R/$1.log" 2>&1 & SERVE=$!
   for i in $(seq 1 90); do grep -q "glasses-pipeline/" "$R/$1.log" && break; sleep 1; done
   grep -m1 "serving deployment" "$R/$1.log"; }
-query() {  # $1: endpoint, $2: JSON body, $3: python expression over `rows`
-  curl -s -X POST "$API/$1" -H 'content-type: application/json' -d "$2" \
-    | python3 -c "import json, sys; rows = json.load(sys.stdin); $3"; }
-shot() {
-  chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,${3:-1100} \
-    --virtual-time-budget=30000 --screenshot="$R/shots/$1.png" "$2" >/dev/null 2>&1
-  echo "screenshot $R/shots/$1.png"; }
 
 GLASSES_FAULT=stage3 serve serve-fault
 $BIN/prefect deployment run glasses-pipeline/weekly-retune -p preset=smoke --watch > "$R/run.log" 2>&1

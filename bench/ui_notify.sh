@@ -74,9 +74,6 @@ echo "glasses.* events:"
 curl -s -X POST $API/events/filter -H 'content-type: application/json' \
   -d '{"filter": {"event": {"prefix": ["glasses."]}}, "limit": 50}' \
   | $BIN/python -c "import json, sys; [print('  ', e['occurred'][:19], e['event'], e['resource']['prefect.resource.name']) for e in json.load(sys.stdin)['events']]"
-shot() {
-  chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,${3:-1000} \
-    --virtual-time-budget=15000 --screenshot="$R/shots/$1.png" "$2" >/dev/null 2>&1
-  echo "screenshot $R/shots/$1.png"; }
-shot automations "$UI/automations"
-shot events "$UI/events?events=glasses.*" 1700
+. bench/ui_lib.sh
+shot automations "$UI/automations" 1000 1400
+shot events "$UI/events?events=glasses.*" 1700 1400

@@ -9,21 +9,12 @@ cd "$(dirname "$0")/.."
 R=${1:-/tmp/glasses-ui-saliency}; rm -rf "$R"; mkdir -p "$R/shots"
 export PREFECT_HOME=$R/prefect-home
 BIN=.venv/bin UI=http://127.0.0.1:4311 API=http://127.0.0.1:4311/api
-PREFECT_UI_API_URL=$API $BIN/prefect server start --host 127.0.0.1 --port 4311 > "$R/server.log" 2>&1 &
-SERVER=$!
+. bench/ui_lib.sh
+start_server 4311
 trap 'kill -TERM $SERVER 2>/dev/null; wait' EXIT
-for i in $(seq 1 120); do curl -sf $API/health >/dev/null && break; sleep 1; done
-echo "server up after $i s"
 export PREFECT_API_URL=$API
 $BIN/glasses run --preset smoke --work-dir "$R/work" > "$R/run.log" 2>&1
 echo "smoke run: rc $? ($(grep -m1 'shipped model' "$R/run.log"))"
-query() {  # $1: endpoint, $2: JSON body, $3: python expression over `rows`
-  curl -s -X POST "$API/$1" -H 'content-type: application/json' -d "$2" \
-    | python3 -c "import json, sys; rows = json.load(sys.stdin); $3"; }
-shot() {
-  chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,${3:-1100} \
-    --virtual-time-budget=30000 --screenshot="$R/shots/$1.png" "$2" >/dev/null 2>&1
-  echo "screenshot $R/shots/$1.png"; }
 render() {  # $1: work dir -> report-saliency.html beside its report.md (so figures/ resolve): the report's
   # saliency section, from "### Where the model looks" to the next heading of its level or above
   $BIN/python -c "import markdown, re, sys; from pathlib import Path; w = Path(sys.argv[1]); \

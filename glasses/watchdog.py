@@ -18,12 +18,12 @@ Two guards, Linux first (both use /proc or getppid; elsewhere they do nothing):
 
 from __future__ import annotations
 
+import atexit
+import contextvars
 import os
 import signal
 import subprocess
 import sys
-import atexit
-import contextvars
 import threading
 import time
 from collections.abc import Callable

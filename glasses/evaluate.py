@@ -17,7 +17,7 @@ import pandas as pd
 
 from glasses.dataset import CLASSES, IMAGE_EXTENSIONS, find_layout, read_labels, read_manifest, require_image
 from glasses.errors import DatasetError, GlassesError
-from glasses.inputs import nearest_indices, read_rgb
+from glasses.inputs import read_rgb, resize_uint8
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
     """The share of images whose P(glasses) >= threshold agrees with the label."""
@@ -205,7 +205,7 @@ def model_input_size(model) -> tuple[int, int] | None:
     brought to it before the model: a fixed input shape, or a nearest-neighbour Resizing layer
     (the shipped ensemble's "resize") that alone reads the input. None otherwise.
 
-    Resizing an image to it with `resize_nearest` gives the model the very pixels its own layer
+    Resizing an image to it with `glasses.inputs.resize_uint8` gives the model the very pixels its own layer
     would pick (`glasses.inputs.nearest_indices`), and that layer is then the identity.
     """
     import keras
@@ -239,13 +239,6 @@ def _reads(layer, tensor) -> bool:
     return any(t is tensor for t in keras.tree.flatten(inputs))
 
 
-def resize_nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`image` (H x W x 3 uint8) at `size` (height, width), the pixels TensorFlow's nearest resize
-    picks (`glasses.inputs.resize_uint8`, not only square)."""
-    rows, cols = nearest_indices(image.shape[0], size[0]), nearest_indices(image.shape[1], size[1])
-    return image.take(rows, axis=0).take(cols, axis=1)
-
-
 def read_for_model(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """An image file as RGB uint8, at `size` when given: the full-size decode lives only here.
 
@@ -255,7 +248,7 @@ def read_for_model(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         OSError: when it is not a decodable image.
     """
     image = read_rgb(path)
-    return image if size is None or image.shape[:2] == size else resize_nearest(image, size)
+    return image if size is None or image.shape[:2] == size else resize_uint8(image, size)
 
 
 def skip_reason(path: Path, error: BaseException) -> str:

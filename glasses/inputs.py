@@ -59,9 +59,11 @@ def nearest_indices(source: int, size: int) -> np.ndarray:
     return np.clip(picked, 0, source - 1)
 
 
-def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
-    """`image` (H x W x 3 uint8) at size x size, the pixels `resize` would pick, still uint8."""
-    rows, cols = nearest_indices(image.shape[0], size), nearest_indices(image.shape[1], size)
+def resize_uint8(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """`image` (H x W x 3 uint8) at size x size (or (height, width)), the pixels `resize` (and
+    TensorFlow's nearest resize) would pick, still uint8."""
+    height, width = (size, size) if isinstance(size, int) else size
+    rows, cols = nearest_indices(image.shape[0], height), nearest_indices(image.shape[1], width)
     return image.take(rows, axis=0).take(cols, axis=1)  # rows first: 3x faster than one 2-D gather
 
 

@@ -6,13 +6,18 @@ tuner processes and the work dir's lock with it; and a Cancel is carried out by 
 so with serve gone the run stayed Cancelling. So each served run supervises itself from its start
 (`guard_run`, an on_running hook; the process part is glasses.watchdog.supervise):
 
-- serve gone: its processes end, then the run is reported Crashed, saying why, and its process
+- serve gone: its processes end, then the run is reported Orphaned (a Cancelled state: the
+  run was stopped on purpose, as its serve can no longer supervise it), saying why, and its process
   exits (which frees the lock): within seconds, however serve ended (SIGKILL, SIGTERM, Ctrl-C);
 - cancelled (the UI's Cancel sets Cancelling; asked every few seconds): its processes end, the
   run is reported Cancelled and its process exits, whether or not serve is alive.
 
-A Cancel that comes after the run was reported Crashed is refused by Prefect ("already in terminal
-state"): the run stays Crashed, never Cancelling.
+Why a Cancelled state and not Crashed: a Cancel (the UI's, or `prefect flow-run cancel`) that
+comes after the run was reported is refused by Prefect ("already in terminal state"), so with
+Crashed, a user who cancelled a run of a dead serve saw Crashed; with Orphaned the run reads
+Cancelled either way. Its own name sends its own event (`prefect.flow-run.Orphaned`), which the
+notifications (deployments/notify.py) count as a run that ended badly, unlike a user's Cancel; and
+Retry resumes it as it does a Crashed run.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterId, Flow
                                             FlowRunFilterState, FlowRunFilterStateType, TaskRunFilter,
                                             TaskRunFilterState, TaskRunFilterStateType)
 from prefect.client.schemas.objects import StateType
-from prefect.states import Cancelled, Crashed, State
+from prefect.states import Cancelled, State
 
 from glasses.watchdog import SERVE_PID, supervise
 
@@ -36,6 +41,7 @@ from glasses.watchdog import SERVE_PID, supervise
 CLIENT = {"timeout": 5.0}
 OPEN = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
 STOPPED = "its tuner processes were ended and the work dir freed"
+ORPHANED = "Orphaned"  # the state's name, and so its event's: prefect.flow-run.Orphaned
 
 
 def guard_run(flow: Any, flow_run: Any, state: State) -> None:
@@ -56,7 +62,7 @@ def cancelling(run_id: UUID) -> bool:
 
 def report_end(run_id: UUID, serve_pid: int, serve_gone: bool) -> None:
     """Records how the run ended, on it, its subflow runs and their open task runs: Cancelled if
-    it was cancelled, else Crashed because its serve is gone. A run already Completed, Failed or
+    it was cancelled, else Orphaned because its serve is gone. A run already Completed, Failed or
     Cancelled keeps its state; a Crashed one (Prefect's own report of the signal) gets the why."""
     with get_client(sync_client=True, httpx_settings=CLIENT) as client:
         state = client.read_flow_run(run_id).state
@@ -77,8 +83,9 @@ def end_state(serve_pid: int, serve_gone: bool, cancelled: bool) -> State:
     serve = f"its `glasses serve` (pid {serve_pid})"
     if cancelled:
         return Cancelled(message=f"Cancelled: {STOPPED}" + (f"; {serve} had ended" if serve_gone else ""))
-    return Crashed(message=f"{serve} ended (stopped, killed or out of memory), so the run was stopped: {STOPPED}. "
-                           "Start `glasses serve` again and retry the run to resume it.")
+    return Cancelled(name=ORPHANED,
+                     message=f"{serve} ended (stopped, killed or out of memory), so the run was stopped: {STOPPED}. "
+                             "Start `glasses serve` again and retry the run to resume it.")
 
 
 def open_subflow_runs(client: Any, run_id: UUID) -> list[UUID]:

@@ -1,5 +1,5 @@
 """Notifications for a deployment of the pipeline: Prefect automations on the server that send
-through a notification block when one of its runs ends Failed or Crashed (or TimedOut), learns
+through a notification block when one of its runs ends Failed, Crashed, TimedOut or Orphaned, learns
 nothing (`glasses.run.nothing-learned`, `glasses.run.not-clearly-learned`), or promotes a new
 champion (`glasses.champion.promoted`). The events come from tasks/events.py.
 
@@ -32,7 +32,9 @@ from prefect.events.schemas.automations import AutomationCore
 from glasses import notices
 
 FLOW = "glasses-pipeline"
-RUN_ENDED_BADLY = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
+# Orphaned: a Cancelled state of deployments/guard.py, a run stopped because its serve died.
+RUN_ENDED_BADLY = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut",
+                   "prefect.flow-run.Orphaned"}
 LINK = "{% if flow_run %}{{ flow_run|ui_url or '' }}{% endif %}"
 
 
@@ -83,7 +85,7 @@ def automations(name: str, deployment_id: UUID, block_id: UUID) -> dict[str, Aut
     of_deployment = {"prefect.resource.id": f"prefect.deployment.{deployment_id}",
                      "prefect.resource.role": "deployment"}
     specs = {  # kind: (when, events, their resource, subject, body)
-        "failed": ("ends Failed, Crashed or TimedOut", RUN_ENDED_BADLY, "prefect.flow-run.*",
+        "failed": ("ends Failed, Crashed, TimedOut or Orphaned (its serve died)", RUN_ENDED_BADLY, "prefect.flow-run.*",
                    "glasses: run {{ flow_run.name }} {{ flow_run.state.name }}",
                    run + " ended {{ flow_run.state.name }}: {{ flow_run.state.message }}"),
         "nothing-learned": ("ships a model that learned nothing (or not clearly)",

@@ -236,7 +236,7 @@ def test_the_automations_match_the_deployment_and_the_run_form_hides_internal_pa
         "failed": "glasses-pipeline/weekly: run failed", "nothing-learned": "glasses-pipeline/weekly: nothing learned",
         "promoted": "glasses-pipeline/weekly: champion promoted"}
     assert made["failed"].trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed",
-                                             "prefect.flow-run.TimedOut"}
+                                             "prefect.flow-run.TimedOut", "prefect.flow-run.Orphaned"}
     assert made["nothing-learned"].trigger.expect == {"glasses.run.nothing-learned", "glasses.run.not-clearly-learned"}
     for automation in made.values():
         assert automation.trigger.match_related.root == {"prefect.resource.id": f"prefect.deployment.{deployment}",

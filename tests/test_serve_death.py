@@ -1,5 +1,6 @@
 """`glasses serve` leaves nothing behind: killed outright (SIGKILL: no handler, no `finally`) mid-search,
-its run's processes end and the work dir's lock frees within 15 s, and the run ends Crashed saying why;
+its run's processes end and the work dir's lock frees within 15 s, and the run ends Orphaned (a Cancelled
+state) saying why, which a later Cancel leaves Cancelled, a Retry resumes and the notifications hear;
 a served run cancelled (as the UI's Cancel does) ends Cancelled with its processes gone, whether or not
 its serve is alive. A real `glasses serve` against the session's Prefect test server."""
 
@@ -17,8 +18,10 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.responses import SetStateStatus
-from prefect.states import Cancelling
+from prefect.states import AwaitingRetry, Cancelling
 
+from deployments.guard import ORPHANED
+from deployments.notify import RUN_ENDED_BADLY
 from glasses.workdir import status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,8 +178,22 @@ def _cancel(run_id: str):
         return client.set_flow_run_state(run_id, Cancelling())
 
 
+def _events(run_id: str, name: str, timeout_s: float = 30) -> list[dict]:
+    """The server's events `name` of flow run `run_id`, waiting for the first (events are written
+    in batches)."""
+    deadline = time.monotonic() + timeout_s
+    query = {"filter": {"event": {"name": [name]}, "resource": {"id": [f"prefect.flow-run.{run_id}"]},
+                        "any_resource": None, "order": "DESC"}, "limit": 10}
+    with get_client(sync_client=True) as client:
+        while True:
+            found = client._client.post("/events/filter", json=query).raise_for_status().json()["events"]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(1)
+
+
 @pytest.mark.slow
-def test_a_sigkilled_serve_leaves_no_process_nor_lock_and_its_run_ends_crashed(prefect_server, tmp_path):
+def test_a_sigkilled_serve_leaves_no_process_nor_lock_and_its_run_ends_orphaned(prefect_server, tmp_path):
     serve, work = _serve(tmp_path, "killed-serve")
     started = []
     try:
@@ -187,15 +204,21 @@ def test_a_sigkilled_serve_leaves_no_process_nor_lock_and_its_run_ends_crashed(p
         took = _wait_all_gone(started, work, killed_at)
         print(f"SIGKILL of serve -> no process, lock free: {took:.1f} s")
         state = _final_state(run_id)
-        assert state.is_crashed(), (state.name, state.message)
+        assert state.is_cancelled() and state.name == ORPHANED, (state.name, state.message)
         assert f"`glasses serve` (pid {serve.pid}) ended" in state.message and "retry the run" in state.message
+        # Its own event, which the "run failed" automation expects (a user's Cancel sends Cancelled).
+        assert f"prefect.flow-run.{ORPHANED}" in RUN_ENDED_BADLY
+        assert _events(run_id, f"prefect.flow-run.{ORPHANED}"), "no prefect.flow-run.Orphaned event"
 
-        # The UI's Cancel, 5 s after the kill (as in the issue): refused, the run stays Crashed (a
-        # final state cannot be left for Cancelling), never stuck Cancelling.
+        # The UI's Cancel, 5 s after the kill (as in the issue): the run is already final, so Prefect
+        # refuses the Cancelling it proposes, and the run reads Cancelled; never stuck Cancelling.
         time.sleep(max(0.0, killed_at + 5 - time.monotonic()))
-        result = _cancel(run_id)
-        assert result.status == SetStateStatus.ABORT, result
-        assert _final_state(run_id).is_crashed()
+        assert _cancel(run_id).status == SetStateStatus.ABORT
+        assert _final_state(run_id).is_cancelled()
+
+        # The UI's Retry (AwaitingRetry, not forced) is accepted, for a serve started again to resume.
+        with get_client(sync_client=True) as client:
+            assert client.set_flow_run_state(run_id, AwaitingRetry()).status == SetStateStatus.ACCEPT
     finally:
         _stop(serve, started)
 

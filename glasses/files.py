@@ -97,6 +97,29 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+@contextmanager
+def process_temp_dir(parent: Path, name: str) -> Iterator[Path]:
+    """Points this process's temporary files (`tempfile`, TMPDIR for its children) at a folder of
+    ours under `parent`, and removes it on the way out.
+
+    TensorFlow's autograph writes every function it converts to a file in the temp dir and
+    removes it only at interpreter exit, which a role process skips (glasses.search.__main__): each
+    search left files in /tmp, never removed. In a work dir the folder is a temporary
+    (`.<name>.<random>` + TEMPORARY_SUFFIX), so one left by a killed process goes with the next
+    run's sweep. Set it before anything has asked tempfile for its directory.
+    """
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=TEMPORARY_SUFFIX, dir=parent))
+    before = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = str(folder), str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = before[0]
+        os.environ.pop("TMPDIR") if before[1] is None else os.environ.update(TMPDIR=before[1])
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 OUTPUT_MARKER = ".glasses-output"  # in every folder atomic_dir makes: only such a folder is ever replaced
 
 

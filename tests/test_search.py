@@ -76,10 +76,16 @@ def _completed(spec_path: Path) -> list[dict]:
     return [r for r in trial_records(spec.project_dir) if r["status"] == "COMPLETED"]
 
 
-def test_chief_and_two_workers_run_each_trial_once(tiny_cache, tmp_path):
+def test_chief_and_two_workers_run_each_trial_once(tiny_cache, tmp_path, monkeypatch):
+    system_tmp = tmp_path / "system-tmp"  # the roles' inherited TMPDIR: they must leave nothing there
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))
     spec_path = _spec(tmp_path, tiny_cache[1])
     chief, tuners = _search(spec_path)
     _join(chief, *tuners)
+    # TensorFlow's autograph files went to each role's own temp folder, removed as the role ended.
+    assert list(system_tmp.iterdir()) == []
+    assert list((tmp_path / "kt").rglob("*.glasses-tmp")) == []
     assert chief.ok, "\n".join(chief.lines[-20:])
     assert [t.ok for t in tuners] == [True, True]
     records = trial_records(SearchSpec.load(spec_path).project_dir)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from glasses.errors import GlassesError
+from glasses.files import process_temp_dir
 from glasses.search.spec import SearchSpec
 from glasses.watchdog import exit_with_parent
 
@@ -26,17 +27,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("a worker needs --tuner-id, and it must not contain 'chief'")
     exit_with_parent()  # a role never outlives the run that started it, however that run ends
     spec = SearchSpec.load(args.spec)
-    try:
-        if args.role == "chief":
-            from glasses.search.chief import serve
+    # Its temporary files (TensorFlow's autograph writes some) in the search's folder, removed at
+    # the end: _exit skips the interpreter's exit, where TensorFlow would remove them.
+    with process_temp_dir(spec.directory, args.tuner_id or "chief"):
+        try:
+            if args.role == "chief":
+                from glasses.search.chief import serve
 
-            return serve(spec)
-        from glasses.search.worker import work
+                return serve(spec)
+            from glasses.search.worker import work
 
-        return work(spec, args.tuner_id)
-    except GlassesError as error:
-        print(f"{args.role} {args.tuner_id or ''}: error: {error}".replace("  ", " "), flush=True)
-        return 1
+            return work(spec, args.tuner_id)
+        except GlassesError as error:
+            print(f"{args.role} {args.tuner_id or ''}: error: {error}".replace("  ", " "), flush=True)
+            return 1
 
 
 def _exit(code: int) -> None:

@@ -32,14 +32,11 @@ Mode = Literal["resume", "retune"]
 
 def run_searches(config: Config, stage: str, sizes: list[int], chosen: dict[str, Any],
                  caches: dict[int, str], kept: dict[str, dict] | None = None) -> list[str]:
-    """Runs a stage's searches (one per size; none when the run keeps the stage's summary, `kept`),
-    each a chief task and `workers` concurrent worker task runs; returns their spec paths. On this
-    machine one after another (each already uses every core); on a Dask cluster all at once, their
-    workers submitted in turn (tuner0 of every search, then tuner1, ...) so that each search gets
-    a Dask worker as soon as there is room."""
+    """Runs a stage's searches (one per size; none when the run keeps the stage's summary, `kept`)
+    all at once: a chief task each and `workers` worker task runs each, which queue (on this
+    machine one search's tuner<i> after the other's: tasks/placement.py); returns their spec
+    paths."""
     sizes = sizes_to_search(stage, sizes, kept or {})
-    if not cluster.is_dask(config.search.cluster):
-        return [_run(config, [search.plan(config, stage, size, chosen, caches[size])])[0] for size in sizes]
     return _run(config, [search.plan(config, stage, size, chosen, caches[size]) for size in sizes])
 
 
@@ -47,14 +44,14 @@ def _run(config: Config, specs: list[str]) -> list[str]:
     # Their time limit is the search's chief_timeout_s, kept by the chief and enforced on the role
     # processes (killed 30 s past it): a Prefect timeout cannot interrupt a task blocked in a thread.
     # A chief "on the flow" runs in a thread of the flow's process, whatever the flow's task runner.
+    # Once a search's workers have all ended, its chief is released: it waits for no other.
     on_flow = cluster.is_dask(config.search.cluster) and config.search.chief_on == "flow"
     with ThreadPoolTaskRunner(max_workers=len(specs)) if on_flow else nullcontext() as here:
         chiefs = [here.submit(search.chief, {"spec_path": spec}) if here else search.chief.submit(spec)
                   for spec in specs]
-        worker = search.worker.with_options(retries=config.search.worker_retries)
-        with placement.worker_placement(config):
-            workers = [worker.submit(spec, index) for index in range(config.search.workers) for spec in specs]
+        workers = placement.submit_workers(config, specs)
         wait(workers)
+        wait([search.release.submit(spec, str(chief.task_run_id)) for spec, chief in zip(specs, chiefs)])
         return [chief.result() for chief in chiefs]
 
 

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glasses.cluster import is_dask
 from glasses.config import CHOOSING_STAGES, Config, SearchConfig, StageConfig, fingerprint
 from glasses.errors import SearchError
 from glasses.figures import plot_by, plot_ranked
@@ -62,7 +61,7 @@ def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int
         seed=search.seed, bind=search.oracle_bind, address=search.oracle_address, port=search.oracle_port or 0,
         workers=search.workers, worker_timeout_s=search.worker_timeout_s,
         chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker, precision=search.precision,
-        await_workers_s=search.chief_timeout_s if is_dask(search.cluster) else search.worker_timeout_s)
+        await_workers_s=search.chief_timeout_s)  # workers may queue; the run releases the chief when all ended
     return spec.save(path)
 
 

@@ -97,7 +97,7 @@ def plan_key(context, parameters: dict) -> str:
 
 
 def search_key(context, parameters: dict) -> str:
-    """Chief and worker: Cached once their search is complete."""
+    """Chief, worker and release: Cached once their search is complete."""
     spec_path = Path(parameters["spec_path"])
     work = WorkDir(spec_path.resolve().parents[3])  # <work>/stages/<stage>/kt-<key>/size<px>.json
     return _key(work, _complete(spec_path), context.task.name, spec_path, parameters.get("index"))

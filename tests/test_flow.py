@@ -27,8 +27,8 @@ def _weights(work: Path) -> dict[str, int]:
             if json.loads((p.parent / "trial.json").read_text())["status"] == "COMPLETED"}
 
 
-def _last_stage_runs(wait_s: float = 60) -> dict[str, str]:
-    """Task run name -> final state name of the latest `glasses-stages` flow run.
+def _last_stage_task_runs(wait_s: float = 60) -> list:
+    """The task runs of the latest `glasses-stages` flow run, once each has a final state.
 
     Task run states reach the server as events, a moment after the flow returns: wait for them.
     """
@@ -40,10 +40,28 @@ def _last_stage_runs(wait_s: float = 60) -> dict[str, str]:
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id])))
             # (a task run can reach the server before its first state does: state None)
             if all(t.state is not None and t.state.is_final() for t in tasks) or time.monotonic() > deadline:
-                break
+                return tasks
             time.sleep(1)
+
+
+def _last_stage_runs(wait_s: float = 60) -> dict[str, str]:
+    """Task run name -> final state name of the latest `glasses-stages` flow run."""
     # run names end in a short suffix ("organize-3fa") unless the task names its runs ("cache-16-24px")
-    return {re.sub(r"-[0-9a-f]{3}$", "", t.name): t.state.name if t.state else "None" for t in tasks}
+    return {re.sub(r"-[0-9a-f]{3}$", "", t.name): t.state.name if t.state else "None"
+            for t in _last_stage_task_runs(wait_s)}
+
+
+def _check_stage1_queue(tasks: list, workers: int = 2) -> None:
+    """Stage 1's searches ran at once: both chiefs up before any worker ended; the workers
+    queued, tuner<i> of size 24 after tuner<i> of size 16, never more than `workers` at once."""
+    runs = {t.name: t for t in tasks if "-stage1-" in t.name}
+    chiefs = [runs[f"chief-stage1-size{px}"] for px in (16, 24)]
+    tuners = {(px, i): runs[f"worker-stage1-size{px}-tuner{i}"] for px in (16, 24) for i in range(workers)}
+    assert max(c.start_time for c in chiefs) < min(t.end_time for t in tuners.values())
+    for i in range(workers):
+        assert tuners[(24, i)].start_time >= tuners[(16, i)].end_time
+    for t in tuners.values():  # at each worker's start, how many were running
+        assert sum(o.start_time <= t.start_time < o.end_time for o in tuners.values()) <= workers
 
 
 def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server, tmp_path):
@@ -52,6 +70,7 @@ def test_smoke_flow_on_the_built_in_data_end_to_end_then_resumes(prefect_server,
     work = tmp_path / "work"
     state = pipeline(preset="smoke", work_dir=str(work), return_state=True)
     assert state.is_completed(), state.message
+    _check_stage1_queue(_last_stage_task_runs())
     summary = json.loads((work / "summary.json").read_text())
     dataset, split = summary["dataset"], summary["split"]
     assert dataset["labelled"] == 60 == dataset["glasses"] + dataset["no_glasses"]

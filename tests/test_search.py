@@ -35,9 +35,9 @@ def _spec(tmp_path: Path, cache_dir: Path, max_trials: int = 4, epochs: int = 1,
 class Role(threading.Thread):
     """One role, launched as the Prefect tasks launch it (`run_chief` / `run_worker`), its lines kept."""
 
-    def __init__(self, spec_path: Path, role: str, index: int | None = None):
+    def __init__(self, spec_path: Path, role: str, index: int | None = None, token: str | None = None):
         super().__init__(daemon=True)
-        self.spec_path, self.role, self.index = spec_path, role, index
+        self.spec_path, self.role, self.index, self.token = spec_path, role, index, token
         self.tuner_id = None if index is None else f"tuner{index}"
         self.lines: list[str] = []
         self.error: SearchError | None = None
@@ -45,7 +45,7 @@ class Role(threading.Thread):
     def run(self) -> None:
         try:
             if self.role == "chief":
-                run_chief(self.spec_path, self.lines.append)
+                run_chief(self.spec_path, self.lines.append, self.token)
             else:
                 run_worker(self.spec_path, self.index, self.lines.append)
         except SearchError as error:
@@ -158,6 +158,26 @@ def test_the_chief_gives_up_at_its_timeout(tiny_cache, tmp_path):
     assert any("timeout after 20s" in line for line in chief.lines)
     tuner0.join(90)
     assert "exited with code" in str(tuner0.error)  # its chief is gone; the worker fails instead of hanging
+
+
+def test_a_chief_waits_for_queued_workers_until_released_and_only_by_its_own_release(tiny_cache, tmp_path):
+    # Workers may queue behind another search's (the run's stage 1): no worker for a long time is
+    # no reason to give up; the run's release, once every worker it started has ended, is.
+    spec_path = _spec(tmp_path, tiny_cache[1], worker_timeout_s=2, await_workers_s=300)
+    spec = SearchSpec.load(spec_path)
+    search.mark_released(spec, "an earlier run's chief")  # not this one's: ignored
+    chief = Role(spec_path, "chief", token="this chief")
+    chief.start()
+    deadline = time.monotonic() + 60
+    while not any("oracle serving" in line for line in chief.lines):
+        assert chief.is_alive() and time.monotonic() < deadline, chief.lines
+        time.sleep(0.2)
+    time.sleep(4)  # twice worker_timeout_s with no worker: still waiting
+    assert chief.is_alive()
+    search.mark_released(spec, "this chief")
+    chief.join(30)
+    assert not chief.is_alive()
+    assert "every worker started for it has ended, none came" in str(chief.error)
 
 
 def test_an_interrupted_search_continues_where_it_stopped(tiny_cache, tmp_path):

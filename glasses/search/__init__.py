@@ -12,13 +12,14 @@
 
 The chief tracks when it last heard from each worker (heartbeats every few seconds) and hands
 the trial of a worker silent for `worker_timeout_s` to another; it gives up after
-`chief_timeout_s` or once no worker is left. The oracle's state is on disk, so a re-run
+`chief_timeout_s`, once no worker is left, or once its run says every worker it started for the
+search has ended (`mark_released`: the workers may queue behind another search's). The oracle's state is on disk, so a re-run
 continues a search (no trial run twice).
 """
 
 from glasses.search.launch import run_chief, run_worker
-from glasses.search.records import is_complete, keep_best, trial_records, trials_table
+from glasses.search.records import is_complete, keep_best, mark_released, trial_records, trials_table
 from glasses.search.spec import SearchSpec, free_port
 
-__all__ = ["SearchSpec", "free_port", "is_complete", "keep_best", "run_chief", "run_worker", "trial_records",
-           "trials_table"]
+__all__ = ["SearchSpec", "free_port", "is_complete", "keep_best", "mark_released", "run_chief", "run_worker",
+           "trial_records", "trials_table"]

@@ -9,8 +9,8 @@ import time
 from glasses.search.early_stop import MedianStop
 from glasses.search.keras_tuner_private import (LivenessServicer, settle_ended_trials, settle_stopped_trials,
                                                 start_server)
-from glasses.search.records import (ENDED, EXIT_INCOMPLETE, EXIT_PORT_IN_USE, dial_address, last_error_line,
-                                    publish_chief)
+from glasses.search.records import (ENDED, EXIT_INCOMPLETE, EXIT_PORT_IN_USE, RELEASE_ENV, dial_address,
+                                    last_error_line, publish_chief, released)
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, node, set_role
 
@@ -79,6 +79,8 @@ def _wait(servicer: LivenessServicer, spec: SearchSpec) -> str:
         if _finished(servicer):
             return "complete"
         if _nobody_left(servicer, spec):
+            if released(spec, os.environ.get(RELEASE_ENV)):
+                return "every worker started for it has ended" + ("" if servicer.last_seen else ", none came")
             return "no worker left" if servicer.last_seen else f"no worker came within {spec.await_workers_s:.0f}s"
         if time.monotonic() > deadline:
             return f"timeout after {spec.chief_timeout_s:.0f}s"
@@ -107,7 +109,11 @@ def _finished(servicer: LivenessServicer) -> bool:
 
 
 def _nobody_left(servicer: LivenessServicer, spec: SearchSpec) -> bool:
+    """No worker is in the search, and none will come: every worker started for it has ended
+    (`released`: its workers may queue behind another search's), or none has asked for
+    `worker_timeout_s` (`await_workers_s` while none has come yet)."""
     with servicer.lock:
+        if servicer.oracle.tuner_ids or servicer.oracle.ongoing_trials:
+            return False
         grace_s = spec.worker_timeout_s if servicer.last_seen else spec.await_workers_s
-        waited = time.monotonic() - servicer.started > grace_s
-        return waited and not servicer.oracle.tuner_ids and not servicer.oracle.ongoing_trials
+    return released(spec, os.environ.get(RELEASE_ENV)) or time.monotonic() - servicer.started > grace_s

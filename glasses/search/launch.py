@@ -21,8 +21,8 @@ from pathlib import Path
 
 from glasses.cluster import dask_worker
 from glasses.errors import SearchError
-from glasses.search.records import (EXIT_PORT_IN_USE, chief_card, chief_down_marker, check_state, is_complete,
-                                    mark_chief_down)
+from glasses.search.records import (EXIT_PORT_IN_USE, RELEASE_ENV, chief_card, chief_down_marker, check_state,
+                                    is_complete, mark_chief_down)
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import NODE_ENV
 from glasses.watchdog import PARENT_PID
@@ -36,11 +36,13 @@ _NOT_FROM_DASK = {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": None, "MKL_
                   "OPENBLAS_NUM_THREADS": None}
 
 
-def run_chief(spec_path: Path, on_line: Callable[[str], None] = print) -> Path:
+def run_chief(spec_path: Path, on_line: Callable[[str], None] = print, release_token: str | None = None) -> Path:
     """Runs the search's chief process until every trial has ended; returns `spec_path`.
 
     A complete search runs nothing. The chief keeps its own time limit (the spec's
-    `chief_timeout_s`); its process is killed `KILL_GRACE_S` after that as a backstop.
+    `chief_timeout_s`); its process is killed `KILL_GRACE_S` after that as a backstop. With a
+    `release_token`, `records.mark_released(spec, release_token)` tells it that every worker
+    started for the search has ended, so that it waits for none (they may queue: `await_workers_s`).
 
     Raises:
         SearchError: the chief ended before every trial had ended (timeout, no worker left,
@@ -55,7 +57,7 @@ def run_chief(spec_path: Path, on_line: Callable[[str], None] = print) -> Path:
     # their imports, so they never see this search's old marker.)
     chief_down_marker(spec).unlink(missing_ok=True)
     chief_card(spec).unlink(missing_ok=True)
-    env = {**_QUIET, "CUDA_VISIBLE_DEVICES": "-1"}  # the oracle needs no GPU
+    env = {**_QUIET, "CUDA_VISIBLE_DEVICES": "-1", RELEASE_ENV: release_token}  # the oracle needs no GPU
     on_dask = dask_worker()
     if on_dask:  # on a Dask worker: named after it, without the nanny's settings
         env = {**env, **_NOT_FROM_DASK, NODE_ENV: on_dask[0]}

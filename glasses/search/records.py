@@ -133,6 +133,32 @@ def chief_down_reason(spec: SearchSpec) -> str | None:
     return found["reason"] if found.get("search_id") == spec.search_id else None
 
 
+RELEASED = ".workers-ended"  # the suffix of `release_marker`'s file
+RELEASE_ENV = "GLASSES_RELEASE_TOKEN"  # the chief's token, from whoever runs it (its Prefect task run id)
+
+
+def release_marker(spec: SearchSpec) -> Path:
+    """A file saying every worker started for this search has ended: its chief waits for none."""
+    return spec.directory / f"{spec.project_name}{RELEASED}"
+
+
+def mark_released(spec: SearchSpec, token: str) -> None:
+    """Tells the chief started with `token` that no worker will come any more (all have ended)."""
+    write_json(release_marker(spec), {"token": token, "search_id": spec.search_id})
+
+
+def released(spec: SearchSpec, token: str | None) -> bool:
+    """Whether this chief (its `token`) was told that every worker of its search has ended. A
+    marker for another token is an earlier run's: a chief started without a token waits as before."""
+    marker = release_marker(spec)
+    if not token or not marker.is_file():
+        return False
+    try:
+        return read_json(marker).get("token") == token
+    except (OSError, ValueError):  # being replaced right now: asked again half a second later
+        return False
+
+
 def chief_card(spec: SearchSpec) -> Path:
     """What a chief publishes once it listens: its search id, the address and port workers dial
     (the port it actually bound), its host, node (Dask worker name or host) and pid. Workers dial only what this says."""

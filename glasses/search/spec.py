@@ -36,8 +36,9 @@ class SearchSpec(BaseModel):
     workers: int
     worker_timeout_s: float
     chief_timeout_s: float
-    # How long the chief waits for its first worker: worker_timeout_s when the workers start with
-    # it; on a Dask cluster they may queue behind other tasks, so up to chief_timeout_s.
+    # How long the chief waits for its first worker. Workers may queue (behind another search's
+    # on this machine, behind other tasks on a Dask cluster), so a run sets chief_timeout_s and
+    # releases the chief once every worker it started has ended (records.mark_released).
     await_workers_s: float
     gpus_per_worker: int | Literal["all"]
     precision: Literal["float32", "bfloat16", "auto"] = "float32"  # what workers train in (search.precision)

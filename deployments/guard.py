@@ -22,12 +22,15 @@ Retry resumes it as it does a Crashed run.
 
 from __future__ import annotations
 
+import logging
 import os
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import LogCreate
 from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId,
                                             FlowRunFilterState, FlowRunFilterStateType, TaskRunFilter,
                                             TaskRunFilterState, TaskRunFilterStateType)
@@ -68,10 +71,15 @@ def report_end(run_id: UUID, serve_pid: int, serve_gone: bool) -> None:
         state = client.read_flow_run(run_id).state
         if state is not None and state.is_final() and not state.is_crashed():
             return
-        final = end_state(serve_pid, serve_gone, cancelled=not serve_gone or bool(state and state.is_cancelling()))
+        cancelled = not serve_gone or bool(state and state.is_cancelling())
+        final = end_state(serve_pid, serve_gone, cancelled=cancelled)
         runs = [run_id, *open_subflow_runs(client, run_id)]
         for run in runs:
             client.set_flow_run_state(run, final.model_copy(), force=True)
+        # The why in the run's logs too (the UI's first tab), not only in its state's message.
+        client.create_logs([LogCreate(name="glasses.guard", level=logging.WARNING if cancelled else logging.ERROR,
+                                      message=f"{final.name}: {final.message}", timestamp=datetime.now(timezone.utc),
+                                      flow_run_id=run_id)])
         open_tasks = TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=OPEN)))
         for task in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)),
                                           task_run_filter=open_tasks):

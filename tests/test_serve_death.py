@@ -17,6 +17,7 @@ import psutil
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import AwaitingRetry, Cancelling
 
@@ -206,6 +207,10 @@ def test_a_sigkilled_serve_leaves_no_process_nor_lock_and_its_run_ends_orphaned(
         state = _final_state(run_id)
         assert state.is_cancelled() and state.name == ORPHANED, (state.name, state.message)
         assert f"`glasses serve` (pid {serve.pid}) ended" in state.message and "retry the run" in state.message
+        # The why in the run's logs too, not only in its state's message.
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        assert any(log.message.startswith(f"{ORPHANED}: its `glasses serve` (pid {serve.pid}) ended") for log in logs)
         # Its own event, which the "run failed" automation expects (a user's Cancel sends Cancelled).
         assert f"prefect.flow-run.{ORPHANED}" in RUN_ENDED_BADLY
         assert _events(run_id, f"prefect.flow-run.{ORPHANED}"), "no prefect.flow-run.Orphaned event"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Two commits' quick runs on the built-in data, alternating A B B A, alone on this machine: each
+# Two commits' quick runs on the built-in data (or DATA), alternating A B B A, alone on this machine: each
 # run's flow and stage seconds, the workers' utilization (summary.json) and the test accuracy.
 # Machines of one kind differ up to 3x: compare only within one call of this script.
 #   bench/ab_quick.sh BASE_REV [NEW_REV] [OUT]    (NEW_REV default HEAD, OUT default /tmp/ab-quick;
-#   PRESET=smoke to try the script itself in a few minutes)
+#   PRESET=smoke to try the script itself in a few minutes; DATA=D to run on the dataset in D)
 set -u
 cd "$(dirname "$0")/.."
 BASE=${1:?a base revision}; NEW=${2:-HEAD}; R=${3:-/tmp/ab-quick}
@@ -16,7 +16,8 @@ done
 trap 'git worktree remove --force "$R/base"; git worktree remove --force "$R/new"' EXIT
 run() {  # $1: base or new, $2: its run number
   local code=$R/$1 work=$R/w-$1$2
-  (cd "$code" && PYTHONPATH=$code $PY -m glasses run --preset $PRESET --work-dir "$work" > "$R/$1$2.log" 2>&1)
+  (cd "$code" && PYTHONPATH=$code $PY -m glasses run --preset $PRESET --work-dir "$work" ${DATA:+--data-dir "$DATA"} \
+     > "$R/$1$2.log" 2>&1)
   echo "$1$2 rc=$?"
   $PY - "$work/summary.json" <<'PY'
 import json, sys

@@ -79,14 +79,11 @@ def chief(spec_path: str) -> str:
     """
     cluster.leave_thread_pool()
     with _progress(Path(spec_path)):
-        return str(search.run_chief(Path(spec_path), get_run_logger().info, release_token(spec_path)))
-
-
-def release_token(spec_path: str) -> str:
-    """The token the `release` of this chief names: its search's spec and its own task run,
-    so that a chief of another run (a retry is one) never takes an earlier release for its own."""
-    context = TaskRunContext.get()
-    return f"{spec_path}@{context.task_run.id if context else 'direct'}"
+        # Its own task run id is the token its `release` names: a chief of another run (a retry is
+        # one) never takes an earlier release for its own. Without a task run, it is never released.
+        context = TaskRunContext.get()
+        token = str(context.task_run.id) if context else None
+        return str(search.run_chief(Path(spec_path), get_run_logger().info, token))
 
 
 @task(name="release", task_run_name=_run_name("release"), cache_key_fn=caching.search_key, persist_result=True)
@@ -94,7 +91,7 @@ def release(spec_path: str, chief_run_id: str) -> None:
     """Tells the chief (task run `chief_run_id`) that every worker started for its search has
     ended, so that it waits for none: workers may queue behind another search's, so it no
     longer gives up on its own (`await_workers_s`)."""
-    search.mark_released(search.SearchSpec.load(Path(spec_path)), f"{spec_path}@{chief_run_id}")
+    search.mark_released(search.SearchSpec.load(Path(spec_path)), chief_run_id)
 
 
 @contextmanager

@@ -150,13 +150,8 @@ def mark_released(spec: SearchSpec, token: str) -> None:
 def released(spec: SearchSpec, token: str | None) -> bool:
     """Whether this chief (its `token`) was told that every worker of its search has ended. A
     marker for another token is an earlier run's: a chief started without a token waits as before."""
-    marker = release_marker(spec)
-    if not token or not marker.is_file():
-        return False
-    try:
-        return read_json(marker).get("token") == token
-    except (OSError, ValueError):  # being replaced right now: asked again half a second later
-        return False
+    marker = release_marker(spec)  # written whole (renamed into place): never half read
+    return bool(token) and marker.is_file() and read_json(marker).get("token") == token
 
 
 def chief_card(spec: SearchSpec) -> Path:

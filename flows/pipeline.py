@@ -34,10 +34,11 @@ def run_searches(config: Config, stage: str, sizes: list[int], chosen: dict[str,
                  caches: dict[int, str], kept: dict[str, dict] | None = None) -> list[str]:
     """Runs a stage's searches (one per size; none when the run keeps the stage's summary, `kept`)
     all at once: a chief task each and `workers` worker task runs each, which queue (on this
-    machine one search's tuner<i> after the other's: tasks/placement.py); returns their spec
-    paths."""
+    machine one search's tuner<i> after the other's: tasks/placement.py; a worker with no trial
+    left moves on to the search that follows); returns their spec paths."""
     sizes = sizes_to_search(stage, sizes, kept or {})
-    return _run(config, [search.plan(config, stage, size, chosen, caches[size]) for size in sizes])
+    return _run(config, [search.plan(config, stage, size, chosen, caches[size], followed=size != sizes[-1])
+                         for size in sizes])
 
 
 def _run(config: Config, specs: list[str]) -> list[str]:
@@ -108,7 +109,7 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
     `run`: the pipeline run's id, name and mode (retune: stage 3 grows, once per run id)."""
     run = {"id": "", "flow_run": "", "mode": "resume", **(run or {})}
     run["entry"] = registry.entry_name(config.preset)
-    with claim(config.work_dir, config.data.data_dir):
+    with claim(config.work_dir, config.data.data_dir), search.spare_roles(config, budget_s):
         clock = Stopwatch()
         placement.check_storage(config)  # on a Dask cluster: every worker sees the work dir
         source = data.source(config)

@@ -38,8 +38,20 @@ from glasses.search.records import STOPPED, trial_records
 from glasses.workdir import STAGE_SUMMARY, WorkDir
 
 
+LAST_STAGE = "stage3"  # no search follows its own
+
+
+def spares_after(stage: str, followed: bool, workers: int) -> int:
+    """The role processes to start ahead once a search has handed out its last trial: the
+    workers of the search queued behind it, the next stage's chief and workers, or none after
+    the last stage (glasses.search.spares)."""
+    if followed:
+        return workers
+    return 0 if stage == LAST_STAGE else workers + 1
+
+
 def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int, chosen: dict[str, Any],
-                cache_dir: Path) -> Path:
+                cache_dir: Path, followed: bool = False) -> Path:
     """Writes the spec of one search (a free port picked now) and returns its path.
 
     Args:
@@ -50,6 +62,7 @@ def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int
         image_size: The size the search trains at.
         chosen: Earlier stages' choices; the stage's own `fixed` wins over them.
         cache_dir: The tf.data cache at `image_size`.
+        followed: Another search of the stage queues behind this one (stage 1's sizes, all at once).
     """
     path = spec_path_for(work, stage, search, image_size, chosen, cache_dir)
     directory, key = path.parent, path.parent.name.removeprefix("kt-")
@@ -61,7 +74,8 @@ def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int
         seed=search.seed, bind=search.oracle_bind, address=search.oracle_address, port=search.oracle_port or 0,
         workers=search.workers, worker_timeout_s=search.worker_timeout_s,
         chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker, precision=search.precision,
-        await_workers_s=search.chief_timeout_s)  # workers may queue; the run releases the chief when all ended
+        await_workers_s=search.chief_timeout_s,  # workers may queue; the run releases the chief when all ended
+        followed=followed, spares=spares_after(stage, followed, search.workers))
     return spec.save(path)
 
 

@@ -22,6 +22,7 @@ from prefect.context import TaskRunContext
 from prefect.runtime import task_run
 
 from glasses import cluster, search, stages
+from glasses.search import launch, spares
 from glasses.config import Config
 from glasses.search.records import ended_trials
 from glasses.workdir import WorkDir
@@ -32,10 +33,26 @@ PROGRESS_EVERY_S = 5.0
 
 @task(name="plan-search", task_run_name="plan-{stage}-{image_size}px", cache_key_fn=caching.plan_key,
       persist_result=True)
-def plan(config: Config, stage: str, image_size: int, chosen: dict[str, Any], cache_dir: str) -> str:
-    """Writes the search's spec (directory keyed by config, a free port) and returns its path."""
+def plan(config: Config, stage: str, image_size: int, chosen: dict[str, Any], cache_dir: str,
+         followed: bool = False) -> str:
+    """Writes the search's spec (directory keyed by config, a free port) and returns its path;
+    `followed`: another search of the stage queues behind this one."""
     return str(stages.plan_search(WorkDir(config.work_dir), stage, config.search, image_size, chosen,
-                                  Path(cache_dir)))
+                                  Path(cache_dir), followed))
+
+
+@contextmanager
+def spare_roles(config: Config, budget_s: float | None = None) -> Iterator[None]:
+    """Role processes started ahead for stage 1 (glasses.search.spares), importing while the run
+    prepares its data; this process's spares are killed when the block ends. With a time budget
+    none start here: the budget's throughput measurement must have the cores to itself."""
+    if budget_s is None:
+        started = launch.start_spares(config.search)
+        get_run_logger().info("started %d spare role processes for stage 1's searches", started)
+    try:
+        yield
+    finally:
+        spares.retire()
 
 
 @task(name="retune-trials", cache_policy=NONE)

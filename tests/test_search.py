@@ -50,6 +50,8 @@ class Role(threading.Thread):
                 run_worker(self.spec_path, self.index, self.lines.append)
         except SearchError as error:
             self.error = error
+        finally:
+            self.ended_at = time.time()
 
     @property
     def ok(self) -> bool:
@@ -394,3 +396,26 @@ def test_real_workers_report_every_evaluation_and_stopped_trials_end_early(tiny_
             assert record["stopped_steps"] == evaluations[-1]["steps"] and record["epochs"] == len(evaluations)
         else:
             assert record["status"] == "COMPLETED" and len(evaluations) == 3
+
+
+def test_a_worker_of_a_followed_search_leaves_at_once_when_no_trial_is_left(tiny_cache, tmp_path):
+    # Another search queues behind this one's workers (stage 1's sizes): the worker that finds no
+    # trial left goes to it at once instead of idling through the other worker's last trial.
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=1, epochs=200, patience=200, followed=True)
+    chief, tuners = _search(spec_path)
+    _join(chief, *tuners)
+    assert chief.ok and [t.ok for t in tuners] == [True, True], chief.lines
+    (record,) = trial_records(SearchSpec.load(spec_path).project_dir)
+    assert record["status"] == "COMPLETED" and record["seconds"] > 4, record
+    idle = next(t for t in tuners if t.tuner_id != record["worker"])
+    assert idle.ended_at < record["ended_at"] - 2  # gone while the trial still ran, not with it
+
+
+def test_a_search_not_followed_keeps_its_idle_worker_to_the_end(tiny_cache, tmp_path):
+    # The last search of a stage keeps an idle worker, to take over a trial whose worker goes silent.
+    spec_path = _spec(tmp_path, tiny_cache[1], max_trials=1, epochs=200, patience=200)
+    chief, tuners = _search(spec_path)
+    _join(chief, *tuners)
+    (record,) = trial_records(SearchSpec.load(spec_path).project_dir)
+    idle = next(t for t in tuners if t.tuner_id != record["worker"])
+    assert idle.ok and idle.ended_at >= record["ended_at"]

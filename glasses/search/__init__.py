@@ -3,12 +3,13 @@
     spec.py                 SearchSpec: what both roles of one search read
     records.py              the trials on disk: records, table, completeness, pruning, markers; the chief's exit codes
     launch.py               run_chief / run_worker: a role as a process, errors as SearchError
+    spares.py               role processes started ahead, TensorFlow imported, each waiting for its role
     tuner.py                the RandomSearch both roles build, the role's environment
     chief.py                inside the chief process: serve the oracle until the search ends
     worker.py               inside a worker process: run trials until the chief says stop
     early_stop.py           the chief's median stopping rule over the trials' evaluations
     keras_tuner_private.py  every use of keras-tuner's private API (liveness, requeue, timeout)
-    __main__.py             `python -m glasses.search chief|worker`
+    __main__.py             `python -m glasses.search chief|worker|spare`
 
 The chief tracks when it last heard from each worker (heartbeats every few seconds) and hands
 the trial of a worker silent for `worker_timeout_s` to another; it gives up after

@@ -1,4 +1,6 @@
-"""The role processes: `python -m glasses.search chief|worker --spec SPEC.json [--tuner-id ID]`.
+"""The role processes: `python -m glasses.search chief|worker --spec SPEC.json [--tuner-id ID]`,
+or `python -m glasses.search spare`: one that imports first and waits for its role
+(glasses.search.spares).
 
 Started by `glasses.search.run_chief` / `run_worker`; each role is its own process because
 Keras Tuner takes a role from process-wide environment variables.
@@ -52,4 +54,9 @@ def _exit(code: int) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["spare"]:
+        from glasses.search.spares import await_role
+
+        role = await_role()
+        _exit(0 if role is None else main(role))
     _exit(main())

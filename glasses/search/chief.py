@@ -9,8 +9,8 @@ import time
 from glasses.search.early_stop import MedianStop
 from glasses.search.keras_tuner_private import (LivenessServicer, settle_ended_trials, settle_stopped_trials,
                                                 start_server)
-from glasses.search.records import (ENDED, EXIT_INCOMPLETE, EXIT_PORT_IN_USE, RELEASE_ENV, dial_address,
-                                    last_error_line, publish_chief, released)
+from glasses.search.records import (ENDED, EXIT_INCOMPLETE, EXIT_PORT_IN_USE, LAST_ROUND, RELEASE_ENV,
+                                    dial_address, last_error_line, publish_chief, released)
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, node, set_role
 
@@ -31,10 +31,12 @@ def serve(spec: SearchSpec) -> int:
     stopper = MedianStop(spec.project_dir, spec.stage.early_stop, spec.stage.min_steps)
     for trial_id in settle_stopped_trials(oracle, stopper):
         print(f"chief: trial {trial_id} had been stopped early before the last chief stopped: ended there", flush=True)
-    servicer, server, port = start_server(oracle, spec.bind, spec.port, spec.worker_timeout_s, stopper)
+    servicer, server, port = start_server(oracle, spec.bind, spec.port, spec.worker_timeout_s, stopper,
+                                          hold_idle=not spec.followed)
     if server is None:
         print(f"chief: cannot bind {spec.bind}:{spec.port}: the port is in use", flush=True)
         return EXIT_PORT_IN_USE
+    servicer.on_all_handed_out = lambda: print(f"{LAST_ROUND} ({oracle.max_trials}): the last round", flush=True)
     address = dial_address(spec)
     publish_chief(spec, address, port, node())
     print(f"chief: oracle serving at {address}:{port} (bound to {spec.bind}), "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from datetime import datetime
 
@@ -120,11 +121,14 @@ class LivenessServicer(oracle_chief.OracleServicer):
     """Serialises all calls, notes when each worker was last heard from, and hands the trial of
     a silent worker to the next worker that asks. A trial whose worker died on it twice is
     recorded FAILED instead of handed out again forever; too many failures in a row (Keras
-    Tuner's `max_consecutive_failed_trials`) set `fatal`, and the chief ends the search."""
+    Tuner's `max_consecutive_failed_trials`) set `fatal`, and the chief ends the search. With
+    `hold_idle` False (another search waits for its workers), a worker with no trial left is let go."""
 
-    def __init__(self, oracle, worker_timeout_s: float, stopper: MedianStop):
+    def __init__(self, oracle, worker_timeout_s: float, stopper: MedianStop, hold_idle: bool = True):
         super().__init__(oracle)
         self.stopper = stopper
+        self.hold_idle = hold_idle  # keep a worker with no trial left, to take over a silent one's
+        self.on_all_handed_out: Callable[[], None] | None = None  # called once, when the last trial is handed out
         self.lock = threading.RLock()
         self.worker_timeout_s = worker_timeout_s
         self.last_seen: dict[str, float] = {}
@@ -209,14 +213,18 @@ class LivenessServicer(oracle_chief.OracleServicer):
                 self._fail(ongoing, f"its worker died {DEATHS_BEFORE_FAILED} times running it "
                                     f"(last {request.tuner_id}; killed by the OOM killer?)")
             others_running = any(t != request.tuner_id for t in self.oracle.ongoing_trials)
-            if (request.tuner_id not in self.oracle.ongoing_trials and self._all_handed_out()
+            if (self.hold_idle and request.tuner_id not in self.oracle.ongoing_trials and self._all_handed_out()
                     and others_running):
                 # Keep this worker around: a running trial may still need a new home.
                 self.oracle.tuner_ids.add(request.tuner_id)
                 idle = trial_module.Trial(self.oracle.get_space(), trial_id="idle",
                                           status=trial_module.TrialStatus.IDLE)
                 return get_service().CreateTrialResponse(trial=idle.to_proto())
-            return super().CreateTrial(request, context)
+            response = super().CreateTrial(request, context)
+            if self.on_all_handed_out and self._all_handed_out():
+                self.on_all_handed_out()
+                self.on_all_handed_out = None
+            return response
 
     def GetTrial(self, request, context):
         with self.lock:
@@ -259,17 +267,18 @@ class LivenessServicer(oracle_chief.OracleServicer):
             return super().GetBestTrials(request, context)
 
 
-def start_server(oracle, bind: str, port: int, worker_timeout_s: float, stopper: MedianStop
-                 ) -> tuple[LivenessServicer, grpc.Server | None, int]:
+def start_server(oracle, bind: str, port: int, worker_timeout_s: float, stopper: MedianStop,
+                 hold_idle: bool = True) -> tuple[LivenessServicer, grpc.Server | None, int]:
     """Serves `oracle` on `bind`, at `port` or, when it is 0, a free port, with `stopper` deciding
     on the trials' evaluations; returns the servicer, the server (None if it cannot bind) and the
-    port it bound.
+    port it bound. `hold_idle`: a worker that finds no trial left while others run stays (IDLE
+    answers) to take over a silent worker's trial; else it is told to stop (STOPPED).
 
     The port is bound exclusively: gRPC sets SO_REUSEPORT by default, which would let a
     second chief bind the same port and take half of the workers' calls.
     """
     address = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
-    servicer = LivenessServicer(oracle, worker_timeout_s, stopper)
+    servicer = LivenessServicer(oracle, worker_timeout_s, stopper, hold_idle)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
     get_service_grpc().add_OracleServicer_to_server(servicer, server)
     try:

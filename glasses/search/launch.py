@@ -6,6 +6,9 @@ and the tests all use.
 
 Each role is its own process (`python -m glasses.search chief|worker ...`), because Keras
 Tuner takes a role from process-wide environment variables. Its output lines go to `on_line`.
+A role goes to a spare process that has done its imports already where one is at hand
+(glasses.search.spares): `start_spares` at a run's start, and once a chief has handed out its
+last trial, `spec.spares` more for what follows (on a Dask worker one, for its next role).
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from glasses import cluster
 from glasses.cluster import dask_worker
+from glasses.config import SearchConfig
 from glasses.errors import SearchError
-from glasses.search.records import (EXIT_PORT_IN_USE, RELEASE_ENV, chief_card, chief_down_marker, check_state,
-                                    is_complete, mark_chief_down)
+from glasses.search import spares
+from glasses.search.records import (EXIT_PORT_IN_USE, LAST_ROUND, RELEASE_ENV, chief_card, chief_down_marker,
+                                    check_state, is_complete, mark_chief_down)
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import NODE_ENV
 from glasses.watchdog import PARENT_PID
@@ -57,14 +63,16 @@ def run_chief(spec_path: Path, on_line: Callable[[str], None] = print, release_t
     # their imports, so they never see this search's old marker.)
     chief_down_marker(spec).unlink(missing_ok=True)
     chief_card(spec).unlink(missing_ok=True)
-    env = {**_QUIET, "CUDA_VISIBLE_DEVICES": "-1", RELEASE_ENV: release_token}  # the oracle needs no GPU
+    env = {**chief_env(), RELEASE_ENV: release_token}
     on_dask = dask_worker()
     if on_dask:  # on a Dask worker: named after it, without the nanny's settings
         env = {**env, **_NOT_FROM_DASK, NODE_ENV: on_dask[0]}
     said: list[str] = []
 
     def note(line: str) -> None:
-        if line.startswith("chief: "):
+        if line.startswith(LAST_ROUND):  # the next search's roles import now, beside the last trials
+            spares.top_up(min(spec.spares, 1) if on_dask else spec.spares, _environment(env))
+        elif line.startswith("chief: "):
             said[:] = [line.removeprefix("chief: ")]
         on_line(line)
 
@@ -95,12 +103,32 @@ def run_worker(spec_path: Path, index: int, on_line: Callable[[str], None] = pri
     tuner_id = f"tuner{index}"
     if is_complete(spec):
         return tuner_id
-    env = worker_env(spec, index, visible_gpus(), dask_worker())
+    on_dask = dask_worker()
+    env = worker_env(spec, index, visible_gpus(), on_dask)
     code = run_process(role_command("worker", spec_path, tuner_id), on_line,
                        spec.chief_timeout_s + KILL_GRACE_S, env)
     if code != 0:
         raise SearchError(f"worker {tuner_id} of {spec.project_dir} exited with code {code}")
     return tuner_id
+
+
+def start_spares(search: SearchConfig) -> int:
+    """Starts, in this process, spare role processes for a run's first searches: stage 1's chiefs
+    and first workers, or on a Dask cluster the chiefs if they run here (`chief_on: flow`);
+    returns how many. They import while the run prepares its data."""
+    sizes = len(search.stage1.image_sizes)
+    chiefs = sizes if not cluster.is_dask(search.cluster) or search.chief_on == "flow" else 0
+    spares.start(chiefs, _environment(chief_env()))
+    if cluster.is_dask(search.cluster):
+        return chiefs
+    gpus = visible_gpus()
+    for index in range(search.workers):
+        spares.start(1, _environment(worker_env(search, index, gpus)))
+    return chiefs + search.workers
+
+
+def chief_env() -> dict[str, str]:
+    return {**_QUIET, "CUDA_VISIBLE_DEVICES": "-1"}  # the oracle needs no GPU
 
 
 def role_command(role: str, spec_path: Path, tuner_id: str | None = None) -> list[str]:
@@ -148,10 +176,13 @@ def run_process(command: list[str], on_line: Callable[[str], None], timeout_s: f
     Its environment is ours with `env` on top (a None value unsets that variable).
 
     Returns the exit code (negative for a signal). The process group is killed if we are
-    interrupted, so no tuner process outlives its caller's call.
+    interrupted, so no tuner process outlives its caller's call. A role command goes to a spare
+    started with the same environment, if there is one (glasses.search.spares).
     """
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=_environment(env), start_new_session=True)
+    environment = _environment(env)
+    process = spares.take(command, environment) or subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+        start_new_session=True)
     timer = threading.Timer(timeout_s, _kill_group, args=(process,))
     timer.start()
     try:

@@ -134,6 +134,9 @@ def chief_down_reason(spec: SearchSpec) -> str | None:
 
 
 RELEASED = ".workers-ended"  # the suffix of `release_marker`'s file
+# What the chief says once it has handed out its last trial (the launcher then starts the next
+# search's spare processes, glasses.search.spares).
+LAST_ROUND = "chief: every trial handed out"
 RELEASE_ENV = "GLASSES_RELEASE_TOKEN"  # the chief's token, from whoever runs it (its Prefect task run id)
 
 

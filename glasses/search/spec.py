@@ -42,6 +42,13 @@ class SearchSpec(BaseModel):
     await_workers_s: float
     gpus_per_worker: int | Literal["all"]
     precision: Literal["float32", "bfloat16", "auto"] = "float32"  # what workers train in (search.precision)
+    # Another search of the stage queues behind this one's workers (stage 1's sizes): a worker
+    # that finds no trial left leaves at once for it, instead of staying to take over the trial of
+    # a worker gone silent (which a retry of that worker then resumes).
+    followed: bool = False
+    # Role processes to start ahead once this search has handed out its last trial, for what
+    # follows it (glasses.search.spares, glasses.stages.spares_after); 0: none.
+    spares: int = 0
 
     @property
     def project_dir(self) -> Path:

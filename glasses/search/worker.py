@@ -19,7 +19,8 @@ from glasses.search.records import chief_address, chief_card, chief_down_reason,
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import build_tuner, set_role
 
-IDLE_POLL_S = 2.0
+IDLE_POLL_S = 0.5  # an idle worker asks again this often: it ends this soon after its search
+CHIEF_WATCH_S = 2.0
 
 
 def work(spec: SearchSpec, tuner_id: str) -> int:
@@ -129,7 +130,7 @@ def _stop_when_chief_down(spec: SearchSpec, tuner_id: str) -> None:
 
     def watch() -> None:
         while True:
-            time.sleep(IDLE_POLL_S)
+            time.sleep(CHIEF_WATCH_S)
             reason = chief_down_reason(spec)
             if reason:
                 print(f"{tuner_id}: error: the chief is down: {reason}", flush=True)

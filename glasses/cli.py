@@ -108,6 +108,10 @@ def _pipeline(mode: str, data_dir: Path | None, work_dir: Path | None, preset: s
     # A new embedded server migrates its database first: on a busy 2-core machine that can take
     # longer than Prefect's default 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if time_budget is None:  # stage 1's roles import while Prefect starts (a budget measures speed first)
+        from glasses.search.launch import start_spares
+
+        start_spares(config.search)
     from flows.pipeline import pipeline  # imports prefect; only this command needs it
     from glasses.report import summary_markdown
     from glasses.watchdog import reap_on_death, say_goodbye

@@ -78,3 +78,31 @@ def test_a_spare_never_outlives_the_process_that_started_it():
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_spare_near_its_idle_limit_is_not_handed_a_role(tmp_path):
+    # It may be exiting without reading the role: the role would end "successfully" unplayed.
+    env = _environment(chief_env())
+    spares.start(1, env)
+    (pid,) = _spare_pids()
+    spares._started[pid] -= spares.TAKE_WITHIN_S + 1
+    try:
+        assert spares.take(role_command("worker", tmp_path / "spec.json", "tuner0"), env) is None
+        assert spares.count() == 0 and not psutil.pid_exists(pid)
+    finally:
+        spares.retire()
+
+
+def test_stage_1s_roles_are_made_ready_once_however_often_asked():
+    # `glasses run` asks before Prefect starts, the flow again: the second finds them there.
+    from glasses.config import build_config
+    from glasses.search.launch import start_spares
+
+    search = build_config("smoke").search  # two sizes, two workers: two chiefs and two workers
+    try:
+        assert start_spares(search) == 4 and spares.count() == 4
+        assert start_spares(search) == 0 and spares.count() == 4
+        assert start_spares(search.model_copy(update={"cluster": "tcp://10.0.0.1:8786"})) == 0  # chiefs on Dask
+    finally:
+        spares.retire()
+    assert spares.count() == 0 and _spare_pids() == set()

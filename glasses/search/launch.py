@@ -113,18 +113,24 @@ def run_worker(spec_path: Path, index: int, on_line: Callable[[str], None] = pri
 
 
 def start_spares(search: SearchConfig) -> int:
-    """Starts, in this process, spare role processes for a run's first searches: stage 1's chiefs
-    and first workers, or on a Dask cluster the chiefs if they run here (`chief_on: flow`);
-    returns how many. They import while the run prepares its data."""
+    """Has spare role processes ready in this process for a run's first searches: stage 1's
+    chiefs and first workers, or on a Dask cluster the chiefs if they run here (`chief_on: flow`);
+    starts those missing and returns how many it started. They import while Prefect starts and
+    the run prepares its data."""
     sizes = len(search.stage1.image_sizes)
     chiefs = sizes if not cluster.is_dask(search.cluster) or search.chief_on == "flow" else 0
-    spares.start(chiefs, _environment(chief_env()))
-    if cluster.is_dask(search.cluster):
-        return chiefs
-    gpus = visible_gpus()
-    for index in range(search.workers):
-        spares.start(1, _environment(worker_env(search, index, gpus)))
-    return chiefs + search.workers
+    envs = [_environment(chief_env())] * chiefs
+    if not cluster.is_dask(search.cluster):
+        gpus = visible_gpus()
+        envs += [_environment(worker_env(search, index, gpus)) for index in range(search.workers)]
+    wanted: list[tuple[dict[str, str], int]] = []  # by start-up environment (a CPU host's roles share one)
+    for env in envs:
+        same = next((i for i, (known, _) in enumerate(wanted) if spares.same_start(known, env)), None)
+        if same is None:
+            wanted.append((env, 1))
+        else:
+            wanted[same] = (wanted[same][0], wanted[same][1] + 1)
+    return sum(spares.top_up(count, env) for env, count in wanted)
 
 
 def chief_env() -> dict[str, str]:

@@ -27,12 +27,15 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 
 from glasses.search.records import RELEASE_ENV
 from glasses.search.tuner import NODE_ENV
 
 IDLE_S = 600.0  # a spare that gets no role within this exits (a stage's last round can be long)
+# A spare this close to its IDLE_S is not handed a role: it may be exiting without reading it.
+TAKE_WITHIN_S = IDLE_S - 60.0
 # Read by a role only once it plays, so a spare started without them can take them on: the
 # role's ids and settings. Every other variable is read at start-up (glibc's, OpenMP's,
 # TensorFlow's, Python's) and must match.
@@ -43,11 +46,17 @@ SPARE = "spare"
 
 _lock = threading.Lock()
 _spares: list[tuple[subprocess.Popen, dict[str, str]]] = []
+_started: dict[int, float] = {}  # pid: time.monotonic() at its start
 _retire_at_exit = threading.Event()
 
 
 def _early(env: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in env.items() if key not in LATE}
+
+
+def same_start(one: Mapping[str, str], other: Mapping[str, str]) -> bool:
+    """Whether a spare started with environment `one` may play a role started with `other`."""
+    return _early(one) == _early(other)
 
 
 def start(count: int, env: Mapping[str, str]) -> None:
@@ -61,12 +70,15 @@ def start(count: int, env: Mapping[str, str]) -> None:
                                    env=dict(env), start_new_session=True)
         with _lock:
             _spares.append((process, _early(env)))
+            _started[process.pid] = time.monotonic()
 
 
 def top_up(count: int, env: Mapping[str, str]) -> int:
     """Starts spares with environment `env` until `count` of them are alive; returns how many it started."""
     with _lock:
         _spares[:] = [(p, e) for p, e in _spares if p.poll() is None]
+        for pid in set(_started) - {p.pid for p, _ in _spares}:
+            del _started[pid]
         missing = max(0, count - sum(1 for _, e in _spares if e == _early(env)))
     start(missing, env)
     return missing
@@ -85,6 +97,9 @@ def take(command: list[str], env: Mapping[str, str]) -> subprocess.Popen | None:
                 return None
             _spares.remove(found)
         process = found[0]
+        if time.monotonic() - _started.pop(process.pid, 0.0) > TAKE_WITHIN_S:
+            _kill(process)
+            continue
         try:
             process.stdin.write(json.dumps({"argv": command[3:], "env": dict(env)}) + "\n")
             process.stdin.close()
@@ -97,6 +112,7 @@ def retire() -> None:
     """Kills this process's spares (each in its own session, with whatever it started)."""
     with _lock:
         retired, _spares[:] = list(_spares), []
+        _started.clear()
     for process, _ in retired:
         _kill(process)
 

@@ -46,9 +46,10 @@ def spare_roles(config: Config, budget_s: float | None = None) -> Iterator[None]
     """Role processes started ahead for stage 1 (glasses.search.spares), importing while the run
     prepares its data; this process's spares are killed when the block ends. With a time budget
     none start here: the budget's throughput measurement must have the cores to itself."""
-    if budget_s is None:
+    if budget_s is None:  # `glasses run` may have started them already, before Prefect
         started = launch.start_spares(config.search)
-        get_run_logger().info("started %d spare role processes for stage 1's searches", started)
+        get_run_logger().info("%d spare role processes for stage 1's searches (%d started now)",
+                              spares.count(), started)
     try:
         yield
     finally:

@@ -30,7 +30,7 @@ import pandas as pd
 from glasses.config import CHOOSING_STAGES, Config, SearchConfig, StageConfig, fingerprint
 from glasses.errors import SearchError
 from glasses.figures import plot_by, plot_ranked
-from glasses import registry
+from glasses import cluster, registry
 from glasses.files import read_json, write_json, write_text
 from glasses.inputs import cache_manifest, unused_caches
 from glasses.search import SearchSpec, keep_best, trials_table
@@ -42,9 +42,10 @@ LAST_STAGE = "stage3"  # no search follows its own
 
 
 def spares_after(stage: str, followed: bool, workers: int) -> int:
-    """The role processes to start ahead once a search has handed out its last trial: the
-    workers of the search queued behind it, the next stage's chief and workers, or none after
-    the last stage (glasses.search.spares)."""
+    """The role processes to start ahead once a search has handed out its last trial (they
+    start where its chief runs): the workers of the search queued behind it, the next stage's
+    chief and workers, or none after the last stage (glasses.search.spares). `workers`: those
+    that run where the chief does (0 on a Dask cluster, where they go to its workers)."""
     if followed:
         return workers
     return 0 if stage == LAST_STAGE else workers + 1
@@ -75,7 +76,7 @@ def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int
         workers=search.workers, worker_timeout_s=search.worker_timeout_s,
         chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker, precision=search.precision,
         await_workers_s=search.chief_timeout_s,  # workers may queue; the run releases the chief when all ended
-        followed=followed, spares=spares_after(stage, followed, search.workers))
+        followed=followed, spares=spares_after(stage, followed, 0 if cluster.is_dask(search.cluster) else search.workers))
     return spec.save(path)
 
 

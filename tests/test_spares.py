@@ -17,6 +17,15 @@ from test_search import Role, _join, _spec
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def no_spares_before():
+    """Each test starts with this process's pool empty: a search run by another test in the same
+    process (its chief's last-round top-up) may have left spares in it."""
+    spares.retire()
+    yield
+    spares.retire()
+
+
 def _spare_pids() -> set[int]:
     return {p.pid for p in psutil.Process().children() if p.cmdline()[-2:] == ["glasses.search", "spare"]}
 

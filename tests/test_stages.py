@@ -222,3 +222,23 @@ def test_a_saturated_val_split_ranks_the_tied_best_by_val_log_loss(tmp_path):
     table = pd.DataFrame([{"trial_id": t, "val_accuracy": a, "status": "COMPLETED"} for t, (a, _) in trials.items()])
     assert tied_best(table) == {"val_accuracy": 1.0, "trials": ["0", "1", "3"], "broken_by": "val_loss"}
     assert tied_best(table[table["trial_id"] != "0"].assign(val_accuracy=[1.0, 0.9, 0.95])) is None
+
+
+@pytest.mark.parametrize("stage, followed, cluster, spares", [
+    ("stage1", True, "threads", 2),  # the two workers queued behind it
+    ("stage1", False, "threads", 3),  # stage 2's chief and two workers
+    ("stage2", False, "threads", 3),
+    ("stage3", False, "threads", 0),  # nothing follows
+    ("stage1", True, "tcp://10.0.0.1:8786", 0),  # on Dask the workers go to its workers, not here
+    ("stage2", False, "tcp://10.0.0.1:8786", 1),  # the next chief, where this one runs
+])
+def test_a_search_plans_spare_processes_for_what_follows_it(tmp_path, stage, followed, cluster, spares):
+    from glasses.files import write_json
+    from glasses.search import SearchSpec
+    from glasses.stages import plan_search
+    from glasses.workdir import WorkDir
+
+    write_json(tmp_path / "cache.json", {"key": "k", "size": 32, "counts": {"train": 800, "val": 400, "test": 100}})
+    search = build_config("quick", overrides={"search.cluster": cluster}).search
+    spec = SearchSpec.load(plan_search(WorkDir(tmp_path / "w"), stage, search, 32, {}, tmp_path, followed))
+    assert (spec.spares, spec.followed) == (spares, followed)

@@ -8,7 +8,7 @@ Each role is its own process (`python -m glasses.search chief|worker ...`), beca
 Tuner takes a role from process-wide environment variables. Its output lines go to `on_line`.
 A role goes to a spare process that has done its imports already where one is at hand
 (glasses.search.spares): `start_spares` at a run's start, and once a chief has handed out its
-last trial, `spec.spares` more for what follows (on a Dask worker one, for its next role).
+last trial, `spec.spares` more for what follows, where the chief runs.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def run_chief(spec_path: Path, on_line: Callable[[str], None] = print, release_t
 
     def note(line: str) -> None:
         if line.startswith(LAST_ROUND):  # the next search's roles import now, beside the last trials
-            spares.top_up(min(spec.spares, 1) if on_dask else spec.spares, _environment(env))
+            spares.top_up(spec.spares, _environment(env))
         elif line.startswith("chief: "):
             said[:] = [line.removeprefix("chief: ")]
         on_line(line)

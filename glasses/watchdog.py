@@ -82,6 +82,17 @@ def say_goodbye(watcher: subprocess.Popen | None) -> None:
     watcher.wait(timeout=10)
 
 
+def kill_group(process: subprocess.Popen) -> None:
+    """Kills a process started in its own session (`start_new_session`) with its whole group,
+    at once, and reaps it."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below `pid` (children, their children, ...), read from /proc."""
     found, todo = set(), [pid]

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from glasses.search.records import (EXIT_PORT_IN_USE, LAST_ROUND, RELEASE_ENV, c
                                     check_state, is_complete, mark_chief_down)
 from glasses.search.spec import SearchSpec
 from glasses.search.tuner import NODE_ENV
-from glasses.watchdog import PARENT_PID
+from glasses.watchdog import PARENT_PID, kill_group
 
 KILL_GRACE_S = 30  # past the chief's own timeout, its process is killed
 _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
@@ -123,14 +123,9 @@ def start_spares(search: SearchConfig) -> int:
     if not cluster.is_dask(search.cluster):
         gpus = visible_gpus()
         envs += [_environment(worker_env(search, index, gpus)) for index in range(search.workers)]
-    wanted: list[tuple[dict[str, str], int]] = []  # by start-up environment (a CPU host's roles share one)
-    for env in envs:
-        same = next((i for i, (known, _) in enumerate(wanted) if spares.same_start(known, env)), None)
-        if same is None:
-            wanted.append((env, 1))
-        else:
-            wanted[same] = (wanted[same][0], wanted[same][1] + 1)
-    return sum(spares.top_up(count, env) for env, count in wanted)
+    by_start = {spares.start_key(env): env for env in envs}  # a CPU host's roles share one
+    counts = Counter(spares.start_key(env) for env in envs)
+    return sum(spares.top_up(count, by_start[key]) for key, count in counts.items())
 
 
 def chief_env() -> dict[str, str]:
@@ -189,7 +184,7 @@ def run_process(command: list[str], on_line: Callable[[str], None], timeout_s: f
     process = spares.take(command, environment) or subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
         start_new_session=True)
-    timer = threading.Timer(timeout_s, _kill_group, args=(process,))
+    timer = threading.Timer(timeout_s, kill_group, args=(process,))
     timer.start()
     try:
         for line in process.stdout:
@@ -197,18 +192,10 @@ def run_process(command: list[str], on_line: Callable[[str], None], timeout_s: f
         return process.wait()
     finally:
         timer.cancel()
-        _kill_group(process)
+        kill_group(process)
 
 
 def _environment(changes: dict[str, str | None] | None) -> dict[str, str]:
     merged = {**os.environ, **(changes or {}), PARENT_PID: str(os.getpid())}
     return {key: value for key, value in merged.items() if value is not None}
 
-
-def _kill_group(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()

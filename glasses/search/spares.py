@@ -23,7 +23,6 @@ import atexit
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from collections.abc import Mapping
 
 from glasses.search.records import RELEASE_ENV
 from glasses.search.tuner import NODE_ENV
+from glasses.watchdog import kill_group
 
 IDLE_S = 600.0  # a spare that gets no role within this exits (a stage's last round can be long)
 # A spare this close to its IDLE_S is not handed a role: it may be exiting without reading it.
@@ -45,18 +45,14 @@ ROLE_MODULE = "glasses.search"
 SPARE = "spare"
 
 _lock = threading.Lock()
-_spares: list[tuple[subprocess.Popen, dict[str, str]]] = []
+_spares: list[tuple[subprocess.Popen, frozenset[tuple[str, str]]]] = []
 _started: dict[int, float] = {}  # pid: time.monotonic() at its start
 _retire_at_exit = threading.Event()
 
 
-def _early(env: Mapping[str, str]) -> dict[str, str]:
-    return {key: value for key, value in env.items() if key not in LATE}
-
-
-def same_start(one: Mapping[str, str], other: Mapping[str, str]) -> bool:
-    """Whether a spare started with environment `one` may play a role started with `other`."""
-    return _early(one) == _early(other)
+def start_key(env: Mapping[str, str]) -> frozenset[tuple[str, str]]:
+    """What a spare started with environment `env` and a role it plays must share: all but LATE."""
+    return frozenset((key, value) for key, value in env.items() if key not in LATE)
 
 
 def start(count: int, env: Mapping[str, str]) -> None:
@@ -69,7 +65,7 @@ def start(count: int, env: Mapping[str, str]) -> None:
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env=dict(env), start_new_session=True)
         with _lock:
-            _spares.append((process, _early(env)))
+            _spares.append((process, start_key(env)))
             _started[process.pid] = time.monotonic()
 
 
@@ -79,7 +75,7 @@ def top_up(count: int, env: Mapping[str, str]) -> int:
         _spares[:] = [(p, e) for p, e in _spares if p.poll() is None]
         for pid in set(_started) - {p.pid for p, _ in _spares}:
             del _started[pid]
-        missing = max(0, count - sum(1 for _, e in _spares if e == _early(env)))
+        missing = max(0, count - sum(1 for _, e in _spares if e == start_key(env)))
     start(missing, env)
     return missing
 
@@ -89,10 +85,10 @@ def take(command: list[str], env: Mapping[str, str]) -> subprocess.Popen | None:
     environment `env`, or None when no spare's environment matches (the caller starts one cold)."""
     if command[:3] != [sys.executable, "-m", ROLE_MODULE]:
         return None
-    early = _early(env)
+    key = start_key(env)
     while True:
         with _lock:
-            found = next(((p, e) for p, e in _spares if e == early and p.poll() is None), None)
+            found = next(((p, e) for p, e in _spares if e == key and p.poll() is None), None)
             if found is None:
                 return None
             _spares.remove(found)
@@ -124,19 +120,13 @@ def count() -> int:
 
 
 def _kill(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait()
+    kill_group(process)
     for stream in (process.stdin, process.stdout):
         try:
             if stream:
                 stream.close()
         except OSError:
             pass
-
 
 
 def await_role(idle_s: float = IDLE_S) -> list[str] | None:

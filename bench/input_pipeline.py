@@ -1,8 +1,8 @@
 """Input pipeline: training images/s of one model fed by the on-disk cache, against the same model fed from arrays in memory.
 
 Builds the cache of the built-in data at one size as a run does (synthesize, organize, split,
-`inputs.build_cache`), then trains the report's CNN (`glasses.model.build_model`, augmentation
-inside) two ways on the same train subset, with the same batch and the same steps an epoch:
+`inputs.build_cache`), then trains the report's CNN (`glasses.model.build_model`; neither way
+augments, so only the feeding differs) two ways on the same train subset, with the same batch and the same steps an epoch:
 
 - cache: `inputs.load_subset(cache, "train", batch, shuffle_seed=1, repeat=True)` with
   `model.fit(steps_per_epoch=S)`, as a tuner worker feeds its trials (glasses/search/worker.py);

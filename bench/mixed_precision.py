@@ -1,7 +1,7 @@
 """Benchmark: bfloat16 mixed precision against float32 for the report's CNN on this CPU.
 
 Trains the network quick's stage 3 fixes (3 conv layers of 32 filters, max pooling, adam; the
-report's augmentation inside; BatchNorm statistics from 512 clean images before each
+report's augmentation in the input pipeline; BatchNorm statistics from 512 clean images before each
 validation, as the workers train) on the built-in data at each size, once per policy and seed,
 each in its own process with one compute thread (what a tuner worker gets with 2 workers on
 2 cores). Prints the training images/s (after the first epoch) and the accuracy and log loss on
@@ -58,7 +58,7 @@ def one(cache_dir: Path, policy: str, seed: int, steps: int, batch: int) -> dict
     keras.utils.set_random_seed(seed)
     size = int(cache_dir.name.removesuffix("px"))
     model = build_model(ModelSpec(image_size=size, conv_layers=3, filters=(32,) * 3, pooling=("max",) * 3))
-    train = load_subset(cache_dir, "train", batch, shuffle_seed=seed, repeat=True)
+    train = load_subset(cache_dir, "train", batch, shuffle_seed=seed, repeat=True, augment=True)
     val = load_subset(cache_dir, "val", batch)
     per_epoch = max(MIN_STEPS_PER_EPOCH, 76)
     epochs = max(2, steps // per_epoch)

@@ -117,7 +117,7 @@ def train(spec, values: dict, variant: str, steps: int, seed: int, bn_images: in
         rate, use_ema=variant == "ema", ema_momentum=0.99)
     model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["accuracy"])
     batch = stage.batch_size
-    data = load_subset(spec.cache_dir, "train", batch, shuffle_seed=seed, repeat=True)
+    data = load_subset(spec.cache_dir, "train", batch, shuffle_seed=seed, repeat=True, augment=True)
     # In this order: the EMA weights swapped in, then BatchNorm statistics set for them.
     callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if variant == "ema" else []
     if bn_images:

@@ -89,7 +89,7 @@ def run_plain(root: Path, cache: Path, args: argparse.Namespace, tag: str) -> tu
     tuner = timed_random_search()(lambda hp: build_model(model_spec(hp, args.size, {})), objective="val_accuracy",
                   max_trials=args.trials, seed=SEED, directory=str(root / "plain"), project_name=tag)
     tuner.seconds = []
-    tuner.search(load_subset(cache, "train", args.batch, shuffle_seed=SEED, repeat=True),
+    tuner.search(load_subset(cache, "train", args.batch, shuffle_seed=SEED, repeat=True, augment=True),
                  validation_data=load_subset(cache, "val", args.batch), epochs=args.epochs,
                  steps_per_epoch=args.steps_per_epoch, verbose=0)
     wall = time.monotonic() - started

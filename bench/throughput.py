@@ -1,6 +1,6 @@
 """Benchmark: training throughput (images/s) of the report's CNN per image size.
 
-Trains `glasses.model.build_model` (augmentation inside, as in the search) on random images
+Trains `glasses.model.build_model` (augmented in tf.data by `glasses.inputs.augment`, as in the search) on random images
 the size of the report's training split, one warm-up epoch then `--epochs` timed ones, and
 prints the median images/s per size, plus what that means for the `paper` preset's three
 stages (trials x epochs x 3599 images, an upper bound: early stopping ends most trials sooner).
@@ -49,7 +49,9 @@ def measure(size: int, batch: int, images: int, epochs: int) -> float:
     """Median training images/s over the timed epochs (after one warm-up epoch)."""
     import keras
     import numpy as np
+    import tensorflow as tf
 
+    from glasses.inputs import augment
     from glasses.model import ModelSpec, build_model
 
     keras.utils.set_random_seed(1337)
@@ -58,7 +60,9 @@ def measure(size: int, batch: int, images: int, epochs: int) -> float:
     x = rng.random((images, size, size, 3), dtype=np.float32)
     y = rng.integers(0, 2, (images, 1)).astype("float32")
     timer = _Timer()
-    model.fit(x, y, batch_size=batch, epochs=epochs + 1, verbose=0, callbacks=[timer.callback])
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).enumerate()
+    data = data.map(lambda i, xy: (augment(xy[0], tf.stack([tf.constant(0, tf.int64), i])), xy[1])).prefetch(2)
+    model.fit(data, epochs=epochs + 1, verbose=0, callbacks=[timer.callback])
     return images / statistics.median(timer.callback.seconds[1:])
 
 

@@ -132,7 +132,7 @@ def plain_child(cache: Path, log: Path, args: argparse.Namespace) -> None:
                    max_trials=1000, seed=1337, directory=str(log.parent / "plain"), project_name="plain")
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=budget.patience,
                                          restore_best_weights=True, start_from_epoch=budget.warmup_epochs)
-    tuner.search(load_subset(cache, "train", args.batch, shuffle_seed=1337, repeat=True),
+    tuner.search(load_subset(cache, "train", args.batch, shuffle_seed=1337, repeat=True, augment=True),
                  validation_data=load_subset(cache, "val", args.batch), epochs=budget.epochs,
                  steps_per_epoch=budget.steps_per_epoch, callbacks=[stop], verbose=0)
 

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a failed XLA compile logs pages otherwise
 
 from glasses.inputs import load_subset  # noqa: E402
-from glasses.model import ModelSpec, augmentation, build_model  # noqa: E402
+from augmentation import keras_layers as augmentation  # noqa: E402  the layers as they were in the model
+from glasses.model import ModelSpec, build_model  # noqa: E402
 from workers import prepare  # noqa: E402
 
 SEED = 1337
@@ -52,12 +53,13 @@ def make_model(size: int, in_model: bool, jit: bool | str):
 
     keras.utils.set_random_seed(SEED)
     spec = ModelSpec(image_size=size, conv_layers=3, filters=(32, 32, 32), pooling=("max",) * 3)
-    model = build_model(spec, compile=False)
-    if not in_model:  # the same layers, the augmentation (layers[1]) cut out
-        inputs = x = keras.Input(model.input_shape[1:], name="image")
-        for layer in model.layers[2:]:
+    model = build_model(spec, compile=False)  # no augmentation inside since 2026-12
+    if in_model:  # Keras's augmentation layers, then the same CNN's layers
+        inputs = keras.Input(model.input_shape[1:], name="image")
+        x = augmentation()(inputs)
+        for layer in model.layers[1:]:
             x = layer(x)
-        model = keras.Model(inputs, x, name="cnn_no_aug")
+        model = keras.Model(inputs, x, name="cnn_aug")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.compile(optimizer=spec.optimizer, loss="binary_crossentropy", metrics=["accuracy"], jit_compile=jit)

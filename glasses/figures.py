@@ -106,27 +106,25 @@ def augmented_images(image: np.ndarray, size: int, samples: int, seed: int) -> n
     Returns:
         An array of shape (samples + 1, size, size, 3): the original first.
     """
-    from glasses.model import augmentation
-    from glasses.inputs import resize
+    from glasses.inputs import augment, resize
 
     original = np.asarray(resize(image[None], size), dtype=np.float32)
-    # A fresh, seeded Sequential each call: its seed generators start from the same state,
-    # and each copy in the batch draws its own flip/shift/rotation/zoom.
+    # One batch, one seed: each copy draws its own flip/shift/rotation/zoom, as in training.
     batch = np.repeat(original, samples, axis=0)
-    augmented = np.asarray(augmentation(seed=seed)(batch, training=True), dtype=np.float32)
+    augmented = np.asarray(augment(batch, np.array([seed, 0], dtype=np.int64)), dtype=np.float32)
     return np.clip(np.concatenate([original, augmented]), 0.0, 1.0)
 
 
 def augmentation_grid(image_path: Path, out: Path, size: int = 96, samples: int = 8,
                       seed: int = 1337) -> Path:
-    """The image and `samples` outputs of the report's augmentation (training=True), in a grid.
+    """The image and `samples` outputs of the report's augmentation (as training draws it), in a grid.
 
     Args:
         image_path: any PNG/JPEG the input pipeline reads.
         out: the PNG to write.
         size: the side the image is resized to (nearest), as the input pipeline does.
         samples: how many augmented versions to show.
-        seed: seeds the augmentation layers, so the figure is the same for the same seed.
+        seed: seeds the augmentation, so the figure is the same for the same seed.
 
     Returns:
         `out`.
@@ -138,7 +136,7 @@ def augmentation_grid(image_path: Path, out: Path, size: int = 96, samples: int 
     for i, (ax, image) in enumerate(zip(axes, images)):
         ax.imshow(image, interpolation="nearest")
         ax.set_title("original" if i == 0 else f"augmented {i}", fontsize=9)
-    fig.suptitle(f"augmentation (training=True), seed {seed}", fontsize=10)
+    fig.suptitle(f"augmentation (as in training), seed {seed}", fontsize=10)
     return save_figure(fig, out)
 
 

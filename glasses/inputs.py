@@ -179,7 +179,7 @@ def _stored(cache_dir: Path, subset: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_subset(cache_dir: Path, subset: str, batch_size: int, shuffle_seed: int | None = None,
-                repeat: bool = False):
+                repeat: bool = False, augment: bool = False):
     """Loads a cached subset as batches of images in [0, 1]: shuffled each pass when a seed is
     given, prefetched.
 
@@ -189,16 +189,19 @@ def load_subset(cache_dir: Path, subset: str, batch_size: int, shuffle_seed: int
         batch_size: Global batch size.
         shuffle_seed: Shuffle with this seed (reshuffled every pass); None keeps file order.
         repeat: Repeat for ever (the caller says how many steps an epoch is).
+        augment: Augment each batch (`augment`), seeded by `shuffle_seed`: for training.
     """
-    return batches(*_stored(cache_dir, subset), batch_size, shuffle_seed, repeat)
+    return batches(*_stored(cache_dir, subset), batch_size, shuffle_seed, repeat,
+                   augment_seed=(shuffle_seed or 0) if augment else None)
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle_seed: int | None = None,
-            repeat: bool = False):
-    """uint8 `images` and their `labels` in memory as a tf.data pipeline of rescaled batches.
+            repeat: bool = False, augment_seed: int | None = None):
+    """uint8 `images` and their `labels` in memory as a tf.data pipeline of rescaled batches,
+    augmented (`augment`, batch i seeded by (augment_seed, i)) unless `augment_seed` is None.
 
     Shuffles indices, not images: the shuffle buffer holds integers whatever the image size, and
-    each batch is one gather and one cast (cheaper than a map per image).
+    each batch is one gather, one cast and, augmented, one resampling (cheaper than a map per image).
     """
     import tensorflow as tf
 
@@ -209,10 +212,59 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle_see
     if repeat:
         order = order.repeat()
 
-    def gather(index):
-        return tf.cast(tf.gather(pixels, index), tf.float32) / 255.0, tf.gather(targets, index)
+    def gather(step, index):
+        x = tf.cast(tf.gather(pixels, index), tf.float32) / 255.0
+        if augment_seed is not None:
+            x = augment(x, tf.stack([tf.constant(augment_seed, tf.int64), step]))
+        return x, tf.gather(targets, index)
 
-    return order.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return (order.batch(batch_size).enumerate().map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+# The report's augmentation (Keras's RandomFlip("horizontal"), RandomTranslation(0.2, 0.2),
+# RandomRotation(0.125) and RandomZoom(0.25), reflect fill), each image drawing its own values.
+FLIP_P, SHIFT, TURN, ZOOM = 0.5, 0.2, 0.125, 0.25
+
+
+def augment(images, seed):
+    """The report's augmentation of a batch (float, N x H x W x C), as one resampling.
+
+    Each image is flipped left-right with probability FLIP_P, shifted by up to SHIFT of its side
+    each way, rotated by up to TURN of a turn (45 degrees) about its centre and zoomed by a factor
+    in [1 - ZOOM, 1 + ZOOM], all drawn uniformly, with reflected borders and bilinear
+    interpolation. The four maps are composed into one affine transform, so the image is resampled
+    once, where Keras's four layers (in the model until 2026-12) resampled it three times: training
+    steps take less CPU time (bench/augmentation.py), and the saved models have no random layers.
+
+    Args:
+        images: A float batch.
+        seed: Two int64 values (a stateless seed): the same seed, the same augmentation.
+    """
+    import math
+
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    n, height, width = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+
+    def uniform(i, bound):
+        return tf.random.stateless_uniform([n], seeds[i], -bound, bound)
+
+    flip = tf.cast(uniform(0, 1.0) < 2 * FLIP_P - 1, tf.float32)
+    shift_x, shift_y = uniform(1, SHIFT) * width, uniform(2, SHIFT) * height
+    angle, zoom = uniform(3, TURN) * 2 * math.pi, 1.0 + uniform(4, ZOOM)
+    # Output pixel (x, y) -> input point: about the centre, zoom then rotate, then undo the shift,
+    # then mirror x (ImageProjectiveTransformV3 maps output coordinates to input ones).
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    a0, a1, b0, b1 = zoom * tf.cos(angle), -zoom * tf.sin(angle), zoom * tf.sin(angle), zoom * tf.cos(angle)
+    a2, b2 = cx - a0 * cx - a1 * cy - shift_x, cy - b0 * cx - b1 * cy - shift_y
+    mirror = 1 - 2 * flip
+    zeros = tf.zeros([n])
+    transforms = tf.stack([mirror * a0, mirror * a1, mirror * a2 + flip * (width - 1), b0, b1, b2, zeros, zeros], 1)
+    return tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms, output_shape=shape[1:3],
+                                                 fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
 
 
 def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -241,6 +293,7 @@ def cross_validation_folds(cache_dir: Path, folds: int, batch_size: int, seed: i
     result = []
     for fold in range(folds):
         inside, outside = assigned == fold, assigned != fold
-        result.append((batches(images[outside], labels[outside], batch_size, seed + fold, repeat=True),
+        result.append((batches(images[outside], labels[outside], batch_size, seed + fold, repeat=True,
+                               augment_seed=seed + fold),
                        batches(images[inside], labels[inside], batch_size), int(outside.sum())))
     return result

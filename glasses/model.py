@@ -28,18 +28,6 @@ class ModelSpec:
                              f"{len(self.filters)} filters and {len(self.pooling)} poolings")
 
 
-def augmentation(seed: int | None = None):
-    """The report's augmentation, active only in training: flip, translate, rotate ±45°, zoom."""
-    import keras
-
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomTranslation(0.2, 0.2, fill_mode="reflect", seed=seed),
-        keras.layers.RandomRotation(0.125, fill_mode="reflect", seed=seed),
-        keras.layers.RandomZoom(0.25, seed=seed),
-    ], name="augmentation")
-
-
 def _pool(kind: Pooling, global_: bool = False):
     import keras
 
@@ -52,12 +40,13 @@ def build_model(spec: ModelSpec, name: str = "cnn", compile: bool = True):
     """Builds and compiles the report's CNN for images of `spec.image_size` in [0, 1].
 
     Blocks of Conv2D(3x3, same) -> pooling -> BatchNorm -> ReLU, then global pooling,
-    Dense(8, relu) and Dense(1, sigmoid) giving P(glasses).
+    Dense(8, relu) and Dense(1, sigmoid) giving P(glasses). No augmentation inside: training
+    batches come augmented from the input pipeline (`glasses.inputs.augment`).
     """
     import keras
 
     inputs = keras.Input((spec.image_size, spec.image_size, 3), name="image")
-    x = augmentation()(inputs)
+    x = inputs
     for i in range(spec.conv_layers):
         x = keras.layers.Conv2D(spec.filters[i], 3, padding="same", name=f"conv_{i}")(x)
         x = _pool(spec.pooling[i])(x)

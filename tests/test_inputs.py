@@ -44,6 +44,116 @@ def test_training_batches_are_shuffled_each_epoch(tiny_cache):
     assert not np.array_equal(images_a, images_b)
 
 
+def _augmented(images, seed=7, **ranges):
+    """`inputs.augment` of `images` with some of its ranges changed (all at the report's otherwise)."""
+    saved = {name: getattr(inputs, name) for name in ranges}
+    try:
+        for name, value in ranges.items():
+            setattr(inputs, name, value)
+        return np.asarray(inputs.augment(images, np.array([seed, 0], dtype=np.int64)))
+    finally:
+        for name, value in saved.items():
+            setattr(inputs, name, value)
+
+
+def _dot(size=15, at=(7, 7), batch=64) -> np.ndarray:
+    images = np.zeros((batch, size, size, 3), np.float32)
+    images[:, at[0], at[1], :] = 1.0
+    return images
+
+
+def test_augmentation_with_nothing_drawn_is_the_identity_and_a_flip_mirrors():
+    rng = np.random.default_rng(0)
+    images = rng.random((8, 12, 10, 3), dtype=np.float32)
+    still = dict(SHIFT=0.0, TURN=0.0, ZOOM=0.0)
+    np.testing.assert_allclose(_augmented(images, FLIP_P=0.0, **still), images, atol=1e-5)
+    np.testing.assert_allclose(_augmented(images, FLIP_P=1.0, **still), images[:, :, ::-1], atol=1e-5)
+    flipped = _augmented(images, **still)  # the report's p = 0.5: some of each, per image
+    mirrored = [np.allclose(f, i[:, ::-1], atol=1e-5) for f, i in zip(flipped, images)]
+    same = [np.allclose(f, i, atol=1e-5) for f, i in zip(flipped, images)]
+    assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
+
+
+def test_rotation_and_zoom_keep_the_centre_and_a_shift_moves_at_most_a_fifth():
+    centre = _dot()
+    turned = _augmented(centre, FLIP_P=0.0, SHIFT=0.0)  # rotate up to 45 degrees, zoom 0.75-1.25
+    assert np.all(turned[:, 7, 7, 0] > 0.5)
+    moved = _augmented(_dot(at=(7, 7)), FLIP_P=0.0, TURN=0.0, ZOOM=0.0)
+    rows, cols = np.nonzero(moved[..., 0] > 0.2)[1:]
+    assert np.abs(rows - 7).max() <= 0.2 * 15 + 1 and np.abs(cols - 7).max() <= 0.2 * 15 + 1
+    assert np.abs(rows - 7).max() >= 2  # 64 images: some shift by two or more pixels
+    corner = _augmented(_dot(at=(1, 1)), FLIP_P=0.0, SHIFT=0.0, ZOOM=0.0)  # rotation alone moves it
+    assert (corner[:, 1, 1, 0] < 0.5).mean() > 0.5
+
+
+def test_each_drawn_transform_is_distributed_as_keras_layers_draw_it():
+    """The report's Keras layers (facts.md), one at a time, against the fused form with only that
+    transform left on: quartiles of a square's area (zoom), a dot's shift and its angle."""
+    import keras
+
+    n, side = 600, 33
+    ys, xs = np.mgrid[0:side, 0:side]
+
+    def square(rows, cols):
+        images = np.zeros((n, side, side, 3), np.float32)
+        images[:, rows, cols] = 1.0
+        return images
+
+    def quartiles(values):
+        return np.percentile(values, [25, 50, 75])
+
+    def centre(x):  # the dot's centre of mass (x, y)
+        w = x[..., 0]
+        return (w * xs).sum((1, 2)) / w.sum((1, 2)), (w * ys).sum((1, 2)) / w.sum((1, 2))
+
+    def area(x):
+        return x[..., 0].sum((1, 2))
+
+    def angle(x):
+        cx, cy = centre(x)
+        return np.degrees(np.arctan2(cy - 16, cx - 16))
+
+    def shift(x):
+        return np.concatenate(centre(x)) - 16
+
+    checks = [  # (images, Keras layer, what is left on, measure, tolerance)
+        (square(slice(12, 21), slice(12, 21)), keras.layers.RandomZoom(0.25, seed=1), "ZOOM", area, 4.0),
+        (square(slice(14, 19), slice(14, 19)), keras.layers.RandomTranslation(0.2, 0.2, fill_mode="reflect", seed=1),
+         "SHIFT", shift, 0.6),
+        (square(slice(14, 19), slice(26, 31)), keras.layers.RandomRotation(0.125, fill_mode="reflect", seed=1),
+         "TURN", angle, 4.0),
+    ]
+    for images, layer, kept, measure, tolerance in checks:
+        off = {name: 0.0 for name in ("SHIFT", "TURN", "ZOOM") if name != kept}
+        ours = measure(_augmented(images, FLIP_P=0.0, **off))
+        theirs = measure(np.asarray(layer(images, training=True)))
+        np.testing.assert_allclose(quartiles(ours), quartiles(theirs), atol=tolerance, err_msg=kept)
+
+
+def test_augmentation_is_seeded_in_range_and_differs_per_image():
+    images = np.random.default_rng(1).random((16, 20, 20, 3), dtype=np.float32)
+    first, again, other = _augmented(images, seed=3), _augmented(images, seed=3), _augmented(images, seed=4)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    assert first.shape == images.shape and first.dtype == np.float32
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    same_image = _augmented(np.repeat(images[:1], 4, axis=0))
+    assert not np.allclose(same_image[0], same_image[1])
+
+
+def test_training_batches_augment_when_asked_and_only_then(tiny_cache):
+    _, cache_dir = tiny_cache
+
+    def first_batch(**kw):
+        return next(iter(inputs.load_subset(cache_dir, "train", 8, shuffle_seed=2, **kw)))[0].numpy()
+
+    plain, augmented = first_batch(), first_batch(augment=True)
+    assert plain.shape == augmented.shape and not np.allclose(plain, augmented)
+    np.testing.assert_array_equal(augmented, first_batch(augment=True))
+    val = next(iter(inputs.load_subset(cache_dir, "val", 8)))[0].numpy()
+    np.testing.assert_array_equal(val, inputs.subset_arrays(cache_dir, "val")[0][:len(val)])
+
+
 def test_grey_rgba_and_non_square_images_become_rgb_at_the_size(tmp_path):
     labels = balanced_labels(20)
     source = write_kaggle_dataset(tmp_path / "grey", labels, size=(40, 24), mode="L")

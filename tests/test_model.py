@@ -20,14 +20,17 @@ def test_model_maps_images_to_one_probability():
     assert model.get_layer("p_glasses").activation.__name__ == "sigmoid"
 
 
-def test_augmentation_is_the_reports():
+def test_the_model_has_no_random_layers_and_predicts_the_same_twice(tmp_path):
+    """Augmentation is the input pipeline's (`inputs.augment`): a saved model is plain layers."""
+    import keras
+
     model = build_model(ModelSpec(image_size=16, conv_layers=1, filters=(8,), pooling=("max",)))
-    aug = model.get_layer("augmentation")
-    flip, translate, rotate, zoom = aug.layers
-    assert flip.mode == "horizontal"
-    assert (translate.height_factor, translate.width_factor, translate.fill_mode) == (0.2, 0.2, "reflect")
-    assert (rotate.factor, rotate.fill_mode) == ((-0.125, 0.125), "reflect")
-    assert zoom.height_factor == 0.25
+    assert not [layer for layer in model.layers if layer.__class__.__name__.startswith("Random")]
+    images = np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32)
+    np.testing.assert_array_equal(model(images, training=True), model(images, training=True))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
 
 
 def test_space_has_the_reports_names_ranges_and_defaults():

@@ -52,7 +52,7 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
         data = {}
     else:
         train_images = cache_manifest(spec.cache_dir)["counts"]["train"]
-        data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed, repeat=True),
+        data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed, repeat=True, augment=True),
                 "validation_data": load_subset(spec.cache_dir, "val", batch)}
     tuner.train_images = train_images
     budget = epochs_for(stage, train_images, replicas)

@@ -33,39 +33,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 FORMS = ("layers", "fused")
 
 
-def keras_layers():
-    """The report's augmentation as it was built into the model until 2026-12 (facts.md)."""
-    import keras
-
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal"),
-        keras.layers.RandomTranslation(0.2, 0.2, fill_mode="reflect"),
-        keras.layers.RandomRotation(0.125, fill_mode="reflect"),
-        keras.layers.RandomZoom(0.25),
-    ], name="augmentation")
-
-
 def network(size: int, form: str):
-    """`build_model`'s CNN, with Keras's layers first for "layers" (one chain of layers, as the
-    model was, so the BatchNorm statistics are set the same way)."""
-    import keras
+    """The CNN, with the report's Keras layers first for "layers" (`build_model(augment=True)`)."""
+    from glasses.model import ModelSpec, build_model
 
-    from glasses.model import ModelSpec, _pool, build_model
-
-    spec = ModelSpec(image_size=size, conv_layers=4, filters=(56, 24, 56, 32), pooling=("avg", "max", "max", "max"),
-                     global_pooling="avg")
-    if form == "fused":
-        return build_model(spec)
-    inputs = keras.Input((size, size, 3), name="image")
-    x = keras_layers()(inputs)
-    for i in range(spec.conv_layers):
-        x = keras.layers.Conv2D(spec.filters[i], 3, padding="same", name=f"conv_{i}")(x)
-        x = keras.layers.ReLU()(keras.layers.BatchNormalization()(_pool(spec.pooling[i])(x)))
-    x = keras.layers.Dense(spec.dense_units, activation="relu")(_pool(spec.global_pooling, global_=True)(x))
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="p_glasses", dtype="float32")(x)
-    model = keras.Model(inputs, outputs)
-    model.compile(optimizer=spec.optimizer, loss="binary_crossentropy", metrics=["accuracy"])
-    return model
+    return build_model(ModelSpec(image_size=size, conv_layers=4, filters=(56, 24, 56, 32),
+                                 pooling=("avg", "max", "max", "max"), global_pooling="avg"), augment=form == "layers")
 
 
 def one(cache_dir: Path, form: str, seed: int, steps: int, batch: int) -> dict:

@@ -9,9 +9,8 @@ on the built-in data (prepared and cached as bench/workers.py does), batch 32, s
     a  today: `build_model(spec)` as is, compiled with Keras's default jit_compile="auto"
        (which resolves to off on a CPU-only host, and off anyway: Keras's random augmentation
        layers say supports_jit=False)
-    b  `glasses.model.augmentation()` in a tf.data map (training=True, on the batched cache),
-       the model without it: build_model's own layers with its augmentation layer cut out
-       (built in this script), jit_compile=False
+    b  `glasses.model.augmentation_layers()` in a tf.data map (training=True, on the batched cache),
+       the model without it (`build_model(augment=False)`), jit_compile=False
     c  as b, jit_compile=True
     d  as a, jit_compile=True: Keras refuses with a warning (and trains without XLA); the script
        then forces it past that check (the private `_jit_compile`) and reports the error if XLA fails
@@ -34,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a failed XLA compile logs pages otherwise
 
 from glasses.inputs import load_subset  # noqa: E402
-from augmentation import keras_layers as augmentation  # noqa: E402  the layers as they were in the model
-from glasses.model import ModelSpec, build_model  # noqa: E402
+from glasses.model import ModelSpec, augmentation_layers, build_model  # noqa: E402
 from workers import prepare  # noqa: E402
 
 SEED = 1337
@@ -53,13 +51,7 @@ def make_model(size: int, in_model: bool, jit: bool | str):
 
     keras.utils.set_random_seed(SEED)
     spec = ModelSpec(image_size=size, conv_layers=3, filters=(32, 32, 32), pooling=("max",) * 3)
-    model = build_model(spec, compile=False)  # no augmentation inside since 2026-12
-    if in_model:  # Keras's augmentation layers, then the same CNN's layers
-        inputs = keras.Input(model.input_shape[1:], name="image")
-        x = augmentation()(inputs)
-        for layer in model.layers[1:]:
-            x = layer(x)
-        model = keras.Model(inputs, x, name="cnn_aug")
+    model = build_model(spec, compile=False, augment=in_model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.compile(optimizer=spec.optimizer, loss="binary_crossentropy", metrics=["accuracy"], jit_compile=jit)
@@ -76,7 +68,7 @@ def datasets(cache: Path, batch: int, in_model: bool):
 
     train = load_subset(cache, "train", batch, shuffle_seed=SEED, repeat=True)
     if not in_model:
-        layers = augmentation()
+        layers = augmentation_layers()
 
         def augment(x, y):
             return layers(x, training=True), y

@@ -234,8 +234,10 @@ def augment(images, seed):
     each way, rotated by up to TURN of a turn (45 degrees) about its centre and zoomed by a factor
     in [1 - ZOOM, 1 + ZOOM], all drawn uniformly, with reflected borders and bilinear
     interpolation. The four maps are composed into one affine transform, so the image is resampled
-    once, where Keras's four layers (in the model until 2026-12) resampled it three times: training
-    steps take less CPU time (bench/augmentation.py), and the saved models have no random layers.
+    once, where Keras's four layers (`glasses.model.augmentation_layers`, in the model) resample it
+    three times: a training run takes 0.79x the CPU time at 32 px, 0.85x at 64 px
+    (bench/augmentation.py), and the saved models have no random layers. Workers on GPUs keep
+    the layers (`glasses.search.tuner.augments_in_model`): there the device computes them.
 
     Args:
         images: A float batch.
@@ -280,8 +282,10 @@ def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return ids
 
 
-def cross_validation_folds(cache_dir: Path, folds: int, batch_size: int, seed: int) -> list[tuple]:
-    """k stratified folds over the cached train and val subsets together.
+def cross_validation_folds(cache_dir: Path, folds: int, batch_size: int, seed: int,
+                           augment: bool = False) -> list[tuple]:
+    """k stratified folds over the cached train and val subsets together (the training folds
+    augmented when `augment`, as `load_subset`).
 
     Returns:
         One (train, val, train_images) per fold: the other folds as shuffled batches, repeated
@@ -294,6 +298,6 @@ def cross_validation_folds(cache_dir: Path, folds: int, batch_size: int, seed: i
     for fold in range(folds):
         inside, outside = assigned == fold, assigned != fold
         result.append((batches(images[outside], labels[outside], batch_size, seed + fold, repeat=True,
-                               augment_seed=seed + fold),
+                               augment_seed=seed + fold if augment else None),
                        batches(images[inside], labels[inside], batch_size), int(outside.sum())))
     return result

@@ -28,6 +28,20 @@ class ModelSpec:
                              f"{len(self.filters)} filters and {len(self.pooling)} poolings")
 
 
+def augmentation_layers(seed: int | None = None):
+    """The report's augmentation as the report built it, Keras layers first in the model (facts.md):
+    flip, translate, rotate +-45 degrees, zoom, active only in training. On a GPU they run on the
+    device; on a CPU `glasses.inputs.augment` draws the same transforms in one resampling."""
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomTranslation(0.2, 0.2, fill_mode="reflect", seed=seed),
+        keras.layers.RandomRotation(0.125, fill_mode="reflect", seed=seed),
+        keras.layers.RandomZoom(0.25, seed=seed),
+    ], name="augmentation")
+
+
 def _pool(kind: Pooling, global_: bool = False):
     import keras
 
@@ -36,17 +50,18 @@ def _pool(kind: Pooling, global_: bool = False):
     return keras.layers.MaxPooling2D(2, padding="same") if kind == "max" else keras.layers.AveragePooling2D(2, padding="same")
 
 
-def build_model(spec: ModelSpec, name: str = "cnn", compile: bool = True):
+def build_model(spec: ModelSpec, name: str = "cnn", compile: bool = True, augment: bool = False):
     """Builds and compiles the report's CNN for images of `spec.image_size` in [0, 1].
 
     Blocks of Conv2D(3x3, same) -> pooling -> BatchNorm -> ReLU, then global pooling,
-    Dense(8, relu) and Dense(1, sigmoid) giving P(glasses). No augmentation inside: training
-    batches come augmented from the input pipeline (`glasses.inputs.augment`).
+    Dense(8, relu) and Dense(1, sigmoid) giving P(glasses). With `augment`, the report's
+    augmentation layers come first (`augmentation_layers`); without, training batches come
+    augmented from the input pipeline (`glasses.inputs.augment`). Weights load either way.
     """
     import keras
 
     inputs = keras.Input((spec.image_size, spec.image_size, 3), name="image")
-    x = inputs
+    x = augmentation_layers()(inputs) if augment else inputs
     for i in range(spec.conv_layers):
         x = keras.layers.Conv2D(spec.filters[i], 3, padding="same", name=f"conv_{i}")(x)
         x = _pool(spec.pooling[i])(x)

@@ -33,6 +33,23 @@ def test_the_model_has_no_random_layers_and_predicts_the_same_twice(tmp_path):
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
 
 
+def test_the_layers_form_is_the_reports_and_shares_the_weights_of_the_plain_model(tmp_path):
+    """On a GPU the report's layers come first in the model (facts.md); a checkpoint of either
+    form loads into the other, so the ensemble rebuilds members without them."""
+    spec = ModelSpec(image_size=16, conv_layers=2, filters=(8, 16), pooling=("max", "avg"))
+    layered = build_model(spec, augment=True)
+    flip, translate, rotate, zoom = layered.get_layer("augmentation").layers
+    assert flip.mode == "horizontal"
+    assert (translate.height_factor, translate.width_factor, translate.fill_mode) == (0.2, 0.2, "reflect")
+    assert (rotate.factor, rotate.fill_mode) == ((-0.125, 0.125), "reflect")
+    assert zoom.height_factor == 0.25
+    layered.save_weights(tmp_path / "layered.weights.h5")
+    plain = build_model(spec)
+    plain.load_weights(tmp_path / "layered.weights.h5")
+    images = np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32)
+    np.testing.assert_allclose(plain.predict(images, verbose=0), layered.predict(images, verbose=0), atol=1e-6)
+
+
 def test_space_has_the_reports_names_ranges_and_defaults():
     hp = kt.HyperParameters()
     spec = model_spec(hp, 64)

@@ -33,18 +33,19 @@ def node() -> str:
     return os.environ.get(NODE_ENV) or socket.gethostname()
 
 
-def _hypermodel(spec: SearchSpec):
+def _hypermodel(spec: SearchSpec, augment: bool):
     from glasses.model import build_model
     from glasses.space import model_spec
 
     def build(hp):
-        return build_model(model_spec(hp, spec.image_size, spec.fixed))
+        return build_model(model_spec(hp, spec.image_size, spec.fixed), augment=augment)
 
     return build
 
 
 def build_tuner(spec: SearchSpec, strategy=None):
-    """The search's RandomSearch, continuing its project on disk (never overwriting it)."""
+    """The search's RandomSearch, continuing its project on disk (never overwriting it). Its
+    models augment inside (`augments_in_model`) when trained under a (GPU) distribution strategy."""
     import keras
     import keras_tuner as kt
 
@@ -129,9 +130,16 @@ def build_tuner(spec: SearchSpec, strategy=None):
                 self.model.stop_training = True
 
     return GlassesTuner(
-        _hypermodel(spec), objective="val_accuracy", max_trials=spec.stage.max_trials, seed=spec.seed,
+        _hypermodel(spec, augments_in_model(strategy)), objective="val_accuracy", max_trials=spec.stage.max_trials, seed=spec.seed,
         max_retries_per_trial=1, max_consecutive_failed_trials=3, directory=str(spec.directory),
         project_name=spec.project_name, overwrite=False, distribution_strategy=strategy)
+
+
+def augments_in_model(strategy) -> bool:
+    """Where a worker augments its training images: under a distribution strategy (the workers
+    use one on GPUs) in the model, as the report did, so the GPU computes it; else in the input
+    pipeline (`glasses.inputs.augment`), which on a CPU takes less time than the layers."""
+    return strategy is not None
 
 
 def _clean_batchnorm(kwargs: dict, train, images: int) -> tuple[dict, int]:

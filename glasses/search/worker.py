@@ -17,7 +17,7 @@ from pathlib import Path
 from glasses.errors import SearchError
 from glasses.search.records import chief_address, chief_card, chief_down_reason, is_complete
 from glasses.search.spec import SearchSpec
-from glasses.search.tuner import build_tuner, set_role
+from glasses.search.tuner import augments_in_model, build_tuner, set_role
 
 IDLE_POLL_S = 0.5  # an idle worker asks again this often: it ends this soon after its search
 CHIEF_WATCH_S = 2.0
@@ -46,13 +46,14 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     tuner = build_tuner(spec, strategy)
     tuner.oracle = _PatientClient(tuner.oracle)
     stage, batch = spec.stage, spec.stage.batch_size * replicas
+    augment = not augments_in_model(strategy)  # in the input pipeline when the model does not
     if spec.folds:
-        tuner.folds = cross_validation_folds(spec.cache_dir, spec.folds, batch, spec.seed)
+        tuner.folds = cross_validation_folds(spec.cache_dir, spec.folds, batch, spec.seed, augment)
         train_images = min(size for _, _, size in tuner.folds)
         data = {}
     else:
         train_images = cache_manifest(spec.cache_dir)["counts"]["train"]
-        data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed, repeat=True, augment=True),
+        data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed, repeat=True, augment=augment),
                 "validation_data": load_subset(spec.cache_dir, "val", batch)}
     tuner.train_images = train_images
     budget = epochs_for(stage, train_images, replicas)

@@ -64,7 +64,8 @@ def one(cache_dir: Path, policy: str, seed: int, steps: int, batch: int) -> dict
     epochs = max(2, steps // per_epoch)
     clock = _EpochClock()
     model.fit(train, validation_data=val, epochs=epochs, steps_per_epoch=per_epoch, verbose=0,
-              callbacks=[batchnorm_callback(clean_sample(train, 512)), clock.callback()])
+              callbacks=[batchnorm_callback(clean_sample(load_subset(cache_dir, "train", batch, shuffle_seed=seed), 512)),
+                         clock.callback()])
     x = np.concatenate([subset_arrays(cache_dir, s)[0] for s in ("val", "test")])
     y = np.concatenate([subset_arrays(cache_dir, s)[1] for s in ("val", "test")]).astype("float32")
     p = model.predict(x, batch_size=256, verbose=0).reshape(-1).astype("float64")

@@ -121,7 +121,8 @@ def train(spec, values: dict, variant: str, steps: int, seed: int, bn_images: in
     # In this order: the EMA weights swapped in, then BatchNorm statistics set for them.
     callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if variant == "ema" else []
     if bn_images:
-        callbacks.append(batchnorm_callback(clean_sample(data, min(bn_images, train_images))))
+        clean = load_subset(spec.cache_dir, "train", batch, shuffle_seed=seed)  # not augmented
+        callbacks.append(batchnorm_callback(clean_sample(clean, min(bn_images, train_images))))
     callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=budget.patience,
                                                    restore_best_weights=True, start_from_epoch=budget.warmup_epochs))
     started = time.monotonic()

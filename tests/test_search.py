@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import psutil
+import numpy as np
 import pytest
 
 from glasses import search
@@ -419,3 +420,23 @@ def test_a_search_not_followed_keeps_its_idle_worker_to_the_end(tiny_cache, tmp_
     (record,) = trial_records(SearchSpec.load(spec_path).project_dir)
     idle = next(t for t in tuners if t.tuner_id != record["worker"])
     assert idle.ok and idle.ended_at >= record["ended_at"]
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_a_worker_trains_on_augmented_batches_and_sets_batchnorm_from_clean_ones(tiny_cache, tmp_path, folds):
+    """CPU workers augment in the input pipeline; the BatchNorm statistics' images must still be
+    the cache's own (clean), or the validations read augmented statistics."""
+    from glasses.inputs import subset_arrays
+    from glasses.search.worker import training_data
+
+    spec = SearchSpec.load(_spec(tmp_path, tiny_cache[1], folds=folds))
+    data, fold_sets, clean, images = training_data(spec, 8, augment=True)
+    cached = np.concatenate([subset_arrays(tiny_cache[1], s)[0] for s in ("train", "val")])
+    known = {np.round(image, 5).tobytes() for image in cached}
+    trains = [train for train, _, _ in fold_sets] if folds else [data["x"]]
+    assert len(clean) == len(trains) == max(1, folds) and images > 0
+    for train, plain in zip(trains, clean):
+        augmented = next(iter(train))[0].numpy()
+        assert not any(np.round(image, 5).tobytes() in known for image in augmented)
+        clean_images = np.concatenate([x.numpy() for x, _ in plain.take(3)])  # a fold repeats for ever
+        assert all(np.round(image, 5).tobytes() in known for image in clean_images)

@@ -58,6 +58,7 @@ def build_tuner(spec: SearchSpec, strategy=None):
         and fails a trial whose loss became NaN (instead of scoring its last good epoch)."""
 
         folds: list[tuple] = []  # (train, val, images) per fold under cross-validation, else empty
+        clean: list = []  # each fold's training batches (or the split's) without augmentation
         train_images: int | None = None  # in the training split (a repeated dataset does not say)
 
         def run_trial(self, trial, *args, **kwargs):
@@ -69,14 +70,14 @@ def build_tuner(spec: SearchSpec, strategy=None):
                     if self.folds:  # one fit per fold; Keras Tuner averages their best epochs
                         histories = []
                         for fold, (train, val, images) in enumerate(self.folds):
-                            fit, used = _clean_batchnorm(kwargs, train, min(bn_images, images))
+                            fit, used = _clean_batchnorm(kwargs, self.clean[fold], min(bn_images, images))
                             fit, report = self._reporting(fit, trial, fold)
                             histories += super().run_trial(trial, train, validation_data=val, **fit)
                             if report.stopped:  # the chief stopped the trial: no further folds
                                 break
                     else:
-                        train = kwargs.get("x", args[0] if args else None)
-                        fit, used = _clean_batchnorm(kwargs, train, min(bn_images, self.train_images or bn_images))
+                        images = min(bn_images, self.train_images or bn_images)
+                        fit, used = _clean_batchnorm(kwargs, self.clean[0] if self.clean else None, images)
                         fit, report = self._reporting(fit, trial, 0)
                         histories = super().run_trial(trial, *args, **fit)
                 _fail_on_nan(histories)
@@ -144,8 +145,9 @@ def augments_in_model(strategy) -> bool:
 
 def _clean_batchnorm(kwargs: dict, train, images: int) -> tuple[dict, int]:
     """`fit`'s kwargs with a callback that sets BatchNorm statistics from clean images of
-    `train` before each validation (`glasses.model.batchnorm_callback`): `images` of them (the
-    stage's bn_stats_images, at most all there are), none when 0; and how many it took. They
+    `train` (batches without augmentation: `worker.training_data`) before each validation
+    (`glasses.model.batchnorm_callback`): `images` of them (the stage's bn_stats_images, at
+    most all there are), none when 0 or without clean batches; and how many it took. They
     are taken here, as an array: Keras Tuner deep-copies the callbacks of each trial, and a
     dataset does not copy."""
     if not images or train is None:

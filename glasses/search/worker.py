@@ -35,7 +35,6 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
     from glasses.budget import epochs_for
-    from glasses.inputs import cache_manifest, cross_validation_folds, load_subset
     from glasses.search.keras_tuner_private import set_client_timeout
 
     # A chief that is gone should fail this worker's calls soon (the task retries), not in an hour.
@@ -46,15 +45,7 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     tuner = build_tuner(spec, strategy)
     tuner.oracle = _PatientClient(tuner.oracle)
     stage, batch = spec.stage, spec.stage.batch_size * replicas
-    augment = not augments_in_model(strategy)  # in the input pipeline when the model does not
-    if spec.folds:
-        tuner.folds = cross_validation_folds(spec.cache_dir, spec.folds, batch, spec.seed, augment)
-        train_images = min(size for _, _, size in tuner.folds)
-        data = {}
-    else:
-        train_images = cache_manifest(spec.cache_dir)["counts"]["train"]
-        data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed, repeat=True, augment=augment),
-                "validation_data": load_subset(spec.cache_dir, "val", batch)}
+    data, tuner.folds, tuner.clean, train_images = training_data(spec, batch, not augments_in_model(strategy))
     tuner.train_images = train_images
     budget = epochs_for(stage, train_images, replicas)
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=budget.patience,
@@ -71,6 +62,23 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     tuner.search(**data, epochs=budget.epochs, steps_per_epoch=budget.steps_per_epoch, callbacks=[stop, board],
                  verbose=2)
     return 0
+
+
+def training_data(spec: SearchSpec, batch: int, augment: bool) -> tuple[dict, list, list, int]:
+    """What a worker's trials train and score on: `fit`'s data (the split's, or none under
+    cross-validation), the folds (train, val, images) under it, each training set once more
+    without augmentation (the clean images of the BatchNorm statistics: `tuner._clean_batchnorm`),
+    and the fewest images a trial trains on. Training batches are augmented when `augment`."""
+    from glasses.inputs import cache_manifest, cross_validation_folds, load_subset
+
+    if spec.folds:
+        folds = cross_validation_folds(spec.cache_dir, spec.folds, batch, spec.seed, augment)
+        clean = [train for train, _, _ in cross_validation_folds(spec.cache_dir, spec.folds, batch, spec.seed)]
+        return {}, folds, clean, min(size for _, _, size in folds)
+    data = {"x": load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed, repeat=True, augment=augment),
+            "validation_data": load_subset(spec.cache_dir, "val", batch)}
+    clean = [load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed)]
+    return data, [], clean, cache_manifest(spec.cache_dir)["counts"]["train"]
 
 
 def resolve_precision(precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:

@@ -131,8 +131,8 @@ def build_tuner(spec: SearchSpec, strategy=None):
                 self.model.stop_training = True
 
     return GlassesTuner(
-        _hypermodel(spec, augments_in_model(strategy)), objective="val_accuracy", max_trials=spec.stage.max_trials, seed=spec.seed,
-        max_retries_per_trial=1, max_consecutive_failed_trials=3, directory=str(spec.directory),
+        _hypermodel(spec, augments_in_model(strategy)), objective="val_accuracy", max_trials=spec.stage.max_trials,
+        seed=spec.seed, max_retries_per_trial=1, max_consecutive_failed_trials=3, directory=str(spec.directory),
         project_name=spec.project_name, overwrite=False, distribution_strategy=strategy)
 
 

@@ -128,7 +128,7 @@ def stages(config: Config, budget_s: float | None = None, started_at: float | No
 
         size = stage1["chosen"]["image_size"]
         specs2 = run_searches(config, "stage2", [size], {}, caches, kept)
-        stage2 = search.finish_stage2(config, specs2, kept)
+        stage2 = search.finish_stage2(config, specs2, kept, specs1)  # stage 1's trials at the size count too
         clock.lap("stage2")
 
         config = search.retune_trials(config, size, stage2["chosen"], caches[size], run)  # retune: stage 3 grows

@@ -338,7 +338,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             # No early stopping across trials (search.stageN.early_stop): with 4 and 6 trials on 2
             # workers it saved 8 s of stage 2's 40 and left its choice to the tie-break, the stopped
             # trials being no evidence of spread (bench/RESULTS.md, 2026-12-02).
-            "stage2": _stage(_LATER, 32, 4, 720, 180, warmup=240),
+            # Trained as stage 1's trials are, so those at the chosen size count in stage 2's choice
+            # too (glasses.stages.earlier_evidence): 6 trials' evidence for the depth, not 4.
+            "stage2": _stage(_LATER, 32, 4, 720, 180, warmup=300),
             "stage3": _stage(_LATER, 32, 6, 1080, 300, warmup=360, keep=5),
         },
         "ensemble": {"threshold": 0.85, "fallback": 3},

@@ -167,6 +167,13 @@ def _stage_lines(summary: dict) -> list[str]:
         if stage.get("stopped"):
             lines += [f"Trials stopped early were behind the median of the others at the same evaluation "
                       f"(`early_stop`); they are counted, not averaged, in the choice, and never kept.", ""]
+        evidence = stage.get("evidence")
+        if evidence and evidence["trials"]:
+            lines += [f"The choice counts {evidence['trials']} trials of {evidence['stage']} at this size too "
+                      f"({', '.join(evidence['ids'])}): they drew these hyperparameters at random and trained "
+                      "alike; `trials.csv` holds this stage's own.", ""]
+        elif evidence:
+            lines += [f"No trial of {evidence['stage']} counts in the choice: {evidence['why']}.", ""]
         if stage.get("folds"):
             lines += [f"Each trial scored by {stage['folds']}-fold cross-validation over train+val (a val "
                       "split this small would make the choice noise).", ""]

@@ -5,11 +5,16 @@
 - stage2: conv_layers and optimizer at that size; the report's 3 conv layers (then the nearest
   depth) by the same rule, then
   the optimizer at that depth (over all trials if one optimizer was never tried there): adam,
-  the report's, unless sgd is better beyond noise.
+  the report's, unless sgd is better beyond noise. Stage 1's trials at that size count as
+  evidence too when both stages trained alike (`earlier_evidence`): they drew every
+  hyperparameter at random as well.
 - stage3: with those fixed, the large search that keeps the K best models.
 
 Stages 1-2 may score their trials by k-fold cross-validation instead of on the val split
 (`SearchConfig.folds` says when).
+
+Each stage draws from its own seed (`stage_seed`), so that a later stage's trials are new points
+of the space, not stage 1's again.
 
 Each search lives in `stages/<stage>/kt-<key>/size<px>`, keyed by everything that defines it
 but its trial count, so a re-run with the same config continues (or reuses) it, more trials
@@ -18,6 +23,7 @@ continue it (a retune), and any other change starts anew.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import uuid
 from collections.abc import Callable
@@ -39,6 +45,16 @@ from glasses.workdir import STAGE_SUMMARY, WorkDir
 
 
 LAST_STAGE = "stage3"  # no search follows its own
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The seed of a stage's searches (the oracle's draws, the shuffles, the folds): stage 1's is
+    `search.seed`, each later stage's is derived from it. One seed for all three made every stage
+    draw the same hyperparameters in the same order: stage 2's first trials re-ran stage 1's, and
+    a seed whose first draws were 5 conv layers searched 5 layers in stage 2 on every dataset."""
+    if stage == "stage1":
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}/{stage}".encode()).digest()[:4], "big")
 
 
 def spares_after(stage: str, followed: bool, workers: int) -> int:
@@ -72,7 +88,7 @@ def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int
         search_id=f"{key}-{image_size}-{uuid.uuid4().hex[:8]}", directory=directory,
         project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(), image_size=image_size,
         stage=section, folds=folds_for(search, stage, cache_dir), fixed={**chosen, **section.fixed},
-        seed=search.seed, bind=search.oracle_bind, address=search.oracle_address, port=search.oracle_port or 0,
+        seed=stage_seed(search.seed, stage), bind=search.oracle_bind, address=search.oracle_address, port=search.oracle_port or 0,
         workers=search.workers, worker_timeout_s=search.worker_timeout_s,
         chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker, precision=search.precision,
         await_workers_s=search.chief_timeout_s,  # workers may queue; the run releases the chief when all ended
@@ -238,7 +254,7 @@ def spec_path_for(work: WorkDir, stage: str, search: SearchConfig, image_size: i
     exclude = {"max_trials", "retune_trials"} | ({"early_stop"} if section.early_stop.rule == "off" else set())
     defining = section.model_dump(mode="json", exclude=exclude)
     key = fingerprint({"stage": defining, "size": image_size,
-                       "fixed": {**chosen, **section.fixed}, "seed": search.seed,
+                       "fixed": {**chosen, **section.fixed}, "seed": stage_seed(search.seed, stage),
                        "split": cache_manifest(cache_dir)["key"], "folds": folds_for(search, stage, cache_dir),
                        # float32, the only precision before the setting: the keys of those searches stay
                        **({"precision": search.precision} if search.precision != "float32" else {})})
@@ -248,7 +264,7 @@ def spec_path_for(work: WorkDir, stage: str, search: SearchConfig, image_size: i
 # The name of stages 1-2's choice rule (`compare` and the `choose_*` functions below): in their
 # finish tasks' cache keys, so a resumed run chooses again under a changed rule. Bump it when the
 # rule changes; tests/test_rule_homes.py fails when the rule's code changes until you record it.
-CHOICE_RULE = "val-log-loss-beyond-standard-error"
+CHOICE_RULE = "val-log-loss-beyond-standard-error-with-stage1-evidence"
 
 
 def compare(table: pd.DataFrame, column: str, preference: list) -> dict[str, Any]:
@@ -372,9 +388,59 @@ def finish_stage1(spec_paths: list[Path], stage: StageConfig, stage_dir: Path) -
     return finish_stage(spec_paths, stage, stage_dir, ["image_size"], choose_image_size)
 
 
-def finish_stage2(spec_paths: list[Path], stage: StageConfig, stage_dir: Path) -> dict:
-    """Stage 2's table, plots and choice of conv_layers and optimizer (see `finish_stage`)."""
-    return finish_stage(spec_paths, stage, stage_dir, ["conv_layers", "optimizer"], choose_depth_and_optimizer)
+def finish_stage2(spec_paths: list[Path], stage: StageConfig, stage_dir: Path,
+                  earlier: list[Path] | None = None) -> dict:
+    """Stage 2's table, plots and choice of conv_layers and optimizer (see `finish_stage`), with
+    the trials of stage 1's searches `earlier` that count as evidence (`earlier_evidence`)."""
+    return finish_stage(spec_paths, stage, stage_dir, ["conv_layers", "optimizer"], choose_depth_and_optimizer,
+                        earlier=earlier)
+
+
+# What must be equal for a trial of an earlier stage to count in a later stage's choice: how it
+# was trained and scored (its budget, early stopping, BatchNorm statistics, folds, precision, data).
+TRAINED_ALIKE = ("batch_size", "max_steps", "min_steps", "patience_steps", "bn_stats_images", "early_stop")
+
+
+def earlier_evidence(earlier: list[Path], specs: list[SearchSpec], stage_name: str = "stage1"
+                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The completed trials of an earlier stage's searches (`earlier`, spec paths) that count as
+    evidence in the choice of the searches `specs`: at the same image size and cache, scored the
+    same way, trained alike (`TRAINED_ALIKE`), and at every value the later searches hold fixed.
+    Returns them (ids prefixed with the stage's name) and what the stage summary records:
+    {"stage", "trials" (how many count), "ids", and "why" when none could}."""
+    found, why = [], []
+    for path in earlier:
+        old = SearchSpec.load(Path(path))
+        for new in specs:
+            differs = [name for name in TRAINED_ALIKE if getattr(old.stage, name) != getattr(new.stage, name)]
+            differs += [name for name in ("image_size", "folds", "precision")
+                        if getattr(old, name) != getattr(new, name)]
+            if Path(old.cache_dir).resolve() != Path(new.cache_dir).resolve():
+                differs.append("cache_dir")
+            if differs:
+                if old.image_size == new.image_size:
+                    why.append(f"{stage_name} trained otherwise: " + ", ".join(
+                        f"{name} {_setting(old, name)} against {_setting(new, name)}" for name in differs))
+                continue
+            table = trials_table(old)
+            if table.empty:
+                continue
+            table = table[table["status"] == "COMPLETED"]
+            for name, value in new.fixed.items():
+                if name in table:
+                    table = table[table[name] == value]
+            found.append(table.assign(trial_id=[f"{stage_name}/{t}" for t in table["trial_id"]]))
+    pooled = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
+    record: dict[str, Any] = {"stage": stage_name, "trials": len(pooled),
+                              "ids": [str(t) for t in pooled["trial_id"]] if len(pooled) else []}
+    if not len(pooled):
+        record["why"] = "; ".join(dict.fromkeys(why)) or f"no completed {stage_name} trial at this size"
+    return pooled, record
+
+
+def _setting(spec: SearchSpec, name: str) -> Any:
+    value = getattr(spec.stage, name, None) if name in TRAINED_ALIKE else getattr(spec, name)
+    return value.model_dump() if hasattr(value, "model_dump") else value
 
 
 def finish_stage3(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, threshold: float) -> dict:
@@ -384,7 +450,7 @@ def finish_stage3(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, t
 
 def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, compared: list[str],
                  choose: Callable[[pd.DataFrame], tuple[dict[str, Any], list[dict]]],
-                 threshold: float | None = None) -> dict:
+                 threshold: float | None = None, earlier: list[Path] | None = None) -> dict:
     """Writes the stage's trials.csv, plots and stage.json; prunes to the stage's best `keep`.
 
     Args:
@@ -392,34 +458,43 @@ def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, co
         choose: The stage's rule, from its trials table to its chosen values and, per column,
             how it chose (see `compare`).
         threshold: The ensemble threshold drawn on the plot of the kept trials.
+        earlier: An earlier stage's spec paths whose trials may count in the choice
+            (`earlier_evidence`); the stage's trials.csv and counts stay its own.
 
     Returns:
         The stage summary: stage, trials, chosen values and how each was chosen (`choices`), mean
         val accuracy per value, folds (k of the cross-validation that scored the trials, 0 if
-        none), workers, table, plots, and the kept trials (None when the stage keeps every checkpoint).
+        none), workers, table, plots, the kept trials (None when the stage keeps every checkpoint),
+        and with `earlier`, the earlier trials that counted (`evidence`); means, plots and the
+        choice then include them.
     """
     specs = [SearchSpec.load(p) for p in spec_paths]
     kept = [t for s in specs for t in keep_best(s, stage.keep)] if stage.keep else None
     table = pd.concat([trials_table(s) for s in specs], ignore_index=True)
     out, name = Path(stage_dir), Path(stage_dir).name
     table_path = write_text(out / "trials.csv", table.drop(columns=["checkpoint"]).to_csv(index=False))
-    plots = [str(plot_by(table, column, out / f"val_accuracy_by_{column}.png",
-                         f"{name}: val accuracy by {column}")) for column in compared]
+    evidence, counted = earlier_evidence(earlier, specs) if earlier else (pd.DataFrame(), None)
+    compared_on = pd.concat([table, evidence], ignore_index=True) if len(evidence) else table
+    with_earlier = f" (and {len(evidence)} of {counted['stage']})" if len(evidence) else ""
+    plots = [str(plot_by(compared_on, column, out / f"val_accuracy_by_{column}.png",
+                         f"{name}{with_earlier}: val accuracy by {column}")) for column in compared]
     if kept is not None:
         plots.append(str(plot_ranked(table, kept, threshold or 0.0, out / "val_accuracy_by_rank.png",
                                      f"{name}: every trial, the {len(kept)} kept")))
-    chosen, choices = choose(table)
+    chosen, choices = choose(compared_on)
     summary = {"stage": name, "trials": len(table), "completed": int((table["status"] == "COMPLETED").sum()),
                "failed": int((table["status"] == "FAILED").sum()),
                "stopped": int((table["status"] == STOPPED).sum()), "chosen": chosen, "choices": choices,
                "folds": max(s.folds for s in specs),
-               "means": {c: {str(k): round(v, 4) for k, v in _means(table, c).items()} for c in compared},
+               "means": {c: {str(k): round(v, 4) for k, v in _means(compared_on, c).items()} for c in compared},
                "workers": sorted(table["worker"].dropna().unique().tolist()),
                "trials_by_worker": {str(k): int(v) for k, v in table["worker"].value_counts().items()},
                "trials_by_node": {str(k): int(v) for k, v in table["node"].value_counts().items()},
                "best_val_accuracy": float(table["val_accuracy"].max()), "table": str(table_path),
                "specs": [str(p) for p in spec_paths], "plots": plots, "kept": kept}
     summary["tied_best"] = tied_best(table)
+    if counted is not None:
+        summary["evidence"] = counted
     write_json(out / STAGE_SUMMARY, summary)
     return summary
 

@@ -117,8 +117,10 @@ def finish_key(context, parameters: dict) -> str:
     kept = (parameters.get("kept") or {}).get(stage)
     present = kept is not None or (work.stage_summary(stage).is_file() and all(map(_complete, paths)))
     section = config.search.stage(stage).model_dump(mode="json")
-    # (the kept summary only when there is one: a searched stage's key stays what it was)
-    return _key(work, present, "finish", stage, paths, section, _rule(config, stage), *filter(None, [kept]))
+    earlier = [str(p) for p in parameters.get("earlier") or []]  # stage 2: stage 1's searches, whose trials count
+    # (the kept summary and earlier searches only when there are some: a stage's key stays what it was)
+    return _key(work, present, "finish", stage, paths, section, _rule(config, stage),
+                *filter(None, [kept, earlier]))
 
 
 def ensemble_key(context, parameters: dict) -> str:

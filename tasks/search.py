@@ -172,13 +172,15 @@ def finish_stage1(config: Config, spec_paths: list[str], kept: dict[str, dict] |
 
 @task(name="finish-stage2", cache_key_fn=caching.finish_key, persist_result=True,
       on_failure=[events.stage_failed])
-def finish_stage2(config: Config, spec_paths: list[str], kept: dict[str, dict] | None = None) -> dict:
-    """Stage 2's table and plots; chooses conv_layers and the optimizer (or keeps the champion's:
-    `kept_choices`)."""
+def finish_stage2(config: Config, spec_paths: list[str], kept: dict[str, dict] | None = None,
+                  earlier: list[str] | None = None) -> dict:
+    """Stage 2's table and plots; chooses conv_layers and the optimizer, with stage 1's trials
+    (`earlier`, its spec paths) that count as evidence (or keeps the champion's: `kept_choices`)."""
     if "stage2" in (kept or {}):
         return kept["stage2"]
     return _published(stages.finish_stage2([Path(p) for p in spec_paths], config.search.stage2,
-                                           WorkDir(config.work_dir).stage("stage2")))
+                                           WorkDir(config.work_dir).stage("stage2"),
+                                           [Path(p) for p in earlier or []]))
 
 
 @task(name="finish-stage3", cache_key_fn=caching.finish_key, persist_result=True,

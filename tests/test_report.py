@@ -118,6 +118,13 @@ def test_each_stage_choice_says_whether_the_difference_or_the_tie_break_decided(
     assert ("Chose image_size 32 by the tie-break: 32, 48 are within one standard error of the lowest loss (48) "
             "(compared on val loss).") in text
 
+    counted = {**stage, "evidence": {"stage": "stage1", "trials": 2, "ids": ["stage1/0", "stage1/1"]}}
+    text = "\n".join(_stage_lines({"stages": {"stage2": counted}, "figures": {}}))
+    assert "The choice counts 2 trials of stage1 at this size too (stage1/0, stage1/1)" in text
+    none = {**stage, "evidence": {"stage": "stage1", "trials": 0, "ids": [], "why": "stage1 trained otherwise: x"}}
+    assert "No trial of stage1 counts in the choice: stage1 trained otherwise: x." in "\n".join(
+        _stage_lines({"stages": {"stage2": none}, "figures": {}}))
+
 
 def test_worker_utilization_is_trial_time_over_workers_times_each_stage_wall(tmp_path):
     import pandas as pd

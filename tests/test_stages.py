@@ -242,3 +242,67 @@ def test_a_search_plans_spare_processes_for_what_follows_it(tmp_path, stage, fol
     search = build_config("quick", overrides={"search.cluster": cluster}).search
     spec = SearchSpec.load(plan_search(WorkDir(tmp_path / "w"), stage, search, 32, {}, tmp_path, followed))
     assert (spec.spares, spec.followed) == (spares, followed)
+
+
+def _search_with_trials(tmp_path: Path, name: str, stage: StageConfig, size: int, trials: dict,
+                        fixed: dict | None = None, folds: int = 0, cache: str = "cache"):
+    """A search on disk whose trials (id: (conv_layers, optimizer, val accuracy, val loss)) ended."""
+    import json
+
+    from glasses.search import SearchSpec
+
+    spec = SearchSpec(search_id=name, directory=tmp_path / name, project_name=f"size{size}",
+                      cache_dir=tmp_path / cache, image_size=size, stage=stage, folds=folds, fixed=fixed or {},
+                      seed=1, bind="127.0.0.1", address=None, port=0, workers=2, worker_timeout_s=30,
+                      chief_timeout_s=60, await_workers_s=30, gpus_per_worker=1)
+    for trial_id, (layers, optimizer, score, loss) in trials.items():
+        folder = spec.project_dir / f"trial_{trial_id}"
+        folder.mkdir(parents=True)
+        metrics = {"metrics": {"val_loss": {"observations": [{"value": [loss], "step": 0}]}}}
+        values = {"conv_layers": layers, "optimizer": optimizer}
+        (folder / "trial.json").write_text(json.dumps({"trial_id": trial_id, "status": "COMPLETED", "score": score,
+                                                       "hyperparameters": {"values": values}, **metrics}))
+    return spec.save(tmp_path / f"{name}.json")
+
+
+def test_stage2_counts_stage1s_trials_at_its_size_when_both_trained_alike(tmp_path):
+    from glasses.stages import finish_stage2
+
+    alike = StageConfig(batch_size=8, max_trials=2, max_steps=10, patience_steps=5, min_steps=4)
+    # Stage 2 drew only depths 1 and 2; stage 1 had tried 4 layers at 32 px (and at 40, which is not this size).
+    stage2 = _search_with_trials(tmp_path, "s2", alike, 32, {"0": (1, "adam", 0.70, 0.60), "1": (2, "adam", 0.75, 0.55)})
+    at32 = _search_with_trials(tmp_path, "s1-32", alike, 32, {"0": (4, "adam", 0.86, 0.33), "1": (4, "adam", 0.85, 0.34)})
+    at40 = _search_with_trials(tmp_path, "s1-40", alike, 40, {"0": (5, "adam", 0.99, 0.01)}, cache="cache40")
+    summary = finish_stage2([stage2], alike, tmp_path / "stage2", [at32, at40])
+    assert summary["chosen"]["conv_layers"] == 4
+    assert summary["evidence"] == {"stage": "stage1", "trials": 2, "ids": ["stage1/0", "stage1/1"]}
+    assert summary["trials"] == 2 and set(summary["means"]["conv_layers"]) == {"1", "2", "4"}
+    assert len(pd.read_csv(summary["table"])) == 2  # trials.csv stays the stage's own (utilization counts it)
+
+    # Trained otherwise (another warm-up): stage 1's trials are not stage 2's evidence, and the summary says why.
+    other = alike.model_copy(update={"min_steps": 2})
+    stage2 = _search_with_trials(tmp_path, "s2b", other, 32, {"0": (1, "adam", 0.70, 0.60), "1": (2, "adam", 0.75, 0.55)})
+    summary = finish_stage2([stage2], other, tmp_path / "stage2b", [at32, at40])
+    assert summary["chosen"]["conv_layers"] == 2
+    assert summary["evidence"]["trials"] == 0 and "min_steps 4 against 2" in summary["evidence"]["why"]
+
+    # A value stage 2 holds fixed filters stage 1's trials; so does scoring by other folds.
+    fixed = _search_with_trials(tmp_path, "s2c", alike, 32, {"0": (1, "sgd", 0.70, 0.60)}, fixed={"optimizer": "sgd"})
+    assert finish_stage2([fixed], alike, tmp_path / "stage2c", [at32])["evidence"]["trials"] == 0
+    folds = _search_with_trials(tmp_path, "s2d", alike, 32, {"0": (1, "adam", 0.70, 0.60)}, folds=3)
+    assert "folds 0 against 3" in finish_stage2([folds], alike, tmp_path / "stage2d", [at32])["evidence"]["why"]
+
+
+def test_each_stage_draws_from_its_own_seed_and_stage1_keeps_the_runs(tmp_path):
+    from glasses.files import write_json
+    from glasses.search import SearchSpec
+    from glasses.stages import plan_search, stage_seed
+    from glasses.workdir import WorkDir
+
+    write_json(tmp_path / "cache.json", {"key": "k", "size": 32, "counts": {"train": 800, "val": 400, "test": 100}})
+    search = build_config("quick", overrides={"search.seed": 7}).search
+    seeds = {stage: SearchSpec.load(plan_search(WorkDir(tmp_path / "w"), stage, search, 32, {}, tmp_path)).seed
+             for stage in ("stage1", "stage2", "stage3")}
+    assert seeds["stage1"] == 7 and len(set(seeds.values())) == 3
+    assert seeds["stage2"] == stage_seed(7, "stage2") != stage_seed(8, "stage2")  # derived, and stable
+    assert all(0 <= seed < 2**32 for seed in seeds.values())

@@ -329,12 +329,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "worker_timeout_s": 120,
             "chief_timeout_s": 3600,
             "precision": "auto",  # bfloat16 where the CPU has it: 1.17-1.26x, same accuracy (bench/RESULTS.md)
-            # 32 and 40 px; stage 2 (which only chooses) 4 trials of 720 steps, stage 3 6 of 1,080
-            # (bench/RESULTS.md, 2026-11-29): 32/40/48 px with 8 + 12 trials took 19 min, 32/48 px
-            # with 6 + 8 20 min when 48 px won (a 48 px trial costs twice a 32 px one), 32/40 px with
-            # 4 + 6 trials of 960/1,200 steps 15 min; 4 stage-3 trials took 11.6 min but made weak
-            # ensembles (test 0.79).
-            "stage1": _stage([32, 40], 32, 2, 720, 180, warmup=300),
+            # 32 and 64 px (the report's smallest): where 64 px wins beyond noise, stages 2-3 train
+            # at it, ~2x the flow's time, and ship 4-5 points more on held-out images (0.90 against
+            # 0.86 built-in, 0.83-0.85 against 0.78-0.80 on 380 small grey photos); where it does
+            # not, 32 px costs what 32/40 did (bench/RESULTS.md, 2026-12-03, third session). Stage 2
+            # (which only chooses) 4 trials of 720 steps, stage 3 6 of 1,080 (2026-11-29: fewer
+            # stage-3 trials made weak ensembles).
+            "stage1": _stage([32, 64], 32, 2, 720, 180, warmup=300),
             # No early stopping across trials (search.stageN.early_stop): with 4 and 6 trials on 2
             # workers it saved 8 s of stage 2's 40 and left its choice to the tie-break, the stopped
             # trials being no evidence of spread (bench/RESULTS.md, 2026-12-02).

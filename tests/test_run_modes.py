@@ -43,7 +43,7 @@ def test_a_kept_stage_searches_nothing_and_caches_only_its_size():
     assert stages.sizes_to_search("stage3", [24], kept) == [24]
     assert stages.sizes_to_search("stage1", [32, 40], {}) == [32, 40]
     assert stages.sizes_to_cache(search, kept) == [24]
-    assert stages.sizes_to_cache(search, {}) == search.stage1.image_sizes == [32, 40]
+    assert stages.sizes_to_cache(search, {}) == search.stage1.image_sizes == [32, 64]
 
 
 def test_a_retune_run_grows_stage_3_once_and_a_resume_run_not_at_all(tmp_path):

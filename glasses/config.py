@@ -319,7 +319,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "ensemble": {"threshold": 0.89, "fallback": 3},
     },
-    # The default: the whole pipeline on the built-in data in under 15 minutes on 2 cores. Budgets
+    # The default: the whole pipeline on the built-in data in 3-8 minutes on 2 fast cores. Budgets
     # are in steps, so a dataset of 300 images trains as long as one of 3,000 (more epochs).
     "quick": {
         # 3,020 images: a val split of 301 (each class rounds down; 3,000 gave 299), so stages 1-2

@@ -41,7 +41,7 @@ def test_a_kept_stage_searches_nothing_and_caches_only_its_size():
     kept = {"stage1": KEPT[0], "stage2": KEPT[1]}
     assert stages.sizes_to_search("stage1", [32, 40], kept) == [] == stages.sizes_to_search("stage2", [24], kept)
     assert stages.sizes_to_search("stage3", [24], kept) == [24]
-    assert stages.sizes_to_search("stage1", [32, 40], {}) == [32, 40]
+    assert stages.sizes_to_search("stage1", [32, 40], {}) == [40, 32]  # the longest trials first
     assert stages.sizes_to_cache(search, kept) == [24]
     assert stages.sizes_to_cache(search, {}) == search.stage1.image_sizes == [32, 64]
 

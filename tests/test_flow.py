@@ -53,13 +53,14 @@ def _last_stage_runs(wait_s: float = 60) -> dict[str, str]:
 
 def _check_stage1_queue(tasks: list, workers: int = 2) -> None:
     """Stage 1's searches ran at once: both chiefs up before any worker ended; the workers
-    queued, tuner<i> of size 24 after tuner<i> of size 16, never more than `workers` at once."""
+    queued, tuner<i> of size 16 after tuner<i> of size 24 (the largest first: its trials are the
+    longest), never more than `workers` at once."""
     runs = {t.name: t for t in tasks if "-stage1-" in t.name}
     chiefs = [runs[f"chief-stage1-size{px}"] for px in (16, 24)]
     tuners = {(px, i): runs[f"worker-stage1-size{px}-tuner{i}"] for px in (16, 24) for i in range(workers)}
     assert max(c.start_time for c in chiefs) < min(t.end_time for t in tuners.values())
     for i in range(workers):
-        assert tuners[(24, i)].start_time >= tuners[(16, i)].end_time
+        assert tuners[(16, i)].start_time >= tuners[(24, i)].end_time
     for t in tuners.values():  # at each worker's start, how many were running
         assert sum(o.start_time <= t.start_time < o.end_time for o in tuners.values()) <= workers
 

@@ -160,6 +160,9 @@ def _stage_lines(summary: dict) -> list[str]:
                   f"{by_worker}; by node {by_node or '-'}); "
                   f"best val accuracy {stage['best_val_accuracy']:.4f}; {outcome}. Table: `stages/{name}/trials.csv`."
                   f"{busy}", ""]
+        if stage.get("fixed"):
+            lines += ["Held fixed in every trial: " + ", ".join(f"{k} {v}" for k, v in stage["fixed"].items())
+                      + ".", ""]
         if stage.get("tied_best"):
             tie = stage["tied_best"]
             lines += [f"The val split could not tell the best apart: {len(tie['trials'])} trials at val accuracy "
@@ -202,6 +205,12 @@ def _choice_lines(choice: dict) -> list[str]:
            if choice["decided_by"] == "difference" else
            f"{choice['chosen']} by the tie-break: {', '.join(map(str, choice['within_noise']))} are within "
            f"one standard error of the lowest loss ({choice['best']})")
+    paired = [f"{value} against {choice['best']}: {row['paired']['difference']:+.4f} ± "
+              f"{row['paired']['difference_se']:.4f} over {row['paired']['pairs']} pairs"
+              for value, row in values.items() if row.get("paired")]
+    if paired:
+        how += (f"; compared in pairs, each trial against its twin at {choice['best']} (the same other "
+                f"hyperparameters), so their spread cancels: {'; '.join(paired)}")
     return [f"| {choice['column']} | " + " | ".join(map(str, values)) + " |", "|---|" + "---|" * len(values),
             "| trials | " + " | ".join(str(row["trials"]) for row in values.values()) + " |",
             "| val log loss | " + " | ".join(cell(row, "val_loss") for row in values.values()) + " |",

@@ -1,7 +1,9 @@
 """The report's three search stages: what each searches, and how its winner is chosen.
 
 - stage1: one search per image size; the smallest size, unless a bigger one has a lower mean
-  val log loss by more than the standard error of the difference (`compare`).
+  val log loss by more than the standard error of the difference (`compare`). The searches draw
+  from one seed, so trial i has the same hyperparameters at every size: the difference is taken
+  pair by pair, free of the spread between hyperparameters (with two pairs: better in both).
 - stage2: conv_layers and optimizer at that size; the report's 3 conv layers (then the nearest
   depth) by the same rule, then
   the optimizer at that depth (over all trials if one optimizer was never tried there): adam,
@@ -41,6 +43,7 @@ from glasses.files import read_json, write_json, write_text
 from glasses.inputs import cache_manifest, unused_caches
 from glasses.search import SearchSpec, keep_best, trials_table
 from glasses.search.records import STOPPED, trial_records
+from glasses.space import allowed_values
 from glasses.workdir import STAGE_SUMMARY, WorkDir
 
 
@@ -269,7 +272,7 @@ def spec_path_for(work: WorkDir, stage: str, search: SearchConfig, image_size: i
 # The name of stages 1-2's choice rule (`compare` and the `choose_*` functions below): in their
 # finish tasks' cache keys, so a resumed run chooses again under a changed rule. Bump it when the
 # rule changes; tests/test_rule_homes.py fails when the rule's code changes until you record it.
-CHOICE_RULE = "val-log-loss-beyond-standard-error-with-stage1-evidence"
+CHOICE_RULE = "val-log-loss-beyond-standard-error-paired-with-stage1-evidence"
 
 
 def compare(table: pd.DataFrame, column: str, preference: list) -> dict[str, Any]:
@@ -279,14 +282,18 @@ def compare(table: pd.DataFrame, column: str, preference: list) -> dict[str, Any
     standard errors use the spread of trials within a value, pooled over all values (two
     trials a value give a poor spread each). A value other than the rule's favourite wins only
     when its mean loss is lower by more than the standard error of the difference; among the
-    values within that of the best, the first in `preference` (the tie-break) is chosen.
+    values within that of the best, the first in `preference` (the tie-break) is chosen. Where
+    every trial of a value has a twin at the best value (the same value of every other
+    hyperparameter: stage 1's searches draw alike at each size) and there are two pairs or more,
+    that standard error is the pairs' (`_paired`): the spread between hyperparameters cancels.
 
     Returns:
         {"column", "chosen", "best" (the lowest mean loss), "within_noise" (the values tied with
         it), "decided_by" ("difference": no other value was within noise; else "tie-break"),
         "metric" ("val_loss", or "val_accuracy" where losses are missing), "values": {value:
-        {"trials" (completed), "val_loss", "val_loss_se", "val_accuracy", "val_accuracy_se", and
-        "stopped": the trials stopped early, when any}}}
+        {"trials" (completed), "val_loss", "val_loss_se", "val_accuracy", "val_accuracy_se",
+        "paired": {"pairs", "difference", "difference_se"} against the best where compared in
+        pairs, and "stopped": the trials stopped early, when any}}}
     """
     done = _completed(table, column)
     metric = "val_loss" if "val_loss" in done and done["val_loss"].notna().all() else "val_accuracy"
@@ -299,8 +306,10 @@ def compare(table: pd.DataFrame, column: str, preference: list) -> dict[str, Any
     counts = done.groupby(column).size()
     best = means.idxmin()
     se = pooled[metric] / np.sqrt(counts)
-    within = [value for value in means.index
-              if means[value] - means[best] <= np.hypot(se[value], se[best]) + 1e-12]
+    paired = _paired(done, column, score, best)
+    noise = {value: (float(paired[value].std(ddof=1) / np.sqrt(len(paired[value]))) if value in paired
+                     else float(np.hypot(se[value], se[best]))) for value in means.index}
+    within = [value for value in means.index if means[value] - means[best] <= noise[value] + 1e-12]
     ordered = [v for v in preference if v in within] + sorted(v for v in within if v not in preference)
     values = {}
     for value in sorted(means.index, key=lambda v: (preference.index(v) if v in preference else len(preference), v)):
@@ -309,6 +318,9 @@ def compare(table: pd.DataFrame, column: str, preference: list) -> dict[str, Any
             mean = stats[(value, name)]
             row[name] = None if mean is None else round(mean, 4)
             row[f"{name}_se"] = None if mean is None else round(float(pooled[name] / np.sqrt(counts[value])), 4)
+        if value in paired:
+            row["paired"] = {"pairs": len(paired[value]), "difference": round(float(paired[value].mean()) * sign, 4),
+                             "difference_se": round(noise[value], 4)}
         values[_plain(value)] = row
     # Trials the chief stopped early are evidence too, but not finished: they are counted, never
     # averaged; a value whose every trial was stopped was behind the others and is not chosen.
@@ -319,6 +331,27 @@ def compare(table: pd.DataFrame, column: str, preference: list) -> dict[str, Any
     return {"column": column, "chosen": _plain(ordered[0]), "best": _plain(best),
             "within_noise": [_plain(v) for v in ordered], "metric": metric,
             "decided_by": "tie-break" if len(within) > 1 else "difference", "values": values}
+
+
+def _paired(done: pd.DataFrame, column: str, score: pd.Series, best: Any) -> dict[Any, pd.Series]:
+    """Per value of `column` whose every completed trial has one twin at `best` (the same values
+    of every other hyperparameter of the space, unset ones included) and the other way round,
+    with two pairs or more: the differences of `score` to the twins."""
+    others = [name for name in allowed_values() if name in done and name != column]
+    if not others:
+        return {}
+    key = done[others].astype(str).agg("|".join, axis=1)
+    at_best = done[column] == best
+    twins = dict(zip(key[at_best], score[at_best]))
+    if len(twins) != int(at_best.sum()):
+        return {}
+    found = {}
+    for value in done[column].unique():
+        mine = done[column] == value
+        keys = key[mine].tolist()
+        if value != best and len(keys) >= 2 and len(set(keys)) == len(keys) and set(keys) == set(twins):
+            found[value] = pd.Series([s - twins[k] for k, s in zip(keys, score[mine])])
+    return found
 
 
 def _plain(value: Any) -> Any:
@@ -470,8 +503,8 @@ def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, co
         The stage summary: stage, trials, chosen values and how each was chosen (`choices`), mean
         val accuracy per value, folds (k of the cross-validation that scored the trials, 0 if
         none), workers, table, plots, the kept trials (None when the stage keeps every checkpoint),
-        and with `earlier`, the earlier trials that counted (`evidence`); means, plots and the
-        choice then include them.
+        the values every trial held (`fixed`, when any), and with `earlier`, the earlier trials
+        that counted (`evidence`); means, plots and the choice then include them.
     """
     specs = [SearchSpec.load(p) for p in spec_paths]
     kept = [t for s in specs for t in keep_best(s, stage.keep)] if stage.keep else None
@@ -498,6 +531,9 @@ def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, co
                "best_val_accuracy": float(table["val_accuracy"].max()), "table": str(table_path),
                "specs": [str(p) for p in spec_paths], "plots": plots, "kept": kept}
     summary["tied_best"] = tied_best(table)
+    fixed = {k: v for s in specs for k, v in s.fixed.items()}
+    if fixed:
+        summary["fixed"] = fixed
     if counted is not None:
         summary["evidence"] = counted
     write_json(out / STAGE_SUMMARY, summary)

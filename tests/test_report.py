@@ -124,6 +124,9 @@ def test_each_stage_choice_says_whether_the_difference_or_the_tie_break_decided(
     none = {**stage, "evidence": {"stage": "stage1", "trials": 0, "ids": [], "why": "stage1 trained otherwise: x"}}
     assert "No trial of stage1 counts in the choice: stage1 trained otherwise: x." in "\n".join(
         _stage_lines({"stages": {"stage2": none}, "figures": {}}))
+    held = {**stage, "fixed": {"conv_layers": 3}}
+    assert "Held fixed in every trial: conv_layers 3." in "\n".join(_stage_lines({"stages": {"stage1": held}, "figures": {}}))
+    assert "Held fixed" not in text
 
 
 def test_worker_utilization_is_trial_time_over_workers_times_each_stage_wall(tmp_path):

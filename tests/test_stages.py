@@ -288,7 +288,9 @@ def test_stage2_counts_stage1s_trials_at_its_size_when_both_trained_alike(tmp_pa
 
     # A value stage 2 holds fixed filters stage 1's trials; so does scoring by other folds.
     fixed = _search_with_trials(tmp_path, "s2c", alike, 32, {"0": (1, "sgd", 0.70, 0.60)}, fixed={"optimizer": "sgd"})
-    assert finish_stage2([fixed], alike, tmp_path / "stage2c", [at32])["evidence"]["trials"] == 0
+    summary = finish_stage2([fixed], alike, tmp_path / "stage2c", [at32])
+    assert summary["evidence"]["trials"] == 0 and summary["fixed"] == {"optimizer": "sgd"}  # stage.json says so
+    assert "fixed" not in finish_stage2([stage2], other, tmp_path / "stage2e", [at32])
     folds = _search_with_trials(tmp_path, "s2d", alike, 32, {"0": (1, "adam", 0.70, 0.60)}, folds=3)
     assert "folds 0 against 3" in finish_stage2([folds], alike, tmp_path / "stage2d", [at32])["evidence"]["why"]
 

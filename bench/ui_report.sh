@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The saliency gallery where people look at it, in headless Chromium: a `smoke` run on the built-in
-# data against a real `prefect server start`, then screenshots of the run's `saliency` artifact page
-# and of its report.md rendered to HTML (python-markdown, figures beside it as in the work dir).
-#   bench/ui_saliency.sh [OUT] [WORK]   (OUT default /tmp/glasses-ui-saliency; needs chromium; port 4311 free)
+# A run's report where people look, in headless Chromium: a `smoke` run on the built-in data against
+# a real `prefect server start`, then screenshots of its report artifact (the stage sections: what
+# each stage held fixed, which of stage 1's trials counted in stage 2's choice), of its `saliency`
+# artifact page, and of its report.md's saliency section rendered to HTML (python-markdown, figures
+# beside it as in the work dir).
+#   bench/ui_report.sh [OUT] [WORK]   (OUT default /tmp/glasses-ui-report; needs chromium; port 4311 free)
 #   WORK: an existing work dir whose report.md to render too (e.g. a quick run's), besides the smoke run's
 set -u
 cd "$(dirname "$0")/.."
-R=${1:-/tmp/glasses-ui-saliency}; rm -rf "$R"; mkdir -p "$R/shots"
+R=${1:-/tmp/glasses-ui-report}; rm -rf "$R"; mkdir -p "$R/shots"
 export PREFECT_HOME=$R/prefect-home
 BIN=.venv/bin UI=http://127.0.0.1:4311 API=http://127.0.0.1:4311/api
 . bench/ui_lib.sh
@@ -22,6 +24,9 @@ text = (w / 'report.md').read_text(); start = text.index('### Where the model lo
 end = re.search(r'^##? ', text[start + 4:], re.M); part = text[start:start + 4 + end.start()] if end else text[start:]; \
 (w / 'report-saliency.html').write_text('<html><body style=\"font-family: sans-serif; max-width: 1300px\">' \
 + markdown.markdown(part, extensions=['tables']) + '</body></html>')" "$1"; }
+REPORT=$(query artifacts/filter '{"artifacts": {"key": {"any_": ["glasses-report"]}}}' "print(rows[0]['id'])")
+shot report-artifact "$UI/artifacts/artifact/$REPORT" 5200
+grep -n "Held fixed\|The choice counts\|No trial of" "$R/work/report.md"
 ARTIFACT=$(query artifacts/filter '{"artifacts": {"key": {"any_": ["saliency"]}}}' "print(rows[0]['id'])")
 shot artifact "$UI/artifacts/artifact/$ARTIFACT" 2200
 render "$R/work"

@@ -340,7 +340,7 @@ def _paired(done: pd.DataFrame, column: str, score: pd.Series, best: Any) -> dic
     others = [name for name in allowed_values() if name in done and name != column]
     if not others:
         return {}
-    key = done[others].astype(str).agg("|".join, axis=1)
+    key = pd.Series(["|".join(map(str, row)) for row in done[others].itertuples(index=False)], index=done.index)
     at_best = done[column] == best
     twins = dict(zip(key[at_best], score[at_best]))
     if len(twins) != int(at_best.sum()):

@@ -124,6 +124,14 @@ def test_each_stage_choice_says_whether_the_difference_or_the_tie_break_decided(
     none = {**stage, "evidence": {"stage": "stage1", "trials": 0, "ids": [], "why": "stage1 trained otherwise: x"}}
     assert "No trial of stage1 counts in the choice: stage1 trained otherwise: x." in "\n".join(
         _stage_lines({"stages": {"stage2": none}, "figures": {}}))
+    rows = [(64, "adam", 0.3119), (64, "sgd", 0.4853), (32, "adam", 0.3948), (32, "sgd", 0.5070)]
+    pairs = pd.DataFrame([{"image_size": s, "optimizer": o, "val_loss": lo, "val_accuracy": 0.8, "status": "COMPLETED"}
+                          for s, o, lo in rows])
+    paired = {**stage, "choices": choose_image_size(pairs)[1]}
+    assert ("Chose image_size 64: better than the others by more than the standard error; compared in pairs, each "
+            "trial against its twin at 64 (the same other hyperparameters), so their spread cancels: 32 against 64: "
+            "+0.0523 ± 0.0306 over 2 pairs (compared on val loss).") in "\n".join(
+        _stage_lines({"stages": {"stage1": paired}, "figures": {}}))
     held = {**stage, "fixed": {"conv_layers": 3}}
     assert "Held fixed in every trial: conv_layers 3." in "\n".join(_stage_lines({"stages": {"stage1": held}, "figures": {}}))
     assert "Held fixed" not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,34 @@ def test_a_bigger_size_better_beyond_noise_wins():
     # its standard error: the spread within a size (variances 0.02²/2 and 0.01²/2), pooled, over sqrt(2)
     assert how["values"][48]["val_loss_se"] == pytest.approx(np.sqrt((0.02**2 / 2 + 0.01**2 / 2) / 2) / np.sqrt(2),
                                                              abs=1e-4)
+
+
+def test_sizes_drawn_alike_compare_in_pairs_and_the_spread_between_hyperparameters_cancels():
+    # A quick run's stage 1 (seed 3, 3 layers held): trial i drew the same hyperparameters at each
+    # size; adam against sgd spreads the losses far more than 64 against 32 px does.
+    def trials(rows):
+        # as trials.csv holds them (pandas' string columns, unset hyperparameters missing)
+        return pd.read_csv(io.StringIO(pd.DataFrame([
+            {"image_size": size, "conv_layers": 3, "optimizer": opt, "filters_0": f0, "pooling_3": None,
+             "val_loss": loss, "val_accuracy": acc, "status": "COMPLETED"}
+            for size, opt, f0, loss, acc in rows]).to_csv(index=False)))
+
+    rows = [(64, "adam", 16, 0.3119, 0.87), (64, "sgd", 24, 0.4853, 0.77), (32, "adam", 16, 0.3948, 0.83),
+            (32, "sgd", 24, 0.5070, 0.75)]
+    chosen, [how] = choose_image_size(trials(rows))
+    assert chosen == {"image_size": 64} and how["decided_by"] == "difference"  # better in both pairs
+    assert how["values"][32]["paired"] == {"pairs": 2, "difference": pytest.approx(0.0523, abs=1e-4),
+                                           "difference_se": pytest.approx(0.0306, abs=1e-4)}
+    assert "paired" not in how["values"][64]
+
+    # Not drawn alike (another filter count at 32 px): no pairs, and the spread between trials decides.
+    unpaired = [r if r[:2] != (32, "sgd") else (32, "sgd", 32, *r[3:]) for r in rows]
+    chosen, [how] = choose_image_size(trials(unpaired))
+    assert chosen == {"image_size": 32} and how["decided_by"] == "tie-break" and "paired" not in how["values"][32]
+    # Drawn alike but 64 px worse in one pair: within the pairs' noise, so the smaller size.
+    mixed = [(64, "adam", 16, 0.3119, 0.87), (64, "sgd", 24, 0.5253, 0.74)] + rows[2:]
+    chosen, [how] = choose_image_size(trials(mixed))
+    assert chosen == {"image_size": 32} and how["best"] == 64 and how["values"][32]["paired"]["pairs"] == 2
 
 
 def test_the_rule_compares_losses_not_accuracies():

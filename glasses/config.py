@@ -335,9 +335,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             # not, 32 px costs what 32/40 did (bench/RESULTS.md, 2026-12-03, third session). Stage 2
             # (which only chooses) 4 trials of 720 steps, stage 3 6 of 1,080 (2026-11-29: fewer
             # stage-3 trials made weak ensembles).
-            # Stage 1 holds the report's 3 conv layers: two trials that drew 2-layer networks could
-            # not tell 64 from 32 px (2026-12-03); its searches draw alike, so sizes compare in pairs.
-            "stage1": _stage([32, 64], 32, 2, 720, 180, warmup=300, fixed={"conv_layers": 3}),
+            # Stage 1 compares sizes on the report's final network (3 conv layers, adam; filters and
+            # pooling drawn): two trials that drew 2-layer networks could not tell 64 from 32 px, and
+            # an sgd trial that learned nothing at 64 px tied them (2026-12-03). Its searches draw
+            # alike, so sizes compare in pairs.
+            "stage1": _stage([32, 64], 32, 2, 720, 180, warmup=300, fixed=_STAGE3_FIXED),
             # No early stopping across trials (search.stageN.early_stop): with 4 and 6 trials on 2
             # workers it saved 8 s of stage 2's 40 and left its choice to the tie-break, the stopped
             # trials being no evidence of spread (bench/RESULTS.md, 2026-12-02).

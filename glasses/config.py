@@ -329,16 +329,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "worker_timeout_s": 120,
             "chief_timeout_s": 3600,
             "precision": "auto",  # bfloat16 where the CPU has it: 1.17-1.26x, same accuracy (bench/RESULTS.md)
-            # 32 and 64 px (the report's smallest): where 64 px wins beyond noise, stages 2-3 train
-            # at it, ~2x the flow's time, and ship 4-5 points more on held-out images (0.90 against
-            # 0.86 built-in, 0.83-0.85 against 0.78-0.80 on 380 small grey photos); where it does
-            # not, 32 px costs what 32/40 did (bench/RESULTS.md, 2026-12-03, third session). Stage 2
-            # (which only chooses) 4 trials of 720 steps, stage 3 6 of 1,080 (2026-11-29: fewer
-            # stage-3 trials made weak ensembles).
-            # Stage 1 compares sizes on the report's final network (3 conv layers, adam; filters and
-            # pooling drawn): two trials that drew 2-layer networks could not tell 64 from 32 px, and
-            # an sgd trial that learned nothing at 64 px tied them (2026-12-03). Its searches draw
-            # alike, so sizes compare in pairs.
+            # 32 and 64 px (the report's smallest), compared in pairs on the report's final network
+            # (3 conv layers, adam; filters and pooling drawn): 2-layer draws could not tell 64 from
+            # 32 px, and an sgd trial that learned nothing at 64 px tied them. Where 64 px wins,
+            # stages 2-3 train at it, ~2x the flow's time, and ship more on held-out images (0.92
+            # against 0.86-0.91 built-in; 0.83-0.88 against 0.78-0.80 on 380 small grey photos:
+            # bench/RESULTS.md, 2026-12-03, fourth session). Stage 2 (which only chooses) 4 trials
+            # of 720 steps, stage 3 6 of 1,080 (2026-11-29: fewer stage-3 trials made weak ensembles).
             "stage1": _stage([32, 64], 32, 2, 720, 180, warmup=300, fixed=_STAGE3_FIXED),
             # No early stopping across trials (search.stageN.early_stop): with 4 and 6 trials on 2
             # workers it saved 8 s of stage 2's 40 and left its choice to the tie-break, the stopped

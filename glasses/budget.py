@@ -29,18 +29,26 @@ class Epochs:
     epochs: int
     warmup_epochs: int
     patience: int
+    # Progressive resizing: the steps trained first on smaller images (as one pass, unvalidated),
+    # and the epoch the rest begins at (Keras' initial_epoch), so that the epochs at the search's
+    # size keep their numbers and their steps: the same evaluations as every trial of the stage.
+    start_steps: int = 0
+    first_epoch: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def epochs_for(stage: StageConfig, train_images: int, replicas: int = 1) -> Epochs:
+def epochs_for(stage: StageConfig, train_images: int, replicas: int = 1, start_steps: int = 0) -> Epochs:
     """The epochs that give a trial of `stage` its steps on `train_images` images.
 
     Args:
         stage: The stage's step budget and per-replica batch.
         train_images: Images a trial trains on (the train split, or a fold's share of train+val).
         replicas: Devices the batch is split over (the global batch is batch_size x replicas).
+        start_steps: Steps the trial trains first on smaller images (`StageConfig.progressive`,
+            where it applies); the rest of `max_steps` are epochs at the search's size, from
+            `first_epoch` on, and early stopping waits for them.
 
     Every count rounds so that a trial gets at least its steps: epochs up, the warm-up down (it
     is a minimum before stopping may act, and stays below the epochs), patience up, at least 1.
@@ -52,4 +60,9 @@ def epochs_for(stage: StageConfig, train_images: int, replicas: int = 1) -> Epoc
     epochs = max(1, math.ceil(stage.max_steps / steps_per_epoch))
     warmup = min(stage.min_steps // steps_per_epoch, epochs - 1)
     patience = max(1, math.ceil(stage.patience_steps / steps_per_epoch))
-    return Epochs(steps_per_epoch, epochs, warmup, patience)
+    if not start_steps:
+        return Epochs(steps_per_epoch, epochs, warmup, patience)
+    if not 0 < start_steps < stage.max_steps:
+        raise ValueError(f"start_steps {start_steps} must be between 0 and max_steps {stage.max_steps}")
+    first = epochs - math.ceil((stage.max_steps - start_steps) / steps_per_epoch)
+    return Epochs(steps_per_epoch, epochs, max(warmup, first), patience, start_steps, first)

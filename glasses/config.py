@@ -66,6 +66,33 @@ class EarlyStopConfig(_Section):
                        "before the rule compares against their median.")
 
 
+class ProgressiveConfig(_Section):
+    """Progressive resizing: a trial trains its first steps on smaller images, then the rest at
+    the search's size. The network ends in global pooling, so its weights fit any size; the
+    early steps cost a fraction of the full size's, and the last ones adapt it to the detail
+    of the full size (Howard's progressive resizing; Touvron et al. 2019, FixRes)."""
+
+    size: ImageSize | None = Field(None, description="Side of the images of the first steps; None (or a size "
+                                   "not below the search's): every step at the search's size.")
+    steps: int = Field(0, ge=0, description="Steps at `size`, below the stage's max_steps; validation, "
+                       "checkpoints and early stopping begin after them, at the search's size.")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ProgressiveConfig:
+        if (self.size is None) != (self.steps == 0):
+            raise ValueError(f"size {self.size} and steps {self.steps}: set both (the first `steps` train at "
+                             "`size` px) or neither")
+        return self
+
+    @property
+    def on(self) -> bool:
+        return self.size is not None
+
+    def applies(self, image_size: int) -> bool:
+        """Whether a search at `image_size` trains its first steps smaller."""
+        return self.on and self.size < image_size
+
+
 class StageConfig(_Section):
     """One random search stage (a row of the report's table)."""
 
@@ -89,6 +116,8 @@ class StageConfig(_Section):
                                "the search (glasses retune, the scheduled deployment), when its data is unchanged.")
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig, description="Stop trials that are "
                                         "behind the others at the same evaluation (off: the report's search).")
+    progressive: ProgressiveConfig = Field(default_factory=ProgressiveConfig, description="Train the first "
+                                           "steps of each trial on smaller images (off: the report's search).")
 
     @field_validator("image_sizes")
     @classmethod
@@ -112,6 +141,9 @@ class StageConfig(_Section):
         if self.early_stop.after_steps >= self.max_steps:
             raise ValueError(f"early_stop.after_steps {self.early_stop.after_steps} must be below max_steps "
                              f"{self.max_steps}, or the rule can never act")
+        if self.progressive.steps >= self.max_steps:
+            raise ValueError(f"progressive.steps {self.progressive.steps} must be below max_steps {self.max_steps}, "
+                             "or no step trains at the search's size")
         if self.keep is not None and self.keep > self.max_trials:
             raise ValueError(f"keep {self.keep} must be at most max_trials {self.max_trials}")
         return self
@@ -223,6 +255,13 @@ class SearchConfig(_Section):
         if name not in STAGES:
             raise ConfigError(f"{name!r} is not a search stage: {', '.join(STAGES)}")
         return getattr(self, name)
+
+    def start_sizes(self, sizes: list[int]) -> list[int]:
+        """The smaller sizes the stages' searches at `sizes` train their first steps at
+        (`StageConfig.progressive`), each once: their images are cached and measured too."""
+        found = [self.stage(name).progressive.size for name in STAGES
+                 if any(self.stage(name).progressive.applies(size) for size in sizes)]
+        return [size for size in dict.fromkeys(found) if size not in sizes]
 
     def folds(self, stage: str, val_images: int) -> int:
         """How stage `stage` scores its trials, the one home of that rule: k-fold cross-validation
@@ -336,14 +375,15 @@ PRESETS: dict[str, dict[str, Any]] = {
             # against 0.86-0.91 built-in; 0.83-0.88 against 0.78-0.80 on 380 small grey photos:
             # bench/RESULTS.md, 2026-12-03, fourth session). Stage 2 (which only chooses) 4 trials
             # of 720 steps, stage 3 6 of 1,080 (2026-11-29: fewer stage-3 trials made weak ensembles).
-            "stage1": _stage([32, 64], 32, 2, 720, 180, warmup=300, fixed=_STAGE3_FIXED),
+            "stage1": _stage([32, 64], 32, 2, 720, 180, warmup=300, fixed=_STAGE3_FIXED,
+                             progressive={"size": 32, "steps": 600}),
             # No early stopping across trials (search.stageN.early_stop): with 4 and 6 trials on 2
             # workers it saved 8 s of stage 2's 40 and left its choice to the tie-break, the stopped
             # trials being no evidence of spread (bench/RESULTS.md, 2026-12-02).
             # Trained as stage 1's trials are, so those at the chosen size count in stage 2's choice
             # too (glasses.stages.earlier_evidence): 6 trials' evidence for the depth, not 4.
-            "stage2": _stage(_LATER, 32, 4, 720, 180, warmup=300),
-            "stage3": _stage(_LATER, 32, 6, 1080, 300, warmup=360, keep=5),
+            "stage2": _stage(_LATER, 32, 4, 720, 180, warmup=300, progressive={"size": 32, "steps": 600}),
+            "stage3": _stage(_LATER, 32, 6, 1080, 300, warmup=360, keep=5, progressive={"size": 32, "steps": 900}),
         },
         "ensemble": {"threshold": 0.85, "fallback": 3},
     },

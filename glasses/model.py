@@ -50,8 +50,11 @@ def _pool(kind: Pooling, global_: bool = False):
     return keras.layers.MaxPooling2D(2, padding="same") if kind == "max" else keras.layers.AveragePooling2D(2, padding="same")
 
 
-def build_model(spec: ModelSpec, name: str = "cnn", compile: bool = True, augment: bool = False):
-    """Builds and compiles the report's CNN for images of `spec.image_size` in [0, 1].
+def build_model(spec: ModelSpec, name: str = "cnn", compile: bool = True, augment: bool = False,
+                any_size: bool = False):
+    """Builds and compiles the report's CNN for images of `spec.image_size` in [0, 1] (of any
+    side with `any_size`: the weights do not depend on it, so a model can train on smaller
+    images first, `glasses.config.ProgressiveConfig`, and load into one built for its size).
 
     Blocks of Conv2D(3x3, same) -> pooling -> BatchNorm -> ReLU, then global pooling,
     Dense(8, relu) and Dense(1, sigmoid) giving P(glasses). With `augment`, the report's
@@ -60,7 +63,8 @@ def build_model(spec: ModelSpec, name: str = "cnn", compile: bool = True, augmen
     """
     import keras
 
-    inputs = keras.Input((spec.image_size, spec.image_size, 3), name="image")
+    side = None if any_size else spec.image_size
+    inputs = keras.Input((side, side, 3), name="image")
     x = augmentation_layers()(inputs) if augment else inputs
     for i in range(spec.conv_layers):
         x = keras.layers.Conv2D(spec.filters[i], 3, padding="same", name=f"conv_{i}")(x)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from glasses.budget import epochs_for
-from glasses.config import Config, SearchConfig, StageConfig
+from glasses.config import Config, ProgressiveConfig, SearchConfig, StageConfig
 from glasses.errors import ConfigError, GlassesError
 from glasses.files import write_json
 from glasses.throughput import Throughput, measure
@@ -173,9 +173,11 @@ def _scale_stage(stage: StageConfig, x: float, workers: int, fewest: int) -> Sta
     steps = max(least, round(stage.max_steps * min(1.0, math.sqrt(x))))
     share = steps / stage.max_steps
     keep = None if stage.keep is None else min(trials, max(stage.keep, fewest))
+    start = min(steps - 1, round(stage.progressive.steps * share))  # the same share of fewer steps at the start size
+    progressive = stage.progressive.model_copy(update={"steps": start}) if start > 0 else ProgressiveConfig()
     return stage.model_copy(update={
         "max_trials": trials, "max_steps": steps, "min_steps": min(steps - 1, math.floor(stage.min_steps * share)),
-        "patience_steps": max(1, round(stage.patience_steps * share)), "keep": keep})
+        "patience_steps": max(1, round(stage.patience_steps * share)), "keep": keep, "progressive": progressive})
 
 
 def estimate(config: Config, counts: Counts, throughput: Throughput, cpus: int) -> dict[str, float]:
@@ -185,7 +187,8 @@ def estimate(config: Config, counts: Counts, throughput: Throughput, cpus: int) 
     sizes = search.stage1.image_sizes
     largest = max(sizes)
     images = counts.train + counts.val + counts.test
-    caches = throughput.startup_s + sum(images * throughput.decode_s * CACHE_PER_IMAGE for _ in sizes)
+    cached = [*sizes, *search.start_sizes(sizes)]
+    caches = throughput.startup_s + sum(images * throughput.decode_s * CACHE_PER_IMAGE for _ in cached)
     stage1 = caches + sum(_search_s(search, "stage1", s, counts, throughput, cpus) for s in sizes)
     stages = {"stage1": stage1 + FINISH_STAGE_S}
     for name in ("stage2", "stage3"):
@@ -213,14 +216,18 @@ def _search_s(search: SearchConfig, name: str, size: int, counts: Counts, throug
 
 def _trial_s(stage: StageConfig, size: int, folds: int, counts: Counts, throughput: Throughput) -> float:
     """One trial on one worker alone: each of its models (k with cross-validation) trains all
-    its steps and scores its validation images every epoch, its BatchNorm statistics set first."""
+    its steps and scores its validation images every epoch, its BatchNorm statistics set first;
+    under progressive resizing its first steps at the start size, unscored."""
     fit, score = counts.fit_and_score(folds)
-    epochs = epochs_for(stage, fit)
-    batch = stage.batch_size
-    train = SPACE_FACTOR * epochs.epochs * epochs.steps_per_epoch * batch / throughput.train_rate(size, batch)
+    start = stage.progressive.steps if stage.progressive.applies(size) else 0
+    epochs = epochs_for(stage, fit, start_steps=start)
+    batch, scored = stage.batch_size, epochs.epochs - epochs.first_epoch
+    train = scored * epochs.steps_per_epoch * batch / throughput.train_rate(size, batch)
+    if start:
+        train += start * batch / throughput.train_rate(stage.progressive.size, batch)
     inferred = score + BN_STATS_PASSES * min(stage.bn_stats_images, fit)
-    evaluate = epochs.epochs * inferred / throughput.evaluate_rate(size, batch)
-    return max(1, folds) * (throughput.model_s + train + evaluate + epochs.epochs * PER_EPOCH_S)
+    evaluate = scored * inferred / throughput.evaluate_rate(size, batch)
+    return max(1, folds) * (throughput.model_s + SPACE_FACTOR * train + evaluate + scored * PER_EPOCH_S)
 
 
 SAMPLE_IMAGES = 24  # decoded to time a cache's build
@@ -243,7 +250,8 @@ def size_to_budget(config: Config, split_dir: Path, counts: Counts, budget_s: fl
     search = config.search
     batches = sorted({search.stage1.batch_size, search.stage2.batch_size, search.stage3.batch_size})
     images = read_manifest(split_dir, "train")[0][:SAMPLE_IMAGES]
-    throughput = measure(search.stage1.image_sizes, batches, search, images)
+    sizes = search.stage1.image_sizes
+    throughput = measure([*sizes, *search.start_sizes(sizes)], batches, search, images)
     sized, plan = plan_run(config, counts, throughput, budget_s, time.time() - started_at, os.cpu_count() or 1)
     write_json(out, {**plan.to_dict(), "search": sized.search.model_dump(mode="json")})
     return sized, plan

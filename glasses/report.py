@@ -163,6 +163,10 @@ def _stage_lines(summary: dict) -> list[str]:
         if stage.get("fixed"):
             lines += ["Held fixed in every trial: " + ", ".join(f"{k} {v}" for k, v in stage["fixed"].items())
                       + ".", ""]
+        for size, how in stage.get("progressive", {}).items():
+            lines += [f"Trials at {size} px trained their first {how['steps']:,} of {how['of']:,} steps at {how['size']} px "
+                      f"(`progressive`), then at {size} px; validation, checkpoints and early stopping saw only "
+                      f"those at {size} px.", ""]
         if stage.get("tied_best"):
             tie = stage["tied_best"]
             lines += [f"The val split could not tell the best apart: {len(tie['trials'])} trials at val accuracy "

@@ -40,7 +40,7 @@ from glasses.errors import SearchError
 from glasses.figures import plot_by, plot_ranked
 from glasses import cluster, registry
 from glasses.files import read_json, write_json, write_text
-from glasses.inputs import cache_manifest, unused_caches
+from glasses.inputs import cache_dir_for, cache_manifest, unused_caches
 from glasses.search import SearchSpec, keep_best, trials_table
 from glasses.search.records import STOPPED, trial_records
 from glasses.space import allowed_values
@@ -87,6 +87,7 @@ def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int
     path = spec_path_for(work, stage, search, image_size, chosen, cache_dir)
     directory, key = path.parent, path.parent.name.removeprefix("kt-")
     section = search.stage(stage)
+    start = section.progressive.size if section.progressive.applies(image_size) else None
     spec = SearchSpec(
         search_id=f"{key}-{image_size}-{uuid.uuid4().hex[:8]}", directory=directory,
         project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(), image_size=image_size,
@@ -95,7 +96,8 @@ def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int
         workers=search.workers, worker_timeout_s=search.worker_timeout_s,
         chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker, precision=search.precision,
         await_workers_s=search.chief_timeout_s,  # workers may queue; the run releases the chief when all ended
-        followed=followed, spares=spares_after(stage, followed, 0 if cluster.is_dask(search.cluster) else search.workers))
+        followed=followed, spares=spares_after(stage, followed, 0 if cluster.is_dask(search.cluster) else search.workers),
+        start_size=start, start_cache_dir=None if start is None else cache_dir_for(Path(cache_dir).resolve().parent, start))
     return spec.save(path)
 
 
@@ -155,8 +157,10 @@ def sizes_to_search(stage: str, sizes: list[int], kept: dict[str, dict]) -> list
 
 
 def sizes_to_cache(search: SearchConfig, kept: dict[str, dict]) -> list[int]:
-    """The image sizes a run caches: stage 1's, or only the one it keeps (`kept_choices`)."""
-    return [kept["stage1"]["chosen"]["image_size"]] if "stage1" in kept else list(search.stage1.image_sizes)
+    """The image sizes a run caches: stage 1's, or only the one it keeps (`kept_choices`), and
+    the smaller sizes its stages train first at (`StageConfig.progressive`)."""
+    sizes = [kept["stage1"]["chosen"]["image_size"]] if "stage1" in kept else list(search.stage1.image_sizes)
+    return [*sizes, *search.start_sizes(sizes)]
 
 
 def superseded_searches(work_root: Path, in_use: list[Path]) -> list[Path]:
@@ -218,15 +222,25 @@ def tidy(work: WorkDir, run: str, summary_path: Path, spec_paths: list[Path], ke
     old = superseded_searches(work.root, [Path(p) for p in spec_paths])
     gone = remove_searches(beyond(old, keep_superseded))
     kept = [folder for folder in old if folder not in gone]
-    sizes = {SearchSpec.load(Path(p)).image_size for p in spec_paths} | _sizes(kept)
+    sizes = set().union(*(_spec_sizes(Path(p)) for p in spec_paths)) | _sizes(kept)
     return {"models": registry.prune(work, keep), "searches": [str(p) for p in gone],
             "caches": [str(p) for p in unused_caches(work.cache, sizes)]}
 
 
 def _sizes(searches: list[Path]) -> set[int]:
+    """The image sizes whose caches `searches` (folders) read: their own and their start sizes."""
     # (a search's folder also holds its chief's card, size<px>.chief.json)
-    return {int(spec.stem.removeprefix("size")) for folder in searches for spec in folder.glob("size*.json")
-            if spec.stem.removeprefix("size").isdigit()}
+    return set().union(*(_spec_sizes(spec) for folder in searches for spec in folder.glob("size*.json")
+                         if spec.stem.removeprefix("size").isdigit()))
+
+
+def _spec_sizes(spec: Path) -> set[int]:
+    """The image sizes whose caches the search of spec file `spec` reads (`SearchSpec.sizes`);
+    only its own, from its name, when the file is gone or unreadable."""
+    try:
+        return SearchSpec.load(spec).sizes()
+    except (OSError, ValueError):
+        return {int(spec.stem.removeprefix("size"))}
 
 
 def prune(work: WorkDir, keep: int = 0, dry_run: bool = False) -> list[dict[str, Any]]:
@@ -240,7 +254,7 @@ def prune(work: WorkDir, keep: int = 0, dry_run: bool = False) -> list[dict[str,
     if not dry_run:
         remove_searches(going)
         kept = [folder for folder in old if folder not in going]
-        sizes = {int(p.stem.removeprefix("size")) for p in in_use} | _sizes(kept)
+        sizes = set().union(*(_spec_sizes(Path(p)) for p in in_use)) | _sizes(kept)
         for folder in unused_caches(work.cache, sizes):
             found.append({"search": str(folder.relative_to(work.root)), "trials": 0, "mb": None})
     return found
@@ -258,8 +272,10 @@ def spec_path_for(work: WorkDir, stage: str, search: SearchConfig, image_size: i
     size, fixed values, seed, folds, data) but its trial count: more trials continue the same
     search."""
     section = search.stage(stage)
-    # With early stopping off (the report's search), the key is what it was before the setting existed.
-    exclude = {"max_trials", "retune_trials"} | ({"early_stop"} if section.early_stop.rule == "off" else set())
+    # With early stopping off (the report's search) and progressive resizing off or not applying at
+    # this size, the key is what it was before the setting existed.
+    exclude = ({"max_trials", "retune_trials"} | ({"early_stop"} if section.early_stop.rule == "off" else set())
+               | (set() if section.progressive.applies(image_size) else {"progressive"}))
     defining = section.model_dump(mode="json", exclude=exclude)
     key = fingerprint({"stage": defining, "size": image_size,
                        "fixed": {**chosen, **section.fixed}, "seed": stage_seed(search.seed, stage),
@@ -451,7 +467,7 @@ def earlier_evidence(earlier: list[Path], specs: list[SearchSpec], stage_name: s
         old = SearchSpec.load(Path(path))
         for new in specs:
             differs = [name for name in TRAINED_ALIKE if getattr(old.stage, name) != getattr(new.stage, name)]
-            differs += [name for name in ("image_size", "folds", "precision")
+            differs += [name for name in ("image_size", "folds", "precision", "start_size", "start_steps")
                         if getattr(old, name) != getattr(new, name)]
             if Path(old.cache_dir).resolve() != Path(new.cache_dir).resolve():
                 differs.append("cache_dir")
@@ -503,8 +519,10 @@ def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, co
         The stage summary: stage, trials, chosen values and how each was chosen (`choices`), mean
         val accuracy per value, folds (k of the cross-validation that scored the trials, 0 if
         none), workers, table, plots, the kept trials (None when the stage keeps every checkpoint),
-        the values every trial held (`fixed`, when any), and with `earlier`, the earlier trials
-        that counted (`evidence`); means, plots and the choice then include them.
+        the values every trial held (`fixed`, when any), the searches whose trials trained their
+        first steps smaller (`progressive`, by search size: size, steps, of the max_steps), and
+        with `earlier`, the earlier trials that counted (`evidence`); means, plots and the choice
+        then include them.
     """
     specs = [SearchSpec.load(p) for p in spec_paths]
     kept = [t for s in specs for t in keep_best(s, stage.keep)] if stage.keep else None
@@ -534,6 +552,10 @@ def finish_stage(spec_paths: list[Path], stage: StageConfig, stage_dir: Path, co
     fixed = {k: v for s in specs for k, v in s.fixed.items()}
     if fixed:
         summary["fixed"] = fixed
+    started = {s.image_size: {"size": s.start_size, "steps": s.start_steps, "of": s.stage.max_steps}
+               for s in specs if s.start_steps}
+    if started:
+        summary["progressive"] = {str(size): how for size, how in sorted(started.items())}
     if counted is not None:
         summary["evidence"] = counted
     write_json(out / STAGE_SUMMARY, summary)

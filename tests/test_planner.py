@@ -23,8 +23,10 @@ SPENT = 40.0
 
 @pytest.fixture(scope="module")
 def quick():
-    # three sizes, so that the largest-first dropping shows (quick itself may compare fewer)
-    return build_config("quick", overrides={"search.stage1.image_sizes": [32, 40, 48]})
+    # three sizes, so that the largest-first dropping shows (quick itself may compare fewer);
+    # every step at its size (test_progressive_resizing_is_planned_at_both_sizes has the rest)
+    off = {f"search.stage{i}.progressive": {} for i in (1, 2, 3)}
+    return build_config("quick", overrides={"search.stage1.image_sizes": [32, 40, 48], **off})
 
 
 def _plan(config, budget_s, counts=BIG):
@@ -203,3 +205,23 @@ def test_a_smaller_image_is_never_measured_slower_than_a_larger_one():
 
     measured = {"32/32": 570.0, "40/32": 164.0, "48/32": 266.0, "32/64": 700.0, "40/64": 500.0, "48/64": 300.0}
     assert _monotone(measured, [32, 40, 48], [32, 64]) == {**measured, "40/32": 266.0}
+
+
+def test_progressive_resizing_is_planned_at_both_sizes():
+    # quick's first 5/6 of each trial at 32 px: cheaper than every step at 48, dearer than at 32
+    sizes = {"search.stage1.image_sizes": [32, 48]}
+    on = build_config("quick", overrides=sizes)
+    off = build_config("quick", overrides={**sizes, **{f"search.stage{i}.progressive": {} for i in (1, 2, 3)}})
+    at32 = build_config("quick", overrides={"search.stage1.image_sizes": [32]})
+    costs = {name: estimate(config, BIG, MACHINE, cpus=2) for name, config in
+             (("on", on), ("off", off), ("at32", at32))}
+    for stage in ("stage2", "stage3"):
+        assert costs["at32"][stage] < costs["on"][stage] < costs["off"][stage], (stage, costs)
+    # a smaller budget scales the steps at 32 px with the rest, and keeps some at 48
+    for budget in (300, 600, 1200):
+        search = _plan(on, budget)[0].search
+        for name in ("stage2", "stage3"):
+            stage, preset = search.stage(name), on.search.stage(name)
+            assert 0 < stage.progressive.steps < stage.max_steps
+            assert stage.progressive.steps / stage.max_steps == pytest.approx(
+                preset.progressive.steps / preset.max_steps, abs=0.02)

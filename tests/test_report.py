@@ -135,6 +135,11 @@ def test_each_stage_choice_says_whether_the_difference_or_the_tie_break_decided(
     held = {**stage, "fixed": {"conv_layers": 3}}
     assert "Held fixed in every trial: conv_layers 3." in "\n".join(_stage_lines({"stages": {"stage1": held}, "figures": {}}))
     assert "Held fixed" not in text
+    started = {**stage, "progressive": {"64": {"size": 32, "steps": 900, "of": 1080}}}
+    assert ("Trials at 64 px trained their first 900 of 1,080 steps at 32 px (`progressive`), then at 64 px; "
+            "validation, checkpoints and early stopping saw only those at 64 px.") in "\n".join(
+        _stage_lines({"stages": {"stage3": started}, "figures": {}}))
+    assert "progressive" not in text
 
 
 def test_worker_utilization_is_trial_time_over_workers_times_each_stage_wall(tmp_path):

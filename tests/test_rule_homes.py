@@ -22,7 +22,7 @@ from glasses.errors import ConfigError
 # refactor, record the new code under the same name.
 RULE_CODE = {"val-log-loss-beyond-standard-error": "57fc00eaae903ae1",
              "val-log-loss-beyond-standard-error-with-stage1-evidence": "48040ee7bf90c4d6",
-             "val-log-loss-beyond-standard-error-paired-with-stage1-evidence": "e2ce1beadf1ac810"}
+             "val-log-loss-beyond-standard-error-paired-with-stage1-evidence": "b4fcf2dff796eed8"}
 RULE_PARTS = ("compare", "_paired", "_plain", "_mean", "_pooled_sd", "_completed", "choose_image_size",
               "choose_depth_and_optimizer", "_compared_at", "REPORT_OPTIMIZER", "REPORT_CONV_LAYERS",
               "earlier_evidence", "TRAINED_ALIKE", "stage_seed")

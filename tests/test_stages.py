@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from glasses.budget import epochs_for
-from glasses.config import StageConfig, build_config
+from glasses.config import ProgressiveConfig, StageConfig, build_config
 from glasses.errors import SearchError
 from glasses.stages import choose_depth_and_optimizer, choose_image_size, compare
 
@@ -274,7 +274,7 @@ def test_a_search_plans_spare_processes_for_what_follows_it(tmp_path, stage, fol
 
 
 def _search_with_trials(tmp_path: Path, name: str, stage: StageConfig, size: int, trials: dict,
-                        fixed: dict | None = None, folds: int = 0, cache: str = "cache"):
+                        fixed: dict | None = None, folds: int = 0, cache: str = "cache", start: int | None = None):
     """A search on disk whose trials (id: (conv_layers, optimizer, val accuracy, val loss)) ended."""
     import json
 
@@ -283,7 +283,8 @@ def _search_with_trials(tmp_path: Path, name: str, stage: StageConfig, size: int
     spec = SearchSpec(search_id=name, directory=tmp_path / name, project_name=f"size{size}",
                       cache_dir=tmp_path / cache, image_size=size, stage=stage, folds=folds, fixed=fixed or {},
                       seed=1, bind="127.0.0.1", address=None, port=0, workers=2, worker_timeout_s=30,
-                      chief_timeout_s=60, await_workers_s=30, gpus_per_worker=1)
+                      chief_timeout_s=60, await_workers_s=30, gpus_per_worker=1, start_size=start,
+                      start_cache_dir=None if start is None else tmp_path / f"cache{start}")
     for trial_id, (layers, optimizer, score, loss) in trials.items():
         folder = spec.project_dir / f"trial_{trial_id}"
         folder.mkdir(parents=True)
@@ -322,6 +323,15 @@ def test_stage2_counts_stage1s_trials_at_its_size_when_both_trained_alike(tmp_pa
     assert "fixed" not in finish_stage2([stage2], other, tmp_path / "stage2e", [at32])
     folds = _search_with_trials(tmp_path, "s2d", alike, 32, {"0": (1, "adam", 0.70, 0.60)}, folds=3)
     assert "folds 0 against 3" in finish_stage2([folds], alike, tmp_path / "stage2d", [at32])["evidence"]["why"]
+
+    # Trained first at a smaller size (progressive resizing) against not: other training, no evidence;
+    # stage.json says how the stage's own trials trained.
+    started = alike.model_copy(update={"progressive": ProgressiveConfig(size=16, steps=5)})
+    small_first = _search_with_trials(tmp_path, "s2f", started, 32, {"0": (1, "adam", 0.70, 0.60)}, start=16)
+    summary = finish_stage2([small_first], started, tmp_path / "stage2f", [at32])
+    assert "start_size None against 16, start_steps 0 against 5" in summary["evidence"]["why"]
+    assert summary["progressive"] == {"32": {"size": 16, "steps": 5, "of": 10}}
+    assert "progressive" not in finish_stage2([stage2], alike, tmp_path / "stage2g", [at32])
 
 
 def test_each_stage_draws_from_its_own_seed_and_stage1_keeps_the_runs(tmp_path):

@@ -49,6 +49,19 @@ class SearchSpec(BaseModel):
     # Role processes to start ahead once this search has handed out its last trial, for what
     # follows it (glasses.search.spares, glasses.stages.spares_after); 0: none.
     spares: int = 0
+    # Progressive resizing (stage.progressive): the cache of the smaller images of each trial's first
+    # stage.progressive.steps steps, its side in start_size; None: every step at image_size.
+    start_cache_dir: Path | None = None
+    start_size: int | None = None
+
+    @property
+    def start_steps(self) -> int:
+        """The steps each trial trains at `start_size` before `image_size` (0: none)."""
+        return self.stage.progressive.steps if self.start_cache_dir is not None else 0
+
+    def sizes(self) -> set[int]:
+        """The image sizes whose caches this search reads."""
+        return {self.image_size} | ({self.start_size} if self.start_size is not None else set())
 
     @property
     def project_dir(self) -> Path:

@@ -34,13 +34,31 @@ def node() -> str:
 
 
 def _hypermodel(spec: SearchSpec, augment: bool):
+    """The report's space as a hypermodel. Under progressive resizing (`spec.start_steps`) its
+    models take images of any side, and each trial's fit, given the smaller images (`start`),
+    first trains `spec.start_steps` steps on them, as one unvalidated pass, then the rest as
+    told, from epoch `first_epoch` on: validation, checkpoints and early stopping only see the
+    model at the search's size."""
+    import keras
+    import keras_tuner as kt
+
     from glasses.model import build_model
     from glasses.space import model_spec
 
-    def build(hp):
-        return build_model(model_spec(hp, spec.image_size, spec.fixed), augment=augment)
+    class Hypermodel(kt.HyperModel):
+        def build(self, hp):
+            return build_model(model_spec(hp, spec.image_size, spec.fixed), augment=augment,
+                               any_size=bool(spec.start_steps))
 
-    return build
+        def fit(self, hp, model, *args, start=None, first_epoch: int = 0, **kwargs):
+            if start is not None:
+                first = model.fit(start, steps_per_epoch=spec.start_steps, epochs=1, verbose=kwargs.get("verbose", "auto"),
+                                  callbacks=[keras.callbacks.TerminateOnNaN()])
+                _fail_on_nan([first])
+                kwargs["initial_epoch"] = first_epoch
+            return model.fit(*args, **kwargs)
+
+    return Hypermodel()
 
 
 def build_tuner(spec: SearchSpec, strategy=None):
@@ -60,6 +78,8 @@ def build_tuner(spec: SearchSpec, strategy=None):
         folds: list[tuple] = []  # (train, val, images) per fold under cross-validation, else empty
         clean: list = []  # each fold's training batches (or the split's) without augmentation
         train_images: int | None = None  # in the training split (a repeated dataset does not say)
+        start: list = []  # progressive resizing: each fold's (or the split's) smaller training images
+        first_epoch: int = 0  # and the epoch training goes on from at the search's size
 
         def run_trial(self, trial, *args, **kwargs):
             started = time.monotonic()
@@ -71,26 +91,30 @@ def build_tuner(spec: SearchSpec, strategy=None):
                         histories = []
                         for fold, (train, val, images) in enumerate(self.folds):
                             fit, used = _clean_batchnorm(kwargs, self.clean[fold], min(bn_images, images))
-                            fit, report = self._reporting(fit, trial, fold)
+                            fit, report = self._reporting(self._starting(fit, fold), trial, fold)
                             histories += super().run_trial(trial, train, validation_data=val, **fit)
                             if report.stopped:  # the chief stopped the trial: no further folds
                                 break
                     else:
                         images = min(bn_images, self.train_images or bn_images)
                         fit, used = _clean_batchnorm(kwargs, self.clean[0] if self.clean else None, images)
-                        fit, report = self._reporting(fit, trial, 0)
+                        fit, report = self._reporting(self._starting(fit, 0), trial, 0)
                         histories = super().run_trial(trial, *args, **fit)
                 _fail_on_nan(histories)
             except Exception:  # the chief names it if trials keep failing; Keras Tuner records it
                 write_text(error_file(spec, trial.trial_id), traceback.format_exc(limit=3))
                 raise
-            epochs = max(len(h.history.get("loss", [])) for h in histories)
+            epochs = self.first_epoch * bool(self.start) + max(len(h.history.get("loss", [])) for h in histories)
             write_json(Path(self.get_trial_dir(trial.trial_id)) / "worker.json",
                        {"tuner_id": self.tuner_id, "node": node(), "ended_at": round(time.time(), 2),
                         "seconds": round(time.monotonic() - started, 2),
                         "epochs": epochs, "folds": [_best_epoch(h) for h in histories] if self.folds else None,
                         "bn_images": used})
             return histories
+
+        def _starting(self, fit: dict, fold: int) -> dict:
+            """`fit`'s kwargs with the fold's smaller images to train on first, under progressive resizing."""
+            return {**fit, "start": self.start[fold], "first_epoch": self.first_epoch} if self.start else fit
 
         def _reporting(self, fit: dict, trial, fold: int) -> tuple[dict, ReportEvaluations]:
             """`fit`'s kwargs with a callback that reports each evaluation to the chief."""

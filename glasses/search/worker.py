@@ -45,9 +45,12 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     tuner = build_tuner(spec, strategy)
     tuner.oracle = _PatientClient(tuner.oracle)
     stage, batch = spec.stage, spec.stage.batch_size * replicas
-    data, tuner.folds, tuner.clean, train_images = training_data(spec, batch, not augments_in_model(strategy))
+    augment = not augments_in_model(strategy)
+    data, tuner.folds, tuner.clean, train_images = training_data(spec, batch, augment)
     tuner.train_images = train_images
-    budget = epochs_for(stage, train_images, replicas)
+    tuner.start = start_data(spec, batch, augment)
+    budget = epochs_for(stage, train_images, replicas, spec.start_steps)
+    tuner.first_epoch = budget.first_epoch
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=budget.patience,
                                          restore_best_weights=True, start_from_epoch=budget.warmup_epochs)
     # Keras Tuner gives each trial its own folder below this and adds its hyperparameters:
@@ -55,6 +58,9 @@ def work(spec: SearchSpec, tuner_id: str) -> int:
     board = keras.callbacks.TensorBoard(log_dir=str(spec.directory / "tensorboard" / spec.project_name),
                                         write_graph=False, profile_batch=0)
     scored = f"{spec.folds}-fold cross-validation" if spec.folds else "the val split"
+    if spec.start_steps:
+        scored += (f"; the first {spec.start_steps} steps at {spec.start_size}px, then epochs {budget.first_epoch + 1}-"
+                   f"{budget.epochs} at {spec.image_size}px")
     print(f"{tuner_id}: {replicas} replica(s), batch {batch}, {os.environ.get('GLASSES_THREADS')} threads, "
           f"{keras.mixed_precision.global_policy().name}; "
           f"{train_images} training images, {budget.steps_per_epoch} steps an epoch: up to {budget.epochs} "
@@ -79,6 +85,20 @@ def training_data(spec: SearchSpec, batch: int, augment: bool) -> tuple[dict, li
             "validation_data": load_subset(spec.cache_dir, "val", batch)}
     clean = [load_subset(spec.cache_dir, "train", batch, shuffle_seed=spec.seed)]
     return data, [], clean, cache_manifest(spec.cache_dir)["counts"]["train"]
+
+
+def start_data(spec: SearchSpec, batch: int, augment: bool) -> list:
+    """Under progressive resizing, the training images of each trial's first steps, at the
+    spec's start size: the split's, or each fold's (the folds of `training_data`: the same seed
+    and labels, so the same images); else an empty list."""
+    from glasses.inputs import cross_validation_folds, load_subset
+
+    if not spec.start_steps:
+        return []
+    if spec.folds:
+        return [train for train, _, _ in cross_validation_folds(spec.start_cache_dir, spec.folds, batch, spec.seed,
+                                                                  augment)]
+    return [load_subset(spec.start_cache_dir, "train", batch, shuffle_seed=spec.seed, repeat=True, augment=augment)]
 
 
 def resolve_precision(precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:

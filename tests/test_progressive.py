@@ -86,6 +86,21 @@ def test_the_search_key_changes_only_where_the_setting_applies(tmp_path):
     assert len({_plan(tmp_path, 64, o).directory for o in ({}, off, other)}) == 3
 
 
+def test_the_start_size_cache_is_kept_while_a_search_reads_it(tmp_path):
+    from glasses import stages
+    from glasses.files import OUTPUT_MARKER
+    from glasses.inputs import unused_caches
+
+    spec = _plan(tmp_path, 64, {})  # stage 3 at 64 px, its first steps at 32
+    assert stages._sizes([spec.directory]) == {32, 64}
+    for size in (32, 48, 64):
+        folder = tmp_path / "cache" / f"{size}px"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "cache.json").write_text("{}")
+        (folder / OUTPUT_MARKER).touch()
+    assert unused_caches(tmp_path / "cache", stages._sizes([spec.directory])) == [tmp_path / "cache" / "48px"]
+
+
 def test_a_run_caches_the_start_size_too():
     from glasses.stages import sizes_to_cache
 

@@ -2,7 +2,7 @@
 every step at 64 px, every step at 32 px, and half the steps at 64 px.
 
 Trains two networks of quick's stage-3 space (3 conv layers + adam; filters and pooling as a
-search draws them) on the built-in data with quick's stage-3 budget (1,080 steps, batch 32; the
+search draws them) on the built-in data (or the small grey variant, `--grey`) with quick's stage-3 budget (1,080 steps, batch 32; the
 report's augmentation in the input pipeline), per schedule and seed, in this process with two
 compute threads (the machine alone). After training, BatchNorm statistics are set from 512 clean
 training images at the final size, as a worker does before each validation. Prints each run's
@@ -11,6 +11,7 @@ held-out images of the same generator (another seed), then the mean of each sche
 
     .venv/bin/python bench/progressive.py --keep /tmp/prog                 # ~20 min on 2 cores
     .venv/bin/python bench/progressive.py --schedules 64 "32>64 1/6" --seeds 1
+    .venv/bin/python bench/progressive.py --n 380 --grey --keep /tmp/prog-grey  # the small grey variant
 
 The schedules alternate within each (network, seed), so a slow patch of the machine hits all.
 """
@@ -41,15 +42,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--n", type=int, default=3020, help="labelled images of the built-in data")
+    parser.add_argument("--n", type=int, default=3020, help="labelled images of the data (the small variant: 380)")
+    parser.add_argument("--grey", action="store_true", help="grey images, as bench/quality.py's small variant")
     parser.add_argument("--heldout", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="a directory to keep the data in")
     return parser.parse_args(argv)
 
 
-def prepare(root: Path, n: int, heldout: int):
-    """The built-in data, split and cached at 32 and 64 px, and the held-out images at both sizes."""
+def prepare(root: Path, n: int, heldout: int, grey: bool = False):
+    """The data (built-in, or bench/quality.py's small grey variant), split and cached at 32 and 64 px,
+    and the held-out images of the same generator at both sizes."""
     import numpy as np
 
     from glasses import dataset, inputs, synth
@@ -57,7 +60,7 @@ def prepare(root: Path, n: int, heldout: int):
 
     for name, count, seed in (("data", n, 1337), ("heldout", heldout, HELDOUT_SEED)):
         if not (root / name / "train.csv").is_file():
-            synth.synthesize(root / name, n=count, resolution=128, seed=seed)
+            synth.synthesize(root / name, n=count, resolution=128, seed=seed, grey=grey)
     organized = dataset.organize(root / "data", root / "organized")
     split = dataset.split(organized.dir, root / "split", (0.8, 0.1, 0.1), seed=1337)
     caches = inputs.build_caches(split.dir, root / "cache", [32, 64])
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="glasses-progressive-") as scratch:
         root = args.keep or Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
-        caches, held = prepare(root, args.n, args.heldout)
+        caches, held = prepare(root, args.n, args.heldout, args.grey)
         rows = []
         for network in range(len(NETWORKS)):
             for seed in args.seeds:

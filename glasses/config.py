@@ -375,12 +375,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             # against 0.86-0.91 built-in; 0.83-0.88 against 0.78-0.80 on 380 small grey photos:
             # bench/RESULTS.md, 2026-12-03, fourth session). Stage 2 (which only chooses) 4 trials
             # of 720 steps, stage 3 6 of 1,080 (2026-11-29: fewer stage-3 trials made weak ensembles).
-            # Stage 1 trains every step at its size: trained first at 32 px (5/6 or 2/3 of the
-            # steps), 64 px tied 32 on 380 small grey photos and the run shipped 0.79, where every
-            # step at 64 px told them apart (bench/RESULTS.md, sixth session). Stages 2-3 train their
-            # first 5/6 at 32 px where they run at 64 (progressive): about half of 64 px's held-out
-            # gain on the built-in data, most of it on the small grey, for about 40% of its cost.
-            "stage1": _stage([32, 64], 32, 2, 720, 180, warmup=300, fixed=_STAGE3_FIXED),
+            # Trials at 64 px train their first 5/6 at 32 px (progressive): about half of 64 px's
+            # held-out gain for about 40% of its cost; flows 0.92x 32338cb's on an AVX2 machine
+            # (bench/RESULTS.md, fifth session).
+            "stage1": _stage([32, 64], 32, 2, 720, 180, warmup=300, fixed=_STAGE3_FIXED,
+                             progressive={"size": 32, "steps": 600}),
             # No early stopping across trials (search.stageN.early_stop): with 4 and 6 trials on 2
             # workers it saved 8 s of stage 2's 40 and left its choice to the tie-break, the stopped
             # trials being no evidence of spread (bench/RESULTS.md, 2026-12-02).

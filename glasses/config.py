@@ -377,7 +377,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             # of 720 steps, stage 3 6 of 1,080 (2026-11-29: fewer stage-3 trials made weak ensembles).
             # Trials at 64 px train their first 5/6 at 32 px (progressive): about half of 64 px's
             # held-out gain for about 40% of its cost; flows 0.92x 32338cb's on an AVX2 machine
-            # (bench/RESULTS.md, fifth session).
+            # (bench/RESULTS.md, fifth session). On 380 small grey photos this stage 1 tied 64 with
+            # 32 px and shipped 0.79 (seed 1337); stage 1 at full size ({size: null, steps: 0})
+            # chose 64 px and shipped 0.81-0.86 there, but 0.84 in 1.26x the flow on the built-in
+            # data (bench/RESULTS.md, sixth session).
             "stage1": _stage([32, 64], 32, 2, 720, 180, warmup=300, fixed=_STAGE3_FIXED,
                              progressive={"size": 32, "steps": 600}),
             # No early stopping across trials (search.stageN.early_stop): with 4 and 6 trials on 2

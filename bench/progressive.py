@@ -2,7 +2,8 @@
 every step at 64 px, every step at 32 px, and half the steps at 64 px.
 
 Trains two networks of quick's stage-3 space (3 conv layers + adam; filters and pooling as a
-search draws them) on the built-in data (or the small grey variant, `--grey`) with quick's stage-3 budget (1,080 steps, batch 32; the
+search draws them) on the built-in data (or the small grey variant: `--n 380 --grey`) with
+quick's stage-3 budget (1,080 steps, batch 32; the
 report's augmentation in the input pipeline), per schedule and seed, in this process with two
 compute threads (the machine alone). After training, BatchNorm statistics are set from 512 clean
 training images at the final size, as a worker does before each validation. Prints each run's

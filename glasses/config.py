@@ -76,6 +76,9 @@ class ProgressiveConfig(_Section):
                                    "not below the search's): every step at the search's size.")
     steps: int = Field(0, ge=0, description="Steps at `size`, below the stage's max_steps; validation, "
                        "checkpoints and early stopping begin after them, at the search's size.")
+    with_cv: bool = Field(True, description="Also where the stage's trials are scored by cross-validation "
+                          "(a val split under search.cv_below: small data); false: there every step trains at "
+                          "the search's size, so a comparison of sizes sees each size's whole gain.")
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> ProgressiveConfig:
@@ -88,9 +91,10 @@ class ProgressiveConfig(_Section):
     def on(self) -> bool:
         return self.size is not None
 
-    def applies(self, image_size: int) -> bool:
-        """Whether a search at `image_size` trains its first steps smaller."""
-        return self.on and self.size < image_size
+    def applies(self, image_size: int, folds: int = 0) -> bool:
+        """Whether a search at `image_size` whose trials are scored by `folds`-fold
+        cross-validation (0: on the val split) trains its first steps smaller."""
+        return self.on and self.size < image_size and (self.with_cv or not folds)
 
 
 class StageConfig(_Section):
@@ -377,12 +381,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             # of 720 steps, stage 3 6 of 1,080 (2026-11-29: fewer stage-3 trials made weak ensembles).
             # Trials at 64 px train their first 5/6 at 32 px (progressive): about half of 64 px's
             # held-out gain for about 40% of its cost; flows 0.92x 32338cb's on an AVX2 machine
-            # (bench/RESULTS.md, fifth session). On 380 small grey photos this stage 1 tied 64 with
-            # 32 px and shipped 0.79 (seed 1337); stage 1 at full size ({size: null, steps: 0})
-            # chose 64 px and shipped 0.81-0.86 there, but 0.84 in 1.26x the flow on the built-in
-            # data (bench/RESULTS.md, sixth session).
+            # (bench/RESULTS.md, fifth session). Not in stage 1 where it cross-validates (small
+            # data): there, on 380 small grey photos, it tied 64 with 32 px and shipped 0.79, where
+            # every step at full size chose 64 px and shipped 0.81-0.86; on the built-in data (no
+            # cross-validation) full size shipped 0.84 in 1.26x the flow (bench/RESULTS.md, sixth
+            # and seventh sessions).
             "stage1": _stage([32, 64], 32, 2, 720, 180, warmup=300, fixed=_STAGE3_FIXED,
-                             progressive={"size": 32, "steps": 600}),
+                             progressive={"size": 32, "steps": 600, "with_cv": False}),
             # No early stopping across trials (search.stageN.early_stop): with 4 and 6 trials on 2
             # workers it saved 8 s of stage 2's 40 and left its choice to the tie-break, the stopped
             # trials being no evidence of spread (bench/RESULTS.md, 2026-12-02).

@@ -219,7 +219,7 @@ def _trial_s(stage: StageConfig, size: int, folds: int, counts: Counts, throughp
     its steps and scores its validation images every epoch, its BatchNorm statistics set first;
     under progressive resizing its first steps at the start size, unscored."""
     fit, score = counts.fit_and_score(folds)
-    start = stage.progressive.steps if stage.progressive.applies(size) else 0
+    start = stage.progressive.steps if stage.progressive.applies(size, folds) else 0
     epochs = epochs_for(stage, fit, start_steps=start)
     batch, scored = stage.batch_size, epochs.epochs - epochs.first_epoch
     train = scored * epochs.steps_per_epoch * batch / throughput.train_rate(size, batch)

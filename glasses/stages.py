@@ -86,12 +86,12 @@ def plan_search(work: WorkDir, stage: str, search: SearchConfig, image_size: int
     """
     path = spec_path_for(work, stage, search, image_size, chosen, cache_dir)
     directory, key = path.parent, path.parent.name.removeprefix("kt-")
-    section = search.stage(stage)
-    start = section.progressive.size if section.progressive.applies(image_size) else None
+    section, folds = search.stage(stage), folds_for(search, stage, cache_dir)
+    start = section.progressive.size if section.progressive.applies(image_size, folds) else None
     spec = SearchSpec(
         search_id=f"{key}-{image_size}-{uuid.uuid4().hex[:8]}", directory=directory,
         project_name=f"size{image_size}", cache_dir=Path(cache_dir).resolve(), image_size=image_size,
-        stage=section, folds=folds_for(search, stage, cache_dir), fixed={**chosen, **section.fixed},
+        stage=section, folds=folds, fixed={**chosen, **section.fixed},
         seed=stage_seed(search.seed, stage), bind=search.oracle_bind, address=search.oracle_address, port=search.oracle_port or 0,
         workers=search.workers, worker_timeout_s=search.worker_timeout_s,
         chief_timeout_s=search.chief_timeout_s, gpus_per_worker=search.gpus_per_worker, precision=search.precision,
@@ -271,15 +271,18 @@ def spec_path_for(work: WorkDir, stage: str, search: SearchConfig, image_size: i
     stage's folder, the key a hash of everything that defines the search (its stage config,
     size, fixed values, seed, folds, data) but its trial count: more trials continue the same
     search."""
-    section = search.stage(stage)
+    section, folds = search.stage(stage), folds_for(search, stage, cache_dir)
     # With early stopping off (the report's search) and progressive resizing off or not applying at
-    # this size, the key is what it was before the setting existed.
-    exclude = ({"max_trials", "retune_trials"} | ({"early_stop"} if section.early_stop.rule == "off" else set())
-               | (set() if section.progressive.applies(image_size) else {"progressive"}))
+    # this size, the key is what it was before the setting existed; where it applies, how its trials
+    # train (size, steps) defines them, not the rule (with_cv) that let it apply.
+    exclude: dict[str, Any] = {"max_trials": True, "retune_trials": True,
+                               **({"early_stop": True} if section.early_stop.rule == "off" else {}),
+                               "progressive": ({"with_cv": True} if section.progressive.applies(image_size, folds)
+                                               else True)}
     defining = section.model_dump(mode="json", exclude=exclude)
     key = fingerprint({"stage": defining, "size": image_size,
                        "fixed": {**chosen, **section.fixed}, "seed": stage_seed(search.seed, stage),
-                       "split": cache_manifest(cache_dir)["key"], "folds": folds_for(search, stage, cache_dir),
+                       "split": cache_manifest(cache_dir)["key"], "folds": folds,
                        # float32, the only precision before the setting: the keys of those searches stay
                        **({"precision": search.precision} if search.precision != "float32" else {})})
     return (work.stage(stage) / f"kt-{key}").resolve() / f"size{image_size}.json"

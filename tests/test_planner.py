@@ -225,3 +225,13 @@ def test_progressive_resizing_is_planned_at_both_sizes():
             assert 0 < stage.progressive.steps < stage.max_steps
             assert stage.progressive.steps / stage.max_steps == pytest.approx(
                 preset.progressive.steps / preset.max_steps, abs=0.02)
+
+
+def test_stage_1_is_planned_at_full_size_where_it_cross_validates():
+    # quick's stage 1 trains every step at its size under cross-validation (small data) only
+    sizes = {"search.stage1.image_sizes": [32, 48]}
+    on = build_config("quick", overrides=sizes)
+    off = build_config("quick", overrides={**sizes, "search.stage1.progressive": {}})
+    small_on, small_off = (estimate(c, SMALL, MACHINE, cpus=2)["stage1"] for c in (on, off))
+    big_on, big_off = (estimate(c, BIG, MACHINE, cpus=2)["stage1"] for c in (on, off))
+    assert small_on == small_off and big_on < big_off

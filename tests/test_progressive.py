@@ -50,30 +50,53 @@ def test_it_applies_only_to_searches_at_a_bigger_size():
     assert not ProgressiveConfig().applies(64)
 
 
+def test_without_with_cv_it_applies_only_to_trials_scored_on_the_val_split():
+    assert ProgressiveConfig(size=32, steps=10).applies(64, folds=3)
+    off_under_cv = ProgressiveConfig(size=32, steps=10, with_cv=False)
+    assert off_under_cv.applies(64, folds=0) and not off_under_cv.applies(64, folds=3)
+    assert not off_under_cv.applies(32, folds=0)
+
+
 def test_quick_trains_first_at_32_px_and_paper_as_the_report():
     quick, paper = build_config("quick").search, build_config("paper").search
     for stage in ("stage1", "stage2", "stage3"):
         section = quick.stage(stage)
         assert section.progressive.size == 32 and section.progressive.steps == round(section.max_steps * 5 / 6)
+        # stage 1's size comparison sees every step at each size where it cross-validates (small data)
+        assert section.progressive.with_cv == (stage != "stage1")
         assert not paper.stage(stage).progressive.on
 
 
-def _plan(tmp_path: Path, size: int, overrides: dict, stage: str = "stage3"):
+def _plan(tmp_path: Path, size: int, overrides: dict, stage: str = "stage3", val: int = 400):
     from glasses.files import write_json
     from glasses.search import SearchSpec
     from glasses.stages import plan_search
     from glasses.workdir import WorkDir
 
-    cache = tmp_path / "cache" / f"{size}px"
-    write_json(cache / "cache.json", {"key": "k", "size": size, "counts": {"train": 800, "val": 400, "test": 100}})
+    cache = tmp_path / f"cache-{val}" / f"{size}px"
+    write_json(cache / "cache.json", {"key": "k", "size": size, "counts": {"train": 8 * val, "val": val, "test": val}})
     search = build_config("quick", overrides=overrides).search
-    return SearchSpec.load(plan_search(WorkDir(tmp_path / "w"), stage, search, size, {}, cache))
+    return SearchSpec.load(plan_search(WorkDir(tmp_path / f"w-{val}"), stage, search, size, {}, cache))
+
+
+def test_quick_stage_1_trains_every_step_at_its_size_where_it_cross_validates(tmp_path):
+    on_val = _plan(tmp_path, 64, {}, stage="stage1")  # 400 val images: scored on them
+    assert on_val.folds == 0 and on_val.start_size == 32 and on_val.start_steps == 600
+    small = _plan(tmp_path, 64, {}, stage="stage1", val=38)  # 38: under cv_below
+    assert small.folds == 3 and small.start_size is None and small.start_steps == 0
+    assert small.start_cache_dir is None and small.sizes() == {64}
+    # the same search as with the setting off there; where it applies, with_cv does not define the trials
+    assert small.directory == _plan(tmp_path, 64, {"search.stage1.progressive": {}}, stage="stage1", val=38).directory
+    assert on_val.directory == _plan(tmp_path, 64, {"search.stage1.progressive.with_cv": True},
+                                     stage="stage1").directory
+    # stages 2-3 keep it under cross-validation
+    assert _plan(tmp_path, 64, {}, stage="stage2", val=38).start_steps == 600
 
 
 def test_a_search_bigger_than_the_start_size_reads_that_cache_too(tmp_path):
     spec = _plan(tmp_path, 64, {})
     assert spec.start_size == 32 and spec.start_steps == 900
-    assert spec.start_cache_dir == (tmp_path / "cache" / "32px").resolve() and spec.sizes() == {32, 64}
+    assert spec.start_cache_dir == (tmp_path / "cache-400" / "32px").resolve() and spec.sizes() == {32, 64}
     at32 = _plan(tmp_path, 32, {})
     assert at32.start_cache_dir is None and at32.start_steps == 0 and at32.sizes() == {32}
 
